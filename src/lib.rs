@@ -1,0 +1,27 @@
+//! Shared core of Switchyard: what the master and the agent both need.
+//!
+//! - [`pb`]: the generated gRPC API (`switchyard.master.v1`, `switchyard.agent.v1`) and the
+//!   encoded file descriptor set served by reflection.
+//! - [`pki`]: the cluster CA and certificate issuance (`ca init`, `ca issue`), key files 0600.
+//! - [`auth`]: principals from certificate URI SANs and the role policy, enforced by one tower
+//!   layer per server (SPEC §2).
+//! - [`error`]: the single mapping of domain errors to gRPC status codes and `ErrorInfo` reasons
+//!   (SPEC §3.5).
+//! - [`server`]: the common gRPC server: mTLS, role layer, reflection v1 + v1alpha, health,
+//!   graceful shutdown.
+//! - [`telemetry`], [`shutdown`]: tracing set-up and the one cancellation root of a process.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod pb;
+pub mod pki;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The version of this build, reported by agents and the master.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Exit code for invalid configuration or unusable start-up files (`EX_USAGE`-like, sysexits 64).
+pub const EXIT_CONFIG: u8 = 64;
