@@ -302,7 +302,9 @@ where
                 request.extensions_mut().insert(principal);
                 futures::future::Either::Left(self.inner.call(request))
             }
-            Err(status) => futures::future::Either::Right(futures::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

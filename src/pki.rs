@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -131,7 +131,7 @@ fn read_pem(path: &Path, label: &str) -> Result<String, PkiError> {
         path: path.to_owned(),
         source,
     })?;
-    if !text.contains(&format!("-----BEGIN ")) || !text.contains(label) {
+    if !text.contains(&format!("-----BEGIN {label}")) {
         return Err(PkiError::Invalid {
             path: path.to_owned(),
             reason: format!("no PEM {label} block"),
@@ -328,9 +328,11 @@ fn parse_san(san: &str) -> Result<SanType, PkiError> {
     }
     let valid_dns = !san.is_empty()
         && san.len() <= 253
-        && san
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && san.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if !valid_dns {
         return Err(PkiError::Argument(format!(
             "invalid --san '{san}': not an IP address or DNS name"

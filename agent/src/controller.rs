@@ -44,7 +44,8 @@ pub fn iso8601(t: SystemTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.format(&format).unwrap_or_else(|_| String::from("invalid time"))
+    t.format(&format)
+        .unwrap_or_else(|_| String::from("invalid time"))
 }
 
 #[cfg(test)]

@@ -33,8 +33,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), server::ServeError> {
     let controller = Arc::new(controller::Controller::new(options.authid.clone()));
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, authid = %options.authid, master = %options.master, "agent serving");
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
     server::serve(
         listener,
         options.security,

@@ -11,10 +11,20 @@ use switchyard::telemetry::{self, LogFormat};
 use switchyard_agent::AgentOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-agent", version, about = "Switchyard agent (one per node)")]
+#[command(
+    name = "switchyard-agent",
+    version,
+    about = "Switchyard agent (one per node)"
+)]
 struct Cli {
     /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "SWITCHYARD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

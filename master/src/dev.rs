@@ -117,7 +117,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             .kill_on_drop(true);
         children.push(Running {
             name: format!("node{i}"),
-            child: agent.spawn().with_context(|| format!("starting agent node{i}"))?,
+            child: agent
+                .spawn()
+                .with_context(|| format!("starting agent node{i}"))?,
         });
         agent_addrs.push(addr);
     }

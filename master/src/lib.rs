@@ -51,8 +51,10 @@ pub async fn serve(
         path: options.data_dir.clone(),
         source,
     })?;
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, data_dir = %options.data_dir.display(), "master serving");
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    tracing::info!(listen = %local, data_dir = %options.data_dir.display(), "master serving");
     server::serve(
         listener,
         options.security,

@@ -15,7 +15,13 @@ use switchyard_master::{MasterOptions, dev};
 #[command(name = "switchyard-master", version, about = "Switchyard master")]
 struct Cli {
     /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "SWITCHYARD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -173,9 +179,15 @@ fn ca(command: CaCommand) -> Result<(), Failure> {
             let name = match (role, name) {
                 (_, Some(name)) => name,
                 (Role::Master, None) => "master".to_owned(),
-                (_, None) => return Err(Failure::Config(format!("--name is required for role {}", role.as_str()))),
+                (_, None) => {
+                    return Err(Failure::Config(format!(
+                        "--name is required for role {}",
+                        role.as_str()
+                    )));
+                }
             };
-            let issued = pki::issue(&pki_dir, &IssueRequest { role, name, sans }).map_err(config)?;
+            let issued =
+                pki::issue(&pki_dir, &IssueRequest { role, name, sans }).map_err(config)?;
             println!("{}\n{}", issued.cert.display(), issued.key.display());
         }
     }

@@ -55,5 +55,8 @@ pub fn parse_process(process: &str) -> Result<Target, Status> {
 
 /// NOT_FOUND for a worker id this agent does not know.
 pub fn no_such_worker(id: &str) -> Status {
-    status(Reason::NoSuchObject, format!("no worker '{id}' on this node"))
+    status(
+        Reason::NoSuchObject,
+        format!("no worker '{id}' on this node"),
+    )
 }

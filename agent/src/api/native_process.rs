@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use switchyard::pb::agent::v1::{
-    StartedRequest, StartedResponse, UptimeRequest, UptimeResponse, UtcnowRequest,
-    UtcnowResponse, native_process_service_server::NativeProcessService,
+    StartedRequest, StartedResponse, UptimeRequest, UptimeResponse, UtcnowRequest, UtcnowResponse,
+    native_process_service_server::NativeProcessService,
 };
 use tonic::{Request, Response, Status};
 

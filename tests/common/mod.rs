@@ -1,0 +1,259 @@
+//! The end-to-end harness: real `switchyard-master` and `switchyard-agent` processes, a real PKI
+//! made by the real CLI, and the real client tools installed by `scripts/test.sh`.
+//!
+//! Processes listen on port 0 and report their address in their JSON start-up log line; the
+//! harness reads it, so no test uses a fixed port. Nothing waits for a fixed time: [`eventually`]
+//! polls a condition with a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds every workspace binary once per test process (`cargo build --workspace --bins`, the
+/// same feature resolution as `cargo test --workspace`, so nothing is rebuilt twice) and returns
+/// the directory holding them (the profile directory this test binary runs from).
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        // Drop what cargo set for this test process, so the nested build sees the same
+        // environment as the outer one and reuses its artifacts instead of rebuilding them.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_for_tests = key == "OUT_DIR"
+                || key == "LD_LIBRARY_PATH"
+                || (key.starts_with("CARGO_")
+                    && !matches!(
+                        &*key,
+                        "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS"
+                    ));
+            if set_for_tests {
+                cmd.env_remove(&*key);
+            }
+        }
+        let out = cmd
+            .current_dir(repo())
+            .args(["build", "--workspace", "--bins"])
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build --workspace --bins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // target/<profile>/deps/<test binary> -> target/<profile>
+        let exe = std::env::current_exe().expect("test binary path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("profile dir")
+            .to_owned()
+    })
+}
+
+/// The `switchyard-master` binary (built on first use).
+pub fn master_bin() -> PathBuf {
+    bin_dir().join("switchyard-master")
+}
+
+/// The `switchyard-agent` binary (built on first use).
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("switchyard-agent")
+}
+
+/// A test tool installed by `scripts/test.sh` (`.venv/bin`, `.tools/node_modules/.bin`).
+/// A missing tool fails the test: tests never skip.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in [".venv/bin", ".tools/node_modules/.bin"] {
+        let path = repo().join(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("test tool `{name}` is missing: run scripts/test.sh (it installs every test tool)");
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A PKI directory made with `switchyard-master ca init` / `ca issue`.
+pub struct Pki {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Pki {
+    /// A CA plus `master`, `admin` and the given node certificates.
+    pub fn new(nodes: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pki");
+        let pki = Pki { _dir: dir, path };
+        pki.master(&["ca", "init"]);
+        pki.master(&["ca", "issue", "--role", "master"]);
+        pki.issue("admin", "admin");
+        for node in nodes {
+            pki.issue("node", node);
+        }
+        pki
+    }
+
+    pub fn issue(&self, role: &str, name: &str) {
+        self.master(&["ca", "issue", "--role", role, "--name", name]);
+    }
+
+    fn master(&self, args: &[&str]) {
+        let out = Command::new(master_bin())
+            .args(args)
+            .arg("--pki-dir")
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
+
+    /// grpcurl TLS flags for the certificate `name` (`None`: no client certificate).
+    pub fn grpcurl_tls(&self, name: Option<&str>) -> Vec<String> {
+        let mut args = vec!["-cacert".to_owned(), self.file("ca.pem")];
+        if let Some(name) = name {
+            args.extend([
+                "-cert".to_owned(),
+                self.file(&format!("{name}.pem")),
+                "-key".to_owned(),
+                self.file(&format!("{name}.key")),
+            ]);
+        }
+        args
+    }
+}
+
+/// A running server process, killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns `cmd` (which must log JSON) and waits for its "serving" line with `listen`.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.env("RUST_LOG", "info")
+            .arg("--log-format")
+            .arg("json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn server");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listen_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Proc { child, addr, logs }
+    }
+
+    /// A master with its own data directory.
+    pub fn master(pki: &Pki, data_dir: &Path) -> Proc {
+        let mut cmd = Command::new(master_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--pki-dir")
+            .arg(&pki.path);
+        Proc::spawn(cmd)
+    }
+
+    /// An agent named `name` reporting to `master`.
+    pub fn agent(pki: &Pki, name: &str, master: SocketAddr) -> Proc {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--name", name])
+            .args(["--master", &master.to_string(), "--pki-dir"])
+            .arg(&pki.path);
+        Proc::spawn(cmd)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    if !fields.get("message")?.as_str()?.ends_with("serving") {
+        return None;
+    }
+    fields.get("listen")?.as_str()?.parse().ok()
+}
+
+/// Runs grpcurl with `tls` flags and `args`.
+pub fn grpcurl(tls: &[String], args: &[&str]) -> Output {
+    Command::new(tool("grpcurl"))
+        .args(tls)
+        .args(["-max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run grpcurl")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

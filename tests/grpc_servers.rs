@@ -1,0 +1,311 @@
+//! Issue 2 acceptance: real master and agent processes, real mTLS, reflection, health, role
+//! checks, through grpcurl and a tonic client.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Pki, Proc, grpcurl, stderr, stdout};
+use switchyard::pb::agent::v1::{
+    GetStatusRequest, node_controller_service_client::NodeControllerServiceClient,
+};
+use switchyard::pb::master::v1::{
+    ListWebClustersRequest, web_cluster_service_client::WebClusterServiceClient,
+};
+use switchyard::pki::Identity;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+fn services(listing: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn grpcurl_lists_describes_and_calls_master_and_agent() {
+    let pki = Pki::new(&["node1"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master(&pki, data.path());
+    let agent = Proc::agent(&pki, "node1", master.addr);
+    let admin = pki.grpcurl_tls(Some("admin"));
+    let m = master.addr.to_string();
+    let a = agent.addr.to_string();
+
+    let out = grpcurl(&admin, &[&m, "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        services(&stdout(&out)),
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "switchyard.master.v1.EventService",
+            "switchyard.master.v1.NodeService",
+            "switchyard.master.v1.RouterClusterService",
+            "switchyard.master.v1.WebClusterService",
+        ]
+    );
+
+    // describe shows the proto comments, of services, RPCs and fields.
+    let out = grpcurl(
+        &admin,
+        &[&m, "describe", "switchyard.master.v1.WebClusterService"],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("WebClusterService manages web clusters"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Creates a web cluster in status STOPPED"),
+        "{text}"
+    );
+    let out = grpcurl(&admin, &[&m, "describe", "switchyard.master.v1.WebCluster"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("Unique name, `^[a-z][a-z0-9_]{2,63}$`"),
+        "{text}"
+    );
+    assert!(text.contains("tls_chain_certificates"), "{text}");
+
+    let out = grpcurl(&admin, &[&a, "list"]);
+    assert_eq!(
+        services(&stdout(&out)),
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "switchyard.agent.v1.NativeProcessService",
+            "switchyard.agent.v1.NodeControllerService",
+        ]
+    );
+    let out = grpcurl(
+        &admin,
+        &[
+            &a,
+            "describe",
+            "switchyard.agent.v1.NativeProcessService.SetCpuAffinity",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("Pins every thread of the process"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Health of each named service.
+    for (addr, service) in [
+        (&m, "switchyard.master.v1.WebClusterService"),
+        (&a, "switchyard.agent.v1.NativeProcessService"),
+    ] {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        let out = grpcurl(&admin, &["-d", &body, addr, "grpc.health.v1.Health/Check"]);
+        assert!(
+            stdout(&out).contains("SERVING"),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    // A real call with JSON: the agent's own uptime and start time.
+    let out = grpcurl(
+        &admin,
+        &[
+            "-d",
+            r#"{"process":"controller"}"#,
+            &a,
+            "switchyard.agent.v1.NativeProcessService/Uptime",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let uptime = v["uptime"].as_f64().expect("uptime");
+    assert!(uptime > 0.0 && uptime < 120.0, "{v}");
+    let out = grpcurl(
+        &admin,
+        &[
+            "-d",
+            "{}",
+            &a,
+            "switchyard.agent.v1.NodeControllerService/GetStatus",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["authid"], "node1");
+    assert_eq!(v["pid"].as_u64(), Some(u64::from(agent.pid())));
+
+    // Bad input: a clear INVALID_ARGUMENT naming the field.
+    let out = grpcurl(
+        &admin,
+        &[
+            "-d",
+            "{}",
+            &a,
+            "switchyard.agent.v1.NativeProcessService/Uptime",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("InvalidArgument") && err.contains("process"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mtls_and_roles_are_enforced() {
+    let pki = Pki::new(&["node1"]);
+    let foreign = Pki::new(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master(&pki, data.path());
+    let agent = Proc::agent(&pki, "node1", master.addr);
+    let m = master.addr.to_string();
+    let a = agent.addr.to_string();
+    let list = "switchyard.master.v1.WebClusterService/ListWebClusters";
+
+    // No client certificate: the call fails (the handshake is refused).
+    let out = grpcurl(&pki.grpcurl_tls(None), &["-d", "{}", &m, list]);
+    assert!(
+        !out.status.success(),
+        "a call without a client certificate succeeded"
+    );
+    assert!(!stderr(&out).contains("Unimplemented"), "{}", stderr(&out));
+
+    // A certificate from another CA: refused as well.
+    let mut other = foreign.grpcurl_tls(Some("admin"));
+    other[1] = pki.file("ca.pem"); // trust our server, present the foreign client cert
+    let out = grpcurl(&other, &["-connect-timeout", "3", "-d", "{}", &m, list]);
+    assert!(
+        !out.status.success(),
+        "a foreign client certificate was accepted"
+    );
+    assert!(!stderr(&out).contains("Unimplemented"), "{}", stderr(&out));
+
+    // A node certificate calling the admin API: PermissionDenied, reason NOT_AUTHORIZED.
+    let out = grpcurl(&pki.grpcurl_tls(Some("node1")), &["-d", "{}", &m, list]);
+    let err = stderr(&out);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("NOT_AUTHORIZED"), "{err}");
+
+    // An admin certificate passes the role check (the store arrives with issue 4).
+    let out = grpcurl(&pki.grpcurl_tls(Some("admin")), &["-d", "{}", &m, list]);
+    assert!(stderr(&out).contains("Unimplemented"), "{}", stderr(&out));
+
+    // On the agent: admin and master may call, a node may not.
+    let uptime = "switchyard.agent.v1.NativeProcessService/Uptime";
+    let body = r#"{"process":"controller"}"#;
+    for (who, ok) in [("admin", true), ("master", true), ("node1", false)] {
+        let out = grpcurl(&pki.grpcurl_tls(Some(who)), &["-d", body, &a, uptime]);
+        assert_eq!(out.status.success(), ok, "{who}: {}", stderr(&out));
+        if !ok {
+            assert!(
+                stderr(&out).contains("PermissionDenied"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+}
+
+async fn channel(pki: &Pki, name: Option<&str>, addr: std::net::SocketAddr) -> Channel {
+    let tls = match name {
+        Some(name) => Identity::load(&pki.path, name)
+            .unwrap()
+            .client_tls("localhost"),
+        None => ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(pki.file("ca.pem")).unwrap(),
+            ))
+            .domain_name("localhost"),
+    };
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn tonic_clients_over_mtls() {
+    let pki = Pki::new(&["node1"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master(&pki, data.path());
+    let agent = Proc::agent(&pki, "node1", master.addr);
+
+    // The master calls the agent with its own certificate.
+    let mut client =
+        NodeControllerServiceClient::new(channel(&pki, Some("master"), agent.addr).await);
+    let status = client
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.authid, "node1");
+    assert_eq!(status.version, switchyard::VERSION);
+
+    // Without a client certificate the connection may open, but the first RPC fails.
+    let mut anon = WebClusterServiceClient::new(channel(&pki, None, master.addr).await);
+    let err = anon
+        .list_web_clusters(ListWebClustersRequest::default())
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Unimplemented, "{err}");
+    assert_ne!(err.code(), Code::Ok);
+
+    // A node certificate on the admin API: PermissionDenied with ErrorInfo reason.
+    let mut node = WebClusterServiceClient::new(channel(&pki, Some("node1"), master.addr).await);
+    let err = node
+        .list_web_clusters(ListWebClustersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        switchyard::error::reason_of(&err).as_deref(),
+        Some("NOT_AUTHORIZED")
+    );
+}
+
+#[test]
+fn unusable_start_up_files_exit_64_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-pki");
+    let out = Command::new(common::master_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--pki-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&missing.join("ca.pem").display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = Command::new(common::agent_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--master",
+            "127.0.0.1:1",
+            "--name",
+            "node9",
+            "--pki-dir",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-pki"), "{}", stderr(&out));
+}
