@@ -1,19 +1,36 @@
-//! The Switchyard agent: one per node. It serves the node controller and process control of
-//! itself ("controller") and, with later steps, of the worker processes it starts.
+//! The Switchyard agent: one per node. It starts and stops native worker processes and serves
+//! the node controller and process control of itself ("controller") and of each worker.
 //!
-//! - [`api`]: the gRPC services.
-//! - [`controller`]: facts about the agent process itself (identity, start time).
-#![forbid(unsafe_code)]
+//! - [`api`]: the gRPC services (thin adapters over the parts below).
+//! - [`worker`]: worker processes: spawn, readiness, stop, reaping, logs, control sockets.
+//! - [`process`]: process control of the current process (stats, affinity, info, trim).
+//! - [`manhole`]: the SSH debug console.
+//! - [`events`]: the node's process event bus behind `Watch`.
+//! - [`system`]: host statistics.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod controller;
+pub mod events;
+pub mod manhole;
+pub mod process;
+pub mod system;
+pub mod worker;
 
+mod sys;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchyard::auth::Policy;
 use switchyard::server::{self, Security};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use events::EventBus;
+use process::LocalProcess;
+use worker::{WorkerConfig, Workers};
 
 /// What the agent serves with.
 #[derive(Debug, Clone)]
@@ -24,28 +41,96 @@ pub struct AgentOptions {
     pub master: String,
     /// mTLS (the default) or explicit plaintext.
     pub security: Security,
+    /// The executable started in worker mode.
+    pub worker_exe: PathBuf,
+    /// Directory for the workers' control sockets (created 0700).
+    pub runtime_dir: PathBuf,
+    /// Time from SIGTERM to SIGKILL when stopping a worker.
+    pub stop_timeout: Duration,
 }
 
-/// Runs the agent on `listener` until `shutdown` is cancelled.
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The runtime directory is unusable.
+    #[error("cannot use runtime directory {path}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Host statistics are unavailable.
+    #[error("cannot read host statistics: {0}")]
+    Host(#[from] sysinfo::Error),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+}
+
+/// Everything the agent's services share.
+#[derive(Debug)]
+pub struct Agent {
+    /// The node's authid.
+    pub authid: String,
+    /// Process control of the agent itself.
+    pub controller: LocalProcess,
+    /// The workers.
+    pub workers: Workers,
+    /// The node's process events.
+    pub events: EventBus,
+    /// Host statistics.
+    pub host: system::Host,
+    /// Cancelled on shutdown; ends long-lived streams.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the agent on `listener` until `shutdown` is cancelled, then stops its workers.
 pub async fn serve(
     listener: TcpListener,
     options: AgentOptions,
     shutdown: CancellationToken,
-) -> Result<(), server::ServeError> {
-    let controller = Arc::new(controller::Controller::new(options.authid.clone()));
+) -> Result<(), AgentError> {
+    let events = EventBus::default();
+    let workers = Workers::new(
+        WorkerConfig {
+            exe: options.worker_exe.clone(),
+            runtime_dir: options.runtime_dir.clone(),
+            stop_timeout: options.stop_timeout,
+            start_timeout: Duration::from_secs(10),
+            log_lines: 1000,
+        },
+        events.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|source| AgentError::RuntimeDir {
+        path: options.runtime_dir.clone(),
+        source,
+    })?;
+    let agent = Arc::new(Agent {
+        authid: options.authid.clone(),
+        controller: LocalProcess::new(controller::CONTROLLER, events.clone(), shutdown.clone()),
+        workers: workers.clone(),
+        events,
+        host: system::Host::new()?,
+        shutdown: shutdown.clone(),
+    });
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
-    server::serve(
+    let served = server::serve(
         listener,
         options.security,
         Policy::Agent,
-        api::routes(controller),
+        api::routes(agent),
         switchyard::pb::AGENT_SERVICES,
         shutdown,
     )
-    .await?;
+    .await;
+    workers.stop_all().await;
+    let _ = std::fs::remove_dir(&options.runtime_dir);
+    served?;
     tracing::info!("agent stopped");
     Ok(())
 }

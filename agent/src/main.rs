@@ -1,14 +1,16 @@
-//! `switchyard-agent`: serve a node's agent.
+//! `switchyard-agent`: serve a node's agent (and, hidden, run as one of its workers).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard::pki::Identity;
 use switchyard::server::Security;
 use switchyard::telemetry::{self, LogFormat};
 use switchyard_agent::AgentOptions;
+use switchyard_agent::worker::child::{self, WorkerArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,45 +35,113 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the agent's gRPC API.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9701", env = "SWITCHYARD_LISTEN")]
-        listen: SocketAddr,
-        /// The master's address (host:port), for heartbeats.
-        #[arg(long, env = "SWITCHYARD_MASTER")]
-        master: String,
-        /// The node's authid; the agent uses DIR/AUTHID.pem and DIR/AUTHID.key.
-        #[arg(long, env = "SWITCHYARD_NODE_NAME")]
-        name: String,
-        /// Directory with ca.pem and the node's certificate and key.
-        #[arg(long, env = "SWITCHYARD_PKI_DIR", required_unless_present = "insecure")]
-        pki_dir: Option<PathBuf>,
-        /// Serve plaintext without authentication (every caller is an admin). Never in production.
+    Serve(ServeArgs),
+    /// Run as a worker process (started by the agent, not by hand).
+    #[command(hide = true)]
+    Worker {
         #[arg(long)]
-        insecure: bool,
+        id: String,
+        #[arg(long = "type", value_parser = ["web", "router"])]
+        kind: String,
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(long)]
+        parent_pid: u32,
+        #[arg(long, value_delimiter = ',')]
+        cpu_affinity: Vec<u32>,
+        /// Test hook: allocate and free this many MiB at start (exercises TriggerGc).
+        #[arg(long, default_value_t = 0)]
+        ballast_mib: usize,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9701", env = "SWITCHYARD_LISTEN")]
+    listen: SocketAddr,
+    /// The master's address (host:port), for heartbeats.
+    #[arg(long, env = "SWITCHYARD_MASTER")]
+    master: String,
+    /// The node's authid; the agent uses DIR/AUTHID.pem and DIR/AUTHID.key.
+    #[arg(long, env = "SWITCHYARD_NODE_NAME")]
+    name: String,
+    /// Directory with ca.pem and the node's certificate and key.
+    #[arg(long, env = "SWITCHYARD_PKI_DIR", required_unless_present = "insecure")]
+    pki_dir: Option<PathBuf>,
+    /// Serve plaintext without authentication (every caller is an admin). Never in production.
+    #[arg(long)]
+    insecure: bool,
+    /// The executable run as workers (default: this executable).
+    #[arg(long, env = "SWITCHYARD_WORKER_EXE")]
+    worker_exe: Option<PathBuf>,
+    /// Directory for the workers' control sockets, created 0700
+    /// (default: $XDG_RUNTIME_DIR or /tmp, + switchyard-agent-AUTHID-PID).
+    #[arg(long, env = "SWITCHYARD_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// Seconds from SIGTERM to SIGKILL when stopping a worker.
+    #[arg(long, default_value_t = 5.0)]
+    stop_timeout: f64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let Command::Serve {
-        listen,
-        master,
-        name,
-        pki_dir,
-        insecure,
-    } = cli.command;
-    if !switchyard::auth::valid_name(&name) {
-        return config_error(&format!("invalid --name '{name}'"));
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Worker {
+            id,
+            kind,
+            control,
+            parent_pid,
+            cpu_affinity,
+            ballast_mib,
+        } => child::run(WorkerArgs {
+            id,
+            kind,
+            control,
+            parent_pid,
+            cpu_affinity,
+            ballast_mib,
+        }),
     }
-    let security = match (insecure, pki_dir) {
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if !switchyard::auth::valid_name(&args.name) {
+        return config_error(&format!("invalid --name '{}'", args.name));
+    }
+    if !(args.stop_timeout.is_finite() && args.stop_timeout > 0.0 && args.stop_timeout <= 3600.0) {
+        return config_error("--stop-timeout must be between 0 and 3600 seconds");
+    }
+    let security = match (args.insecure, &args.pki_dir) {
         (true, _) => Security::Insecure,
-        (false, Some(dir)) => match Identity::load(&dir, &name) {
+        (false, Some(dir)) => match Identity::load(dir, &args.name) {
             Ok(identity) => Security::Mtls(identity.server_tls()),
             Err(e) => return config_error(&e.to_string()),
         },
         (false, None) => return config_error("--pki-dir is required"),
+    };
+    let worker_exe = match args.worker_exe.map_or_else(std::env::current_exe, Ok) {
+        Ok(exe) => exe,
+        Err(e) => return config_error(&format!("cannot locate the worker executable: {e}")),
+    };
+    let runtime_dir = args.runtime_dir.unwrap_or_else(|| {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map_or_else(std::env::temp_dir, PathBuf::from)
+            .join(format!(
+                "switchyard-agent-{}-{}",
+                args.name,
+                std::process::id()
+            ))
+    });
+    let options = AgentOptions {
+        authid: args.name,
+        master: args.master,
+        security,
+        worker_exe,
+        runtime_dir,
+        stop_timeout: Duration::from_secs_f64(args.stop_timeout),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -81,14 +151,9 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
-            Err(e) => return config_error(&format!("cannot listen on {listen}: {e}")),
-        };
-        let options = AgentOptions {
-            authid: name,
-            master,
-            security,
+            Err(e) => return config_error(&format!("cannot listen on {}: {e}", args.listen)),
         };
         match switchyard_agent::serve(listener, options, switchyard::shutdown::on_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,115 +1,273 @@
-//! `switchyard.agent.v1.NativeProcessService` for the controller (workers come with issue 3).
+//! `switchyard.agent.v1.NativeProcessService` of the node: calls for `"controller"` are served by
+//! the agent's own [`LocalProcess`](crate::process::LocalProcess); calls for a worker are forwarded
+//! to the worker over its control socket, with the caller's deadline and principal. Stats streams
+//! and `Watch` are node-wide and served here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use switchyard::pb::agent::v1::{
-    StartedRequest, StartedResponse, UptimeRequest, UptimeResponse, UtcnowRequest, UtcnowResponse,
-    native_process_service_server::NativeProcessService,
-};
+use switchyard::error::{Reason, invalid_argument, status};
+use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
+use switchyard::pb::agent::v1::native_process_service_server::NativeProcessService;
+use switchyard::pb::agent::v1::{self as pb, WorkerStatus};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{Target, no_such_worker, parse_process};
-use crate::controller::{Controller, iso8601};
+use crate::Agent;
+use crate::controller::CONTROLLER;
+use crate::events::async_stream;
+use crate::process::{MIN_STREAM_INTERVAL, WHO_METADATA, check_interval, stats, who};
 
-/// Process control.
+/// Process control of the node.
 #[derive(Debug)]
 pub struct NativeProcessApi {
-    controller: Arc<Controller>,
+    agent: Arc<Agent>,
 }
 
 impl NativeProcessApi {
-    /// Process control for this agent.
-    pub fn new(controller: Arc<Controller>) -> Self {
-        NativeProcessApi { controller }
+    /// Process control for `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        NativeProcessApi { agent }
     }
+}
 
-    /// The controller, or NOT_FOUND for a worker id (this agent runs no workers yet).
-    fn controller_for(&self, process: &str) -> Result<&Controller, Status> {
-        match parse_process(process)? {
-            Target::Controller => Ok(&self.controller),
-            Target::Worker(id) => Err(no_such_worker(&id)),
+/// Where a call goes.
+enum Route {
+    Controller,
+    Worker(NativeProcessServiceClient<Channel>),
+}
+
+fn route(agent: &Agent, process: &str) -> Result<Route, Status> {
+    match process {
+        "" => Err(invalid_argument(
+            "process",
+            "required: \"controller\" or a worker id",
+        )),
+        CONTROLLER => Ok(Route::Controller),
+        id => {
+            let worker = agent.workers.get(id)?;
+            if worker.status() != WorkerStatus::Started {
+                return Err(status(
+                    Reason::NotStarted,
+                    format!(
+                        "worker '{id}' is {}",
+                        worker
+                            .status()
+                            .as_str_name()
+                            .trim_start_matches("WORKER_STATUS_")
+                            .to_lowercase()
+                    ),
+                ));
+            }
+            Ok(Route::Worker(worker.client()))
         }
     }
 }
 
+/// The request to send to a worker: same message and deadline, plus the original caller.
+fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let who = who(&request);
+    let timeout = request.metadata().get("grpc-timeout").cloned();
+    let mut out = Request::new(request.into_inner());
+    if let Some(timeout) = timeout {
+        out.metadata_mut().insert("grpc-timeout", timeout);
+    }
+    if let Ok(who) = MetadataValue::try_from(who) {
+        out.metadata_mut().insert(WHO_METADATA, who);
+    }
+    out
+}
+
+/// Serves a unary call for the controller, or forwards it to the worker.
+macro_rules! routed {
+    ($self:ident, $request:ident, $method:ident) => {{
+        match route(&$self.agent, &$request.get_ref().process)? {
+            Route::Controller => $self.agent.controller.$method($request).await,
+            Route::Worker(mut client) => client.$method(forwarded($request)).await,
+        }
+    }};
+}
+
 #[tonic::async_trait]
 impl NativeProcessService for NativeProcessApi {
+    async fn get_cpu_count(
+        &self,
+        request: Request<pb::GetCpuCountRequest>,
+    ) -> Result<Response<pb::GetCpuCountResponse>, Status> {
+        routed!(self, request, get_cpu_count)
+    }
+
+    async fn get_cpus(
+        &self,
+        request: Request<pb::GetCpusRequest>,
+    ) -> Result<Response<pb::GetCpusResponse>, Status> {
+        routed!(self, request, get_cpus)
+    }
+
+    async fn get_cpu_affinity(
+        &self,
+        request: Request<pb::GetCpuAffinityRequest>,
+    ) -> Result<Response<pb::GetCpuAffinityResponse>, Status> {
+        routed!(self, request, get_cpu_affinity)
+    }
+
+    async fn set_cpu_affinity(
+        &self,
+        request: Request<pb::SetCpuAffinityRequest>,
+    ) -> Result<Response<pb::SetCpuAffinityResponse>, Status> {
+        routed!(self, request, set_cpu_affinity)
+    }
+
+    async fn get_process_info(
+        &self,
+        request: Request<pb::GetProcessInfoRequest>,
+    ) -> Result<Response<pb::GetProcessInfoResponse>, Status> {
+        routed!(self, request, get_process_info)
+    }
+
+    async fn get_process_stats(
+        &self,
+        request: Request<pb::GetProcessStatsRequest>,
+    ) -> Result<Response<pb::GetProcessStatsResponse>, Status> {
+        routed!(self, request, get_process_stats)
+    }
+
+    async fn get_process_monitor(
+        &self,
+        request: Request<pb::GetProcessMonitorRequest>,
+    ) -> Result<Response<pb::GetProcessMonitorResponse>, Status> {
+        routed!(self, request, get_process_monitor)
+    }
+
+    async fn set_process_stats_monitoring(
+        &self,
+        request: Request<pb::SetProcessStatsMonitoringRequest>,
+    ) -> Result<Response<pb::SetProcessStatsMonitoringResponse>, Status> {
+        routed!(self, request, set_process_stats_monitoring)
+    }
+
+    /// Node-wide: the agent samples `/proc/<pid>` of every requested process itself, so one
+    /// stream of many workers costs one timer and a few file reads per sample.
+    async fn stream_process_stats(
+        &self,
+        request: Request<pb::StreamProcessStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::StreamProcessStatsResponse>>, Status> {
+        let req = request.into_inner();
+        let period = check_interval("interval", req.interval, MIN_STREAM_INTERVAL)?;
+        for (i, p) in req.processes.iter().enumerate() {
+            let field = format!("processes[{i}]");
+            match p.as_str() {
+                "" => return Err(invalid_argument(&field, "empty process name")),
+                CONTROLLER => {}
+                id => {
+                    self.agent.workers.get(id)?;
+                }
+            }
+        }
+        let agent = self.agent.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut samplers: HashMap<(String, u32), (stats::Sampler, u64)> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = agent.shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let targets = targets(&agent, &req.processes);
+                samplers.retain(|key, _| targets.contains(key));
+                for (name, pid) in targets {
+                    let (sampler, seq) = samplers.entry((name.clone(), pid)).or_default();
+                    let Ok(stats) = sampler.sample(pid) else {
+                        continue;
+                    };
+                    *seq += 1;
+                    let item = pb::StreamProcessStatsResponse {
+                        seq: *seq,
+                        process: name,
+                        stats: Some(stats),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn start_manhole(
+        &self,
+        request: Request<pb::StartManholeRequest>,
+    ) -> Result<Response<pb::StartManholeResponse>, Status> {
+        routed!(self, request, start_manhole)
+    }
+
+    async fn stop_manhole(
+        &self,
+        request: Request<pb::StopManholeRequest>,
+    ) -> Result<Response<pb::StopManholeResponse>, Status> {
+        routed!(self, request, stop_manhole)
+    }
+
+    async fn get_manhole(
+        &self,
+        request: Request<pb::GetManholeRequest>,
+    ) -> Result<Response<pb::GetManholeResponse>, Status> {
+        routed!(self, request, get_manhole)
+    }
+
+    async fn trigger_gc(
+        &self,
+        request: Request<pb::TriggerGcRequest>,
+    ) -> Result<Response<pb::TriggerGcResponse>, Status> {
+        routed!(self, request, trigger_gc)
+    }
+
     async fn utcnow(
         &self,
-        request: Request<UtcnowRequest>,
-    ) -> Result<Response<UtcnowResponse>, Status> {
-        self.controller_for(&request.get_ref().process)?;
-        Ok(Response::new(UtcnowResponse {
-            utcnow: iso8601(SystemTime::now()),
-        }))
+        request: Request<pb::UtcnowRequest>,
+    ) -> Result<Response<pb::UtcnowResponse>, Status> {
+        routed!(self, request, utcnow)
     }
 
     async fn started(
         &self,
-        request: Request<StartedRequest>,
-    ) -> Result<Response<StartedResponse>, Status> {
-        let controller = self.controller_for(&request.get_ref().process)?;
-        Ok(Response::new(StartedResponse {
-            started: iso8601(controller.started_at()),
-        }))
+        request: Request<pb::StartedRequest>,
+    ) -> Result<Response<pb::StartedResponse>, Status> {
+        routed!(self, request, started)
     }
 
     async fn uptime(
         &self,
-        request: Request<UptimeRequest>,
-    ) -> Result<Response<UptimeResponse>, Status> {
-        let controller = self.controller_for(&request.get_ref().process)?;
-        Ok(Response::new(UptimeResponse {
-            uptime: controller.uptime(),
-        }))
+        request: Request<pb::UptimeRequest>,
+    ) -> Result<Response<pb::UptimeResponse>, Status> {
+        routed!(self, request, uptime)
+    }
+
+    /// Node-wide: the agent's bus carries its own events and those relayed from every worker.
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::WatchResponse>>, Status> {
+        self.agent.controller.watch(request).await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tonic::Code;
-
-    fn api() -> NativeProcessApi {
-        NativeProcessApi::new(Arc::new(Controller::new("node1".into())))
+/// The processes a stats stream samples now: the named ones, or the controller and every live
+/// worker; each with its pid.
+fn targets(agent: &Agent, names: &[String]) -> Vec<(String, u32)> {
+    let all = names.is_empty();
+    let mut out = Vec::new();
+    if all || names.iter().any(|n| n == CONTROLLER) {
+        out.push((CONTROLLER.to_owned(), std::process::id()));
     }
-
-    #[tokio::test]
-    async fn controller_uptime_and_start_are_real() {
-        let api = api();
-        let req = |p: &str| {
-            Request::new(UptimeRequest {
-                process: p.to_owned(),
-            })
-        };
-        let up = api.uptime(req("controller")).await.unwrap().into_inner();
-        assert!(up.uptime >= 0.0 && up.uptime < 60.0, "{}", up.uptime);
-        let started = api
-            .started(Request::new(StartedRequest {
-                process: "controller".into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(started.started.ends_with('Z'), "{}", started.started);
+    for worker in agent.workers.list() {
+        let id = worker.id();
+        if worker.status() == WorkerStatus::Started && (all || names.iter().any(|n| n == id)) {
+            out.push((id.to_owned(), worker.pid()));
+        }
     }
-
-    #[tokio::test]
-    async fn bad_process_names_are_rejected() {
-        let api = api();
-        let empty = api
-            .uptime(Request::new(UptimeRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(empty.code(), Code::InvalidArgument);
-        assert!(empty.message().contains("process"), "{}", empty.message());
-        let unknown = api
-            .uptime(Request::new(UptimeRequest {
-                process: "w1".into(),
-            }))
-            .await
-            .unwrap_err();
-        assert_eq!(unknown.code(), Code::NotFound);
-    }
+    out
 }

@@ -1,44 +1,202 @@
-//! `switchyard.agent.v1.NodeControllerService`.
+//! `switchyard.agent.v1.NodeControllerService`: the agent, its host, its workers and their logs.
 
 use std::sync::Arc;
 
-use switchyard::pb::agent::v1::{
-    GetStatusRequest, GetStatusResponse, node_controller_service_server::NodeControllerService,
-};
+use switchyard::error::invalid_argument;
+use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerService;
+use switchyard::pb::agent::v1::{self as pb, WorkerStatus, WorkerType};
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use crate::controller::Controller;
+use crate::Agent;
+use crate::events::async_stream;
+use crate::process::who;
+use crate::worker::check_worker_id;
 
 /// The node controller.
 #[derive(Debug)]
 pub struct NodeControllerApi {
-    controller: Arc<Controller>,
+    agent: Arc<Agent>,
 }
 
 impl NodeControllerApi {
-    /// A node controller for this agent.
-    pub fn new(controller: Arc<Controller>) -> Self {
-        NodeControllerApi { controller }
+    /// A node controller for `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        NodeControllerApi { agent }
     }
+}
+
+fn enum_filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>, Status> {
+    if value == 0 {
+        return Ok(None);
+    }
+    E::try_from(value)
+        .map(Some)
+        .map_err(|_| invalid_argument(field, format!("unknown value {value}")))
 }
 
 #[tonic::async_trait]
 impl NodeControllerService for NodeControllerApi {
     async fn get_status(
         &self,
-        _request: Request<GetStatusRequest>,
-    ) -> Result<Response<GetStatusResponse>, Status> {
-        let c = &self.controller;
-        Ok(Response::new(GetStatusResponse {
-            authid: c.authid.clone(),
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let workers = self.agent.workers.list();
+        let started = workers
+            .iter()
+            .filter(|w| w.status() == WorkerStatus::Started)
+            .count();
+        Ok(Response::new(pb::GetStatusResponse {
+            authid: self.agent.authid.clone(),
             version: switchyard::VERSION.to_owned(),
-            pid: c.pid,
-            started: Some(c.started_at().into()),
-            uptime: c.uptime(),
-            workers: 0,
-            workers_started: 0,
+            pid: std::process::id(),
+            started: Some(self.agent.controller.started_at().into()),
+            uptime: self.agent.controller.uptime_secs(),
+            workers: workers.len() as u32,
+            workers_started: started as u32,
             node_oid: String::new(),
             master_connected: false,
         }))
+    }
+
+    async fn get_system_stats(
+        &self,
+        _request: Request<pb::GetSystemStatsRequest>,
+    ) -> Result<Response<pb::GetSystemStatsResponse>, Status> {
+        let agent = self.agent.clone();
+        let stats = tokio::task::spawn_blocking(move || agent.host.stats())
+            .await
+            .map_err(|e| switchyard::error::internal("system stats", &e))?;
+        Ok(Response::new(stats))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let req = request.get_ref();
+        let kind: Option<WorkerType> = enum_filter("type", req.r#type)?;
+        let status: Option<WorkerStatus> = enum_filter("status", req.status)?;
+        let workers = self
+            .agent
+            .workers
+            .list()
+            .iter()
+            .map(|w| w.to_pb())
+            .filter(|w| kind.is_none_or(|k| w.r#type == k as i32))
+            .filter(|w| status.is_none_or(|s| w.status == s as i32))
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn get_worker(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::GetWorkerResponse>, Status> {
+        let id = &request.get_ref().worker_id;
+        check_worker_id("worker_id", id)?;
+        let worker = self.agent.workers.get(id)?;
+        Ok(Response::new(pb::GetWorkerResponse {
+            worker: Some(worker.to_pb()),
+        }))
+    }
+
+    async fn start_worker(
+        &self,
+        request: Request<pb::StartWorkerRequest>,
+    ) -> Result<Response<pb::StartWorkerResponse>, Status> {
+        let who = who(&request);
+        let req = request.into_inner();
+        let kind = WorkerType::try_from(req.worker_type)
+            .map_err(|_| invalid_argument("worker_type", "unknown worker type"))?;
+        let worker = self
+            .agent
+            .workers
+            .start(&req.worker_id, kind, req.options.unwrap_or_default(), &who)
+            .await?;
+        Ok(Response::new(pb::StartWorkerResponse {
+            worker: Some(worker.to_pb()),
+        }))
+    }
+
+    async fn stop_worker(
+        &self,
+        request: Request<pb::StopWorkerRequest>,
+    ) -> Result<Response<pb::StopWorkerResponse>, Status> {
+        let who = who(&request);
+        let req = request.into_inner();
+        let worker = self
+            .agent
+            .workers
+            .stop(&req.worker_id, req.kill, &who)
+            .await?;
+        Ok(Response::new(pb::StopWorkerResponse {
+            worker: Some(worker.to_pb()),
+        }))
+    }
+
+    async fn get_worker_log(
+        &self,
+        request: Request<pb::GetWorkerLogRequest>,
+    ) -> Result<Response<pb::GetWorkerLogResponse>, Status> {
+        let req = request.get_ref();
+        check_worker_id("worker_id", &req.worker_id)?;
+        let worker = self.agent.workers.get(&req.worker_id)?;
+        Ok(Response::new(pb::GetWorkerLogResponse {
+            lines: worker.log.tail(req.limit as usize),
+        }))
+    }
+
+    async fn stream_worker_log(
+        &self,
+        request: Request<pb::StreamWorkerLogRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::StreamWorkerLogResponse>>, Status> {
+        let req = request.into_inner();
+        check_worker_id("worker_id", &req.worker_id)?;
+        let worker = self.agent.workers.get(&req.worker_id)?;
+        let shutdown = self.agent.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            let (backlog, mut rx) = worker.log.follow(req.limit as usize);
+            let mut last = 0;
+            for line in backlog {
+                last = line.seq;
+                if tx
+                    .send(Ok(pb::StreamWorkerLogResponse { line: Some(line) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = rx.recv() => next,
+                };
+                match next {
+                    Ok(line) if line.seq > last => {
+                        last = line.seq;
+                        if tx
+                            .send(Ok(pb::StreamWorkerLogResponse { line: Some(line) }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "log follower too slow: {n} lines dropped; reconnect"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 }

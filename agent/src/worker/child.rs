@@ -1,0 +1,94 @@
+//! The worker process: `switchyard-agent worker ...`, spawned by the agent (never by hand).
+//!
+//! It dies with its agent (parent-death signal SIGKILL, checked against the expected parent pid
+//! to close the race with an agent that died before the signal was armed), pins itself to its
+//! CPU set before any thread exists, and serves NativeProcessService for itself on its control
+//! socket until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nix::sys::signal::Signal;
+use switchyard::pb::agent::v1::native_process_service_server::NativeProcessServiceServer;
+
+use crate::events::EventBus;
+use crate::process::{LocalProcess, affinity, gc};
+
+/// What the agent passes to a worker on its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    /// The worker id.
+    pub id: String,
+    /// "web" or "router".
+    pub kind: String,
+    /// The control socket to serve on.
+    pub control: PathBuf,
+    /// The agent's pid: the only peer allowed on the control socket.
+    pub parent_pid: u32,
+    /// CPUs to pin to before starting (empty: inherit).
+    pub cpu_affinity: Vec<u32>,
+    /// Test hook: allocate and free this many MiB at start (see [`gc::ballast`]).
+    pub ballast_mib: usize,
+}
+
+/// Runs the worker until SIGTERM.
+pub fn run(args: WorkerArgs) -> ExitCode {
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        eprintln!(
+            "worker {}: cannot arm the parent-death signal: {e}",
+            args.id
+        );
+        return ExitCode::FAILURE;
+    }
+    if nix::unistd::getppid().as_raw() as u32 != args.parent_pid {
+        eprintln!("worker {}: the agent is gone; exiting", args.id);
+        return ExitCode::FAILURE;
+    }
+    if !args.cpu_affinity.is_empty() {
+        if let Err(e) = affinity::set_process(std::process::id(), &args.cpu_affinity) {
+            eprintln!("worker {}: cannot set CPU affinity: {e}", args.id);
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.ballast_mib > 0 {
+        gc::ballast(args.ballast_mib);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("worker {}: {e}", args.id);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: WorkerArgs) -> ExitCode {
+    let shutdown = switchyard::shutdown::on_signal();
+    let incoming = match super::control::listen(&args.control, args.parent_pid) {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            eprintln!(
+                "worker {}: cannot listen on {}: {e}",
+                args.id,
+                args.control.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = LocalProcess::new(&args.id, EventBus::default(), shutdown.clone());
+    let streams = shutdown.clone();
+    tracing::info!(worker = %args.id, kind = %args.kind, pid = std::process::id(), "worker serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(NativeProcessServiceServer::new(local))
+        .serve_with_incoming_shutdown(incoming, streams.cancelled_owned())
+        .await;
+    let _ = std::fs::remove_file(&args.control);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker {}: {e}", args.id);
+            ExitCode::FAILURE
+        }
+    }
+}
