@@ -42,11 +42,19 @@ fn bin_dir() -> &'static Path {
                 cmd.env_remove(&*key);
             }
         }
-        let out = cmd
-            .current_dir(repo())
-            .args(["build", "--workspace", "--bins"])
-            .output()
-            .expect("run cargo build");
+        // target/<profile>/deps/<test binary> -> target/<profile>
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("profile dir")
+            .to_owned();
+        cmd.current_dir(repo())
+            .args(["build", "--workspace", "--bins"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release"); // benchmarks measure optimised binaries
+        }
+        let out = cmd.output().expect("run cargo build");
         assert!(
             out.status.success(),
             "cargo build --workspace --bins failed:\n{}",
@@ -256,4 +264,55 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A program from a Debian package that `scripts/test.sh` installs; missing fails the test.
+pub fn system_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is missing: run scripts/test.sh (it installs the Debian packages the tests use)")
+        })
+}
+
+/// A tonic channel to `addr` with the certificate `name` of `pki`.
+pub async fn channel(pki: &Pki, name: &str, addr: SocketAddr) -> tonic::transport::Channel {
+    let tls = switchyard::pki::Identity::load(&pki.path, name)
+        .unwrap()
+        .client_tls("localhost");
+    tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Polls an async condition with a deadline.
+pub async fn eventually_async<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether process `pid` is gone (no /proc entry, or a zombie nobody needs to control).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
 }
