@@ -189,6 +189,12 @@ impl Policy {
     }
 }
 
+/// Request extension marking a call on a plaintext (`--insecure`) server: there is no verified
+/// identity, the policy is not enforced, and handlers that check identities (heartbeat authid)
+/// trust the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Insecure;
+
 /// The principal of a request that passed [`AuthLayer`] (handlers call this for `who`).
 pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Principal> {
     request.extensions().get::<Principal>()
@@ -219,7 +225,8 @@ impl AuthLayer {
         }
     }
 
-    /// A plaintext server: every caller is treated as an admin (the explicit `--insecure` mode).
+    /// A plaintext server (the explicit `--insecure` mode): no identities, no policy; every
+    /// caller is [`Principal::insecure`] and requests carry [`Insecure`].
     pub fn insecure(policy: Policy) -> Self {
         AuthLayer {
             inner: Arc::new(AuthConfig {
@@ -249,10 +256,7 @@ pub struct AuthService<S> {
 }
 
 impl AuthService<()> {
-    fn principal_of<B>(config: &AuthConfig, request: &http::Request<B>) -> Option<Principal> {
-        if config.insecure {
-            return Some(Principal::insecure());
-        }
+    fn principal_of<B>(_config: &AuthConfig, request: &http::Request<B>) -> Option<Principal> {
         let info = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()?;
@@ -279,6 +283,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if self.config.insecure {
+            request.extensions_mut().insert(Principal::insecure());
+            request.extensions_mut().insert(Insecure);
+            return futures::future::Either::Left(self.inner.call(request));
+        }
         let path = request.uri().path();
         let verdict = match AuthService::principal_of(&self.config, &request) {
             None => Err(status(

@@ -40,6 +40,10 @@ pub enum Reason {
     CannotListen,
     /// A node is offline or unreachable.
     NodeUnavailable,
+    /// The object is still used by another (e.g. a node that is a cluster member).
+    InUse,
+    /// The object changed concurrently; read it again and retry.
+    ConcurrentChange,
     /// Anything else: logged with context, never detailed to the client.
     Internal,
 }
@@ -61,6 +65,8 @@ impl Reason {
             Reason::NotStarted => "NOT_STARTED",
             Reason::CannotListen => "CANNOT_LISTEN",
             Reason::NodeUnavailable => "NODE_UNAVAILABLE",
+            Reason::InUse => "IN_USE",
+            Reason::ConcurrentChange => "CONCURRENT_CHANGE",
             Reason::Internal => "INTERNAL",
         }
     }
@@ -75,7 +81,9 @@ impl Reason {
             | Reason::CannotStart
             | Reason::CannotStop
             | Reason::AlreadyStarted
-            | Reason::NotStarted => Code::FailedPrecondition,
+            | Reason::NotStarted
+            | Reason::InUse => Code::FailedPrecondition,
+            Reason::ConcurrentChange => Code::Aborted,
             Reason::NotAuthorized => Code::PermissionDenied,
             Reason::FeatureUnavailable => Code::Unimplemented,
             Reason::CannotListen | Reason::NodeUnavailable => Code::Unavailable,

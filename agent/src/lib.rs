@@ -12,6 +12,7 @@
 pub mod api;
 pub mod controller;
 pub mod events;
+pub mod heartbeat;
 pub mod manhole;
 pub mod process;
 pub mod system;
@@ -47,6 +48,12 @@ pub struct AgentOptions {
     pub runtime_dir: PathBuf,
     /// Time from SIGTERM to SIGKILL when stopping a worker.
     pub stop_timeout: Duration,
+    /// The node certificate used to call the master (`None` with `--insecure`).
+    pub identity: Option<switchyard::pki::Identity>,
+    /// The endpoint the master should call (default: the bound listen address).
+    pub advertise: Option<String>,
+    /// Labels reported to the master.
+    pub labels: std::collections::HashMap<String, String>,
 }
 
 /// Errors that stop the agent.
@@ -83,6 +90,8 @@ pub struct Agent {
     pub host: system::Host,
     /// Cancelled on shutdown; ends long-lived streams.
     pub shutdown: CancellationToken,
+    /// The heartbeat link to the master.
+    pub master: Arc<heartbeat::MasterLink>,
 }
 
 /// Runs the agent on `listener` until `shutdown` is cancelled, then stops its workers.
@@ -114,10 +123,31 @@ pub async fn serve(
         events,
         host: system::Host::new()?,
         shutdown: shutdown.clone(),
+        master: Arc::default(),
     });
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let endpoint = options.advertise.clone().unwrap_or_else(|| local.clone());
+    let cluster_ip = endpoint
+        .rsplit_once(':')
+        .map_or(endpoint.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    tokio::spawn(heartbeat::run(
+        heartbeat::HeartbeatConfig {
+            master: options.master.clone(),
+            identity: options.identity.clone(),
+            authid: options.authid.clone(),
+            endpoint,
+            cluster_ip,
+            labels: options.labels.clone(),
+        },
+        agent.master.clone(),
+        workers.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
     let served = server::serve(
         listener,

@@ -82,6 +82,19 @@ struct ServeArgs {
     /// Seconds from SIGTERM to SIGKILL when stopping a worker.
     #[arg(long, default_value_t = 5.0)]
     stop_timeout: f64,
+    /// The endpoint (host:port) the master should call (default: the bound listen address).
+    #[arg(long, env = "SWITCHYARD_ADVERTISE")]
+    advertise: Option<String>,
+    /// A label reported to the master, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))
 }
 
 fn main() -> ExitCode {
@@ -114,10 +127,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     if !(args.stop_timeout.is_finite() && args.stop_timeout > 0.0 && args.stop_timeout <= 3600.0) {
         return config_error("--stop-timeout must be between 0 and 3600 seconds");
     }
-    let security = match (args.insecure, &args.pki_dir) {
-        (true, _) => Security::Insecure,
+    let (security, identity) = match (args.insecure, &args.pki_dir) {
+        (true, _) => (Security::Insecure, None),
         (false, Some(dir)) => match Identity::load(dir, &args.name) {
-            Ok(identity) => Security::Mtls(identity.server_tls()),
+            Ok(identity) => (Security::Mtls(identity.server_tls()), Some(identity)),
             Err(e) => return config_error(&e.to_string()),
         },
         (false, None) => return config_error("--pki-dir is required"),
@@ -142,6 +155,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         worker_exe,
         runtime_dir,
         stop_timeout: Duration::from_secs_f64(args.stop_timeout),
+        identity,
+        advertise: args.advertise,
+        labels: args.labels.into_iter().collect(),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

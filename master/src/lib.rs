@@ -1,20 +1,34 @@
-//! The Switchyard master: the admin API over the cluster store, the node-facing heartbeat API,
-//! the event stream, and (in later steps) the monitors that make started clusters run.
+//! The Switchyard master: the admin API over the durable cluster store, the node-facing
+//! heartbeat API, and the event stream (monitors that make started clusters run come next).
 //!
-//! - [`api`]: the gRPC services (thin adapters over the core).
+//! - [`store`]: the `Store` trait, sled (default) and in-memory implementations.
+//! - [`core`]: state shared by the services; [`web`], [`router`], [`nodes`]: its operations.
+//! - [`api`]: the gRPC services (thin adapters).
+//! - [`events`]: the event bus behind `EventService.Watch`.
 //! - [`dev`]: `switchyard-master dev`, a whole local cluster with generated certificates.
-//! - [`serve`]: binds everything to a listener until shutdown.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod core;
 pub mod dev;
+pub mod error;
+pub mod events;
+pub mod nodes;
+pub mod router;
+pub mod store;
+pub mod validate;
+pub mod web;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use switchyard::auth::Policy;
 use switchyard::server::{self, Security};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+pub use crate::core::HeartbeatConfig;
 
 /// What the master serves with.
 #[derive(Debug, Clone)]
@@ -23,6 +37,8 @@ pub struct MasterOptions {
     pub data_dir: PathBuf,
     /// mTLS (the default) or explicit plaintext.
     pub security: Security,
+    /// Node liveness settings.
+    pub heartbeat: HeartbeatConfig,
 }
 
 /// Errors that stop the master.
@@ -35,6 +51,14 @@ pub enum MasterError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: store::StoreError,
     },
     /// The gRPC server failed.
     #[error(transparent)]
@@ -51,19 +75,42 @@ pub async fn serve(
         path: options.data_dir.clone(),
         source,
     })?;
+    let sled = Arc::new(
+        store::sled::SledStore::open(&options.data_dir).map_err(|source| MasterError::Store {
+            path: options.data_dir.clone(),
+            source,
+        })?,
+    );
+    let core = Arc::new(Core::new(sled.clone(), options.heartbeat, shutdown.clone()));
+    tokio::spawn(expire_heartbeats(core.clone()));
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     tracing::info!(listen = %local, data_dir = %options.data_dir.display(), "master serving");
-    server::serve(
+    let served = server::serve(
         listener,
         options.security,
         Policy::Master,
-        api::routes(),
+        api::routes(core),
         switchyard::pb::MASTER_SERVICES,
         shutdown,
     )
-    .await?;
+    .await;
+    if let Err(error) = sled.sync().await {
+        tracing::error!(%error, "final flush failed");
+    }
+    served?;
     tracing::info!("master stopped");
     Ok(())
+}
+
+/// Marks nodes offline whose heartbeats stopped, a few times per grace period.
+async fn expire_heartbeats(core: Arc<Core>) {
+    let mut ticker = tokio::time::interval(core.heartbeat.grace / 5);
+    loop {
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = ticker.tick() => core.expire_heartbeats(),
+        }
+    }
 }

@@ -43,6 +43,14 @@ enum Command {
         /// Serve plaintext without authentication (every caller is an admin). Never in production.
         #[arg(long)]
         insecure: bool,
+        /// Interval agents are asked to heartbeat at, milliseconds.
+        #[arg(long, default_value_t = 500, env = "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
+              value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        heartbeat_interval_ms: u64,
+        /// A node is offline after this long without a heartbeat, milliseconds.
+        #[arg(long, default_value_t = 1500, env = "SWITCHYARD_HEARTBEAT_GRACE_MS",
+              value_parser = clap::value_parser!(u64).range(20..=600_000))]
+        heartbeat_grace_ms: u64,
     },
     /// Manage the cluster CA and certificates.
     Ca {
@@ -122,7 +130,18 @@ fn run(command: Command) -> Result<(), Failure> {
             data_dir,
             pki_dir,
             insecure,
+            heartbeat_interval_ms,
+            heartbeat_grace_ms,
         } => {
+            if heartbeat_grace_ms <= heartbeat_interval_ms {
+                return Err(Failure::Config(
+                    "--heartbeat-grace-ms must be longer than --heartbeat-interval-ms".into(),
+                ));
+            }
+            let heartbeat = switchyard_master::HeartbeatConfig {
+                interval: std::time::Duration::from_millis(heartbeat_interval_ms),
+                grace: std::time::Duration::from_millis(heartbeat_grace_ms),
+            };
             let security = match (insecure, pki_dir) {
                 (true, _) => Security::Insecure,
                 (false, Some(dir)) => Security::Mtls(
@@ -137,7 +156,11 @@ fn run(command: Command) -> Result<(), Failure> {
                     .await
                     .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
                 let shutdown = switchyard::shutdown::on_signal();
-                let options = MasterOptions { data_dir, security };
+                let options = MasterOptions {
+                    data_dir,
+                    security,
+                    heartbeat,
+                };
                 switchyard_master::serve(listener, options, shutdown)
                     .await
                     .map_err(|e| Failure::Runtime(e.into()))

@@ -54,8 +54,8 @@ impl NodeControllerService for NodeControllerApi {
             uptime: self.agent.controller.uptime_secs(),
             workers: workers.len() as u32,
             workers_started: started as u32,
-            node_oid: String::new(),
-            master_connected: false,
+            node_oid: self.agent.master.node_oid(),
+            master_connected: self.agent.master.connected(),
         }))
     }
 

@@ -44,11 +44,11 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         eprintln!("worker {}: the agent is gone; exiting", args.id);
         return ExitCode::FAILURE;
     }
-    if !args.cpu_affinity.is_empty() {
-        if let Err(e) = affinity::set_process(std::process::id(), &args.cpu_affinity) {
-            eprintln!("worker {}: cannot set CPU affinity: {e}", args.id);
-            return ExitCode::FAILURE;
-        }
+    if !args.cpu_affinity.is_empty()
+        && let Err(e) = affinity::set_process(std::process::id(), &args.cpu_affinity)
+    {
+        eprintln!("worker {}: cannot set CPU affinity: {e}", args.id);
+        return ExitCode::FAILURE;
     }
     if args.ballast_mib > 0 {
         gc::ballast(args.ballast_mib);

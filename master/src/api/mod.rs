@@ -1,0 +1,63 @@
+//! The master's gRPC services: thin adapters (validate → core → convert) over [`Core`].
+//!
+//! RPCs whose capability has not landed yet answer UNIMPLEMENTED (the generated default), never
+//! a fake success: the monitors' views (ListWebClusterWorkers, Stat*) arrive with the monitors,
+//! StreamClusterStats with the node gateway.
+
+mod event;
+mod node;
+mod router;
+mod web;
+
+use std::sync::Arc;
+
+use switchyard::pb::master::v1::{
+    event_service_server::EventServiceServer, node_service_server::NodeServiceServer,
+    router_cluster_service_server::RouterClusterServiceServer,
+    web_cluster_service_server::WebClusterServiceServer,
+};
+use tonic::service::Routes;
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+
+pub use event::EventApi;
+pub use node::NodeApi;
+pub use router::RouterClusterApi;
+pub use web::WebClusterApi;
+
+/// Every master service, ready to serve.
+pub fn routes(core: Arc<Core>) -> Routes {
+    Routes::new(WebClusterServiceServer::new(WebClusterApi(core.clone())))
+        .add_service(RouterClusterServiceServer::new(RouterClusterApi(
+            core.clone(),
+        )))
+        .add_service(NodeServiceServer::new(NodeApi(core.clone())))
+        .add_service(EventServiceServer::new(EventApi(core)))
+}
+
+/// An optional enum filter: 0 is "any", unknown values are INVALID_ARGUMENT naming `field`.
+fn filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>> {
+    if value == 0 {
+        return Ok(None);
+    }
+    E::try_from(value)
+        .map(Some)
+        .map_err(|_| Error::invalid(field, format!("unknown value {value}")))
+}
+
+/// Oids, or sorted names with `return_names`.
+fn items<T>(
+    objects: Vec<T>,
+    return_names: bool,
+    oid: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> &str,
+) -> Vec<String> {
+    if return_names {
+        let mut names: Vec<String> = objects.iter().map(|o| name(o).to_owned()).collect();
+        names.sort();
+        names
+    } else {
+        objects.iter().map(|o| oid(o).to_owned()).collect()
+    }
+}

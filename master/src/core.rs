@@ -1,0 +1,87 @@
+//! The master's core state, shared by every API service: the store, the event bus and the
+//! nodes' liveness. Each concept adds its operations in its own module (`web`, `router`, `nodes`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchyard::auth::Principal;
+use switchyard::pb::master::v1::Who;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Events;
+use crate::nodes::Liveness;
+use crate::store::Store;
+
+/// Node liveness settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatConfig {
+    /// The interval agents are asked to heartbeat at.
+    pub interval: Duration,
+    /// A node is offline after this long without a heartbeat.
+    pub grace: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: Duration::from_millis(500),
+            grace: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Everything the master's services share.
+#[derive(Debug)]
+pub struct Core {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// The event bus.
+    pub events: Events,
+    /// Which nodes are online.
+    pub liveness: Liveness,
+    /// Heartbeat settings.
+    pub heartbeat: HeartbeatConfig,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl Core {
+    /// A core over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        heartbeat: HeartbeatConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Core {
+            store,
+            events: Events::default(),
+            liveness: Liveness::default(),
+            heartbeat,
+            shutdown,
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch (the reference's `changed`).
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// A new object id.
+pub fn new_oid() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+/// The reference's `who` of a caller.
+pub fn who(principal: Option<&Principal>) -> Who {
+    match principal {
+        Some(p) => Who {
+            principal: p.uri(),
+            role: p.role.as_str().to_owned(),
+            name: p.name.clone(),
+        },
+        None => Who::default(),
+    }
+}

@@ -1,0 +1,65 @@
+//! The master's error type and its one mapping to gRPC (via `switchyard::error`).
+
+use switchyard::error::{Reason, internal, invalid_argument, status};
+
+use crate::store::StoreError;
+
+/// What can go wrong in the master's core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; names the field.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// The offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A domain error with its SPEC §3.5 reason.
+    #[error("{message}")]
+    Domain {
+        /// The reason clients branch on.
+        reason: Reason,
+        /// What happened.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Shorthand for results of the master's core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// INVALID_ARGUMENT naming `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A domain error.
+    pub fn domain(reason: Reason, message: impl Into<String>) -> Self {
+        Error::Domain {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// NOT_FOUND (`NO_SUCH_OBJECT`).
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Error::domain(Reason::NoSuchObject, format!("no such {what}"))
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument { field, message } => invalid_argument(&field, message),
+            Error::Domain { reason, message } => status(reason, message),
+            Error::Store(e) => internal("store", &e),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Nodes: registered by their first heartbeat (durably, with a new oid), online while their
+//! heartbeat stream is up and heartbeats arrive within the grace period, offline at once when the
+//! stream breaks. Liveness lives in memory; the node record changes only when what the agent
+//! reports changes, so heartbeats cost no disk writes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use switchyard::error::Reason;
+use switchyard::pb::master::v1::{EventType, HeartbeatRequest, Node, NodeStatus, event};
+
+use crate::core::{Core, new_oid};
+use crate::error::{Error, Result};
+use crate::store::{StoreExt, Txn, codec, keys};
+use crate::validate;
+
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    last_seen: Instant,
+    last_seen_at: SystemTime,
+    streams: u32,
+    online: bool,
+}
+
+/// In-memory liveness of nodes, by oid.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    nodes: Mutex<HashMap<String, Live>>,
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether node `oid` is online now.
+    pub fn is_online(&self, oid: &str) -> bool {
+        self.lock().get(oid).is_some_and(|l| l.online)
+    }
+}
+
+impl Core {
+    /// The status of node `oid`.
+    pub fn node_status(&self, oid: &str) -> NodeStatus {
+        if self.liveness.is_online(oid) {
+            NodeStatus::Online
+        } else {
+            NodeStatus::Offline
+        }
+    }
+
+    fn with_liveness(&self, mut node: Node) -> Node {
+        let live = self.liveness.lock().get(&node.oid).copied();
+        node.status = if live.is_some_and(|l| l.online) {
+            NodeStatus::Online
+        } else {
+            NodeStatus::Offline
+        } as i32;
+        if let Some(l) = live {
+            node.last_heartbeat = Some(l.last_seen_at.into());
+        }
+        node
+    }
+
+    /// Records a heartbeat from the node `authid` (already checked against its certificate).
+    /// The first one registers the node. Returns the node.
+    pub async fn heartbeat(&self, req: &HeartbeatRequest, first_of_stream: bool) -> Result<Node> {
+        if !switchyard::auth::valid_name(&req.authid) {
+            return Err(Error::invalid("authid", "not a valid node authid"));
+        }
+        let name_key = keys::node_name(&req.authid);
+        let existing = match self.store.load_str(&name_key)? {
+            Some(oid) => self.store.load::<Node>(&keys::node(&oid))?,
+            None => None,
+        };
+        let reported = |mut n: Node| {
+            n.endpoint = req.endpoint.clone();
+            n.cluster_ip = req.cluster_ip.clone();
+            n.cpu_count = req.cpu_count;
+            n.version = req.version.clone();
+            n.labels = req.labels.clone();
+            n.workers = req.workers;
+            n
+        };
+        let node = match existing {
+            Some((node, bytes)) => {
+                let updated = reported(node.clone());
+                let changed = Node {
+                    workers: 0,
+                    last_heartbeat: None,
+                    ..updated.clone()
+                } != Node {
+                    workers: 0,
+                    last_heartbeat: None,
+                    ..node.clone()
+                };
+                if changed {
+                    let key = keys::node(&node.oid);
+                    self.store
+                        .commit(
+                            Txn::new()
+                                .equals(key.clone(), bytes)
+                                .put(key, codec::encode(&updated)),
+                        )
+                        .await?;
+                }
+                updated
+            }
+            None => {
+                let node = reported(Node {
+                    oid: new_oid(),
+                    authid: req.authid.clone(),
+                    registered: Some(SystemTime::now().into()),
+                    ..Default::default()
+                });
+                let registered = self
+                    .store
+                    .commit(
+                        Txn::new()
+                            .absent(name_key.clone())
+                            .put(name_key, node.oid.clone().into_bytes())
+                            .put(keys::node(&node.oid), codec::encode(&node)),
+                    )
+                    .await;
+                match registered {
+                    Ok(()) => node,
+                    // Two streams of one new node raced: the other registered it.
+                    Err(crate::store::StoreError::Conflict(_)) => {
+                        return Box::pin(self.heartbeat(req, first_of_stream)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let became_online = {
+            let mut live = self.liveness.lock();
+            let entry = live.entry(node.oid.clone()).or_insert(Live {
+                last_seen: Instant::now(),
+                last_seen_at: SystemTime::now(),
+                streams: 0,
+                online: false,
+            });
+            entry.last_seen = Instant::now();
+            entry.last_seen_at = SystemTime::now();
+            if first_of_stream {
+                entry.streams += 1;
+            }
+            let was = entry.online;
+            entry.online = true;
+            !was
+        };
+        let node = self.with_liveness(node);
+        if became_online {
+            tracing::info!(node = %node.authid, oid = %node.oid, "node online");
+            self.events.publish(
+                EventType::OnNodeReady,
+                &node.oid,
+                None,
+                event::Object::Node(node.clone()),
+            );
+        }
+        Ok(node)
+    }
+
+    /// A heartbeat stream of node `oid` ended: offline at once unless another stream is up.
+    pub fn heartbeat_stream_ended(&self, oid: &str) {
+        let went_offline = {
+            let mut live = self.liveness.lock();
+            match live.get_mut(oid) {
+                Some(l) => {
+                    l.streams = l.streams.saturating_sub(1);
+                    let off = l.streams == 0 && l.online;
+                    if l.streams == 0 {
+                        l.online = false;
+                    }
+                    off
+                }
+                None => false,
+            }
+        };
+        if went_offline {
+            self.node_went_offline(oid, "heartbeat stream ended");
+        }
+    }
+
+    /// Marks nodes offline whose last heartbeat is older than the grace period.
+    pub fn expire_heartbeats(&self) {
+        let grace = self.heartbeat.grace;
+        let expired: Vec<String> = {
+            let mut live = self.liveness.lock();
+            live.iter_mut()
+                .filter(|(_, l)| l.online && l.last_seen.elapsed() > grace)
+                .map(|(oid, l)| {
+                    l.online = false;
+                    oid.clone()
+                })
+                .collect()
+        };
+        for oid in expired {
+            self.node_went_offline(&oid, "no heartbeat within the grace period");
+        }
+    }
+
+    fn node_went_offline(&self, oid: &str, why: &str) {
+        if let Ok(Some((node, _))) = self.store.load::<Node>(&keys::node(oid)) {
+            tracing::warn!(node = %node.authid, %oid, why, "node offline");
+            let node = self.with_liveness(node);
+            self.events.publish(
+                EventType::OnNodeShutdown,
+                oid,
+                None,
+                event::Object::Node(node),
+            );
+        }
+    }
+
+    /// A node by oid.
+    pub fn get_node(&self, oid: &str) -> Result<Node> {
+        let oid = validate::oid("node_oid", oid)?;
+        let (node, _) = self
+            .store
+            .load::<Node>(&keys::node(&oid))?
+            .ok_or_else(|| Error::not_found(format_args!("node {oid}")))?;
+        Ok(self.with_liveness(node))
+    }
+
+    /// A node by authid.
+    pub fn get_node_by_name(&self, authid: &str) -> Result<Node> {
+        if authid.is_empty() {
+            return Err(Error::invalid("authid", "required"));
+        }
+        let oid = self
+            .store
+            .load_str(&keys::node_name(authid))?
+            .ok_or_else(|| Error::not_found(format_args!("node '{authid}'")))?;
+        self.get_node(&oid)
+    }
+
+    /// A node by oid or authid (`field` names the argument in errors).
+    pub fn resolve_node(&self, field: &str, oid_or_name: &str) -> Result<Node> {
+        if oid_or_name.is_empty() {
+            return Err(Error::invalid(field, "required"));
+        }
+        match uuid::Uuid::parse_str(oid_or_name) {
+            Ok(_) => self.get_node(oid_or_name),
+            Err(_) => self.get_node_by_name(oid_or_name),
+        }
+    }
+
+    /// Every node, optionally only those in `status`.
+    pub fn list_nodes(&self, status: Option<NodeStatus>) -> Result<Vec<Node>> {
+        Ok(self
+            .store
+            .list::<Node>(keys::NODES)?
+            .into_iter()
+            .map(|n| self.with_liveness(n))
+            .filter(|n| status.is_none_or(|s| n.status == s as i32))
+            .collect())
+    }
+
+    /// Forgets a node that is no cluster's member.
+    pub async fn remove_node(&self, oid: &str) -> Result<Node> {
+        let node = self.get_node(oid)?;
+        let member = |prefix: &[u8]| -> Result<bool> {
+            Ok(self
+                .store
+                .scan(prefix)?
+                .iter()
+                .any(|(k, _)| k.ends_with(node.oid.as_bytes())))
+        };
+        if member(b"wcn/")? || member(b"rcn/")? {
+            return Err(Error::domain(
+                Reason::InUse,
+                format!(
+                    "node '{}' is a member of a cluster; remove it from its clusters first",
+                    node.authid
+                ),
+            ));
+        }
+        self.store
+            .commit(
+                Txn::new()
+                    .delete(keys::node(&node.oid))
+                    .delete(keys::node_name(&node.authid)),
+            )
+            .await?;
+        self.liveness.lock().remove(&node.oid);
+        self.events.publish(
+            EventType::OnNodeRemoved,
+            &node.oid,
+            None,
+            event::Object::Node(node.clone()),
+        );
+        Ok(node)
+    }
+}

@@ -1,0 +1,85 @@
+//! The key space: one prefix per table, then the row's identity. Object ids are fixed-length
+//! UUID strings, so `prefix/<oid>/` never matches another cluster's rows.
+
+/// `wc/<oid>` → web cluster.
+pub fn webcluster(oid: &str) -> Vec<u8> {
+    format!("wc/{oid}").into_bytes()
+}
+/// Prefix of every web cluster.
+pub const WEBCLUSTERS: &[u8] = b"wc/";
+/// `wcname/<name>` → web cluster oid.
+pub fn webcluster_name(name: &str) -> Vec<u8> {
+    format!("wcname/{name}").into_bytes()
+}
+/// `wcn/<cluster>/<node>` → web cluster membership.
+pub fn webcluster_node(cluster: &str, node: &str) -> Vec<u8> {
+    format!("wcn/{cluster}/{node}").into_bytes()
+}
+/// Prefix of a web cluster's memberships.
+pub fn webcluster_nodes(cluster: &str) -> Vec<u8> {
+    format!("wcn/{cluster}/").into_bytes()
+}
+/// `ws/<cluster>/<service>` → web service.
+pub fn webservice(cluster: &str, service: &str) -> Vec<u8> {
+    format!("ws/{cluster}/{service}").into_bytes()
+}
+/// Prefix of a web cluster's services.
+pub fn webservices(cluster: &str) -> Vec<u8> {
+    format!("ws/{cluster}/").into_bytes()
+}
+/// `wspath/<cluster>/<path>` → web service oid.
+pub fn webservice_path(cluster: &str, path: &str) -> Vec<u8> {
+    format!("wspath/{cluster}/{path}").into_bytes()
+}
+/// `rc/<oid>` → router cluster.
+pub fn routercluster(oid: &str) -> Vec<u8> {
+    format!("rc/{oid}").into_bytes()
+}
+/// Prefix of every router cluster.
+pub const ROUTERCLUSTERS: &[u8] = b"rc/";
+/// `rcname/<name>` → router cluster oid.
+pub fn routercluster_name(name: &str) -> Vec<u8> {
+    format!("rcname/{name}").into_bytes()
+}
+/// `rcn/<cluster>/<node>` → router cluster membership.
+pub fn routercluster_node(cluster: &str, node: &str) -> Vec<u8> {
+    format!("rcn/{cluster}/{node}").into_bytes()
+}
+/// Prefix of a router cluster's memberships.
+pub fn routercluster_nodes(cluster: &str) -> Vec<u8> {
+    format!("rcn/{cluster}/").into_bytes()
+}
+/// `wg/<cluster>/<group>` → worker group.
+pub fn workergroup(cluster: &str, group: &str) -> Vec<u8> {
+    format!("wg/{cluster}/{group}").into_bytes()
+}
+/// Prefix of a router cluster's worker groups.
+pub fn workergroups(cluster: &str) -> Vec<u8> {
+    format!("wg/{cluster}/").into_bytes()
+}
+/// `wgname/<cluster>/<name>` → worker group oid.
+pub fn workergroup_name(cluster: &str, name: &str) -> Vec<u8> {
+    format!("wgname/{cluster}/{name}").into_bytes()
+}
+/// `pl/<cluster>/<group>/<placement>` → placement.
+pub fn placement(cluster: &str, group: &str, placement: &str) -> Vec<u8> {
+    format!("pl/{cluster}/{group}/{placement}").into_bytes()
+}
+/// Prefix of a router cluster's placements.
+pub fn placements(cluster: &str) -> Vec<u8> {
+    format!("pl/{cluster}/").into_bytes()
+}
+/// Prefix of a worker group's placements.
+pub fn group_placements(cluster: &str, group: &str) -> Vec<u8> {
+    format!("pl/{cluster}/{group}/").into_bytes()
+}
+/// `node/<oid>` → node.
+pub fn node(oid: &str) -> Vec<u8> {
+    format!("node/{oid}").into_bytes()
+}
+/// Prefix of every node.
+pub const NODES: &[u8] = b"node/";
+/// `nodename/<authid>` → node oid.
+pub fn node_name(authid: &str) -> Vec<u8> {
+    format!("nodename/{authid}").into_bytes()
+}

@@ -1,0 +1,162 @@
+//! The master's only way to persist: the [`Store`] trait, a sled implementation
+//! ([`sled::SledStore`], the embedded default) and an in-memory one ([`memory::MemoryStore`],
+//! for unit tests of pure logic).
+//!
+//! The model is one ordered key space divided into tables by key prefix ([`keys`]): every range
+//! scan is bounded to one prefix, so a cluster's scan sees exactly its own rows. Writes are
+//! [`Txn`]s: conditions plus puts and deletes, applied atomically, and acknowledged only once
+//! durable. Values are versioned records ([`codec`]): one version byte, then a protobuf message,
+//! which later versions can read.
+
+pub mod codec;
+pub mod keys;
+pub mod memory;
+pub mod sled;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A [`Condition`] of the transaction did not hold; nothing was written.
+    #[error("condition failed on key {0}")]
+    Conflict(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend failed.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// A precondition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key must not exist.
+    Absent(Vec<u8>),
+    /// The key must hold exactly this value.
+    Equals(Vec<u8>, Vec<u8>),
+}
+
+/// One atomic, durable change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Checked first; if any fails, nothing is written.
+    pub conditions: Vec<Condition>,
+    /// Keys written.
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys removed.
+    pub deletes: Vec<Vec<u8>>,
+}
+
+impl Txn {
+    /// An empty transaction.
+    pub fn new() -> Self {
+        Txn::default()
+    }
+
+    /// Requires `key` to be absent.
+    pub fn absent(mut self, key: Vec<u8>) -> Self {
+        self.conditions.push(Condition::Absent(key));
+        self
+    }
+
+    /// Requires `key` to hold `value`.
+    pub fn equals(mut self, key: Vec<u8>, value: Vec<u8>) -> Self {
+        self.conditions.push(Condition::Equals(key, value));
+        self
+    }
+
+    /// Writes `value` at `key`.
+    pub fn put(mut self, key: Vec<u8>, value: Vec<u8>) -> Self {
+        self.puts.push((key, value));
+        self
+    }
+
+    /// Removes `key`.
+    pub fn delete(mut self, key: Vec<u8>) -> Self {
+        self.deletes.push(key);
+        self
+    }
+}
+
+/// Rows of a scan: (key, value) pairs in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A boxed future of a store operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The master's persistence.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Rows, StoreError>;
+
+    /// Applies `txn` atomically; resolves once it is durable.
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()>;
+}
+
+/// Checks `conditions` against a lookup function (shared by the implementations).
+pub fn check_conditions(
+    conditions: &[Condition],
+    mut get: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    for c in conditions {
+        let (key, ok) = match c {
+            Condition::Absent(k) => (k, get(k).is_none()),
+            Condition::Equals(k, v) => (k, get(k).as_deref() == Some(v.as_slice())),
+        };
+        if !ok {
+            return Err(StoreError::Conflict(
+                String::from_utf8_lossy(key).into_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Typed reads over a [`Store`]: decode records, keep the raw bytes for `Equals` conditions.
+pub trait StoreExt {
+    /// The record at `key` and its raw bytes.
+    fn load<M: prost::Message + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(M, Vec<u8>)>, StoreError>;
+    /// Every record under `prefix`, in key order.
+    fn list<M: prost::Message + Default>(&self, prefix: &[u8]) -> Result<Vec<M>, StoreError>;
+    /// The UTF-8 string at `key` (index entries).
+    fn load_str(&self, key: &[u8]) -> Result<Option<String>, StoreError>;
+}
+
+impl<S: Store + ?Sized> StoreExt for S {
+    fn load<M: prost::Message + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(M, Vec<u8>)>, StoreError> {
+        match self.get(key)? {
+            Some(bytes) => Ok(Some((codec::decode(key, &bytes)?, bytes))),
+            None => Ok(None),
+        }
+    }
+
+    fn list<M: prost::Message + Default>(&self, prefix: &[u8]) -> Result<Vec<M>, StoreError> {
+        self.scan(prefix)?
+            .iter()
+            .map(|(k, v)| codec::decode(k, v))
+            .collect()
+    }
+
+    fn load_str(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+}

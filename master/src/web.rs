@@ -1,0 +1,635 @@
+//! Web clusters (the reference's WebClusterManager): definitions, node memberships and web
+//! services, with the status transitions the admin API drives (SPEC §4).
+
+use switchyard::auth::Principal;
+use switchyard::error::Reason;
+use switchyard::pb::agent::v1 as apb;
+use switchyard::pb::master::v1::{
+    ClusterStatus, EventType, NodeStatus, StatusChange, WebCluster, WebClusterNode,
+    WebClusterNodeConfig, WebService, event, web_service,
+};
+
+use crate::core::{Core, new_oid, now_ns, who};
+use crate::error::{Error, Result};
+use crate::store::{StoreExt, Txn, codec, keys};
+use crate::validate;
+
+/// What Get returns instead of a stored TLS key.
+pub const REDACTED: &str = "<redacted>";
+
+/// The cluster as the API shows it: the TLS private key never leaves the master.
+pub fn redact(mut c: WebCluster) -> WebCluster {
+    if c.tls_key.is_some() {
+        c.tls_key = Some(REDACTED.to_owned());
+    }
+    c
+}
+
+fn check_transport(c: &WebCluster) -> Result<()> {
+    validate::port("webcluster.tcp_port", c.tcp_port)?;
+    if let Some(v) = c.tcp_version
+        && v != 4
+        && v != 6
+    {
+        return Err(Error::invalid("webcluster.tcp_version", "must be 4 or 6"));
+    }
+    if let Some(b) = c.tcp_backlog
+        && !(1..=65535).contains(&b)
+    {
+        return Err(Error::invalid("webcluster.tcp_backlog", "must be 1..65535"));
+    }
+    if let Some(i) = &c.tcp_interface
+        && i.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(Error::invalid(
+            "webcluster.tcp_interface",
+            format!("'{i}' is not an IP address"),
+        ));
+    }
+    match (&c.tls_key, &c.tls_certificate) {
+        (Some(k), Some(cert)) => {
+            validate::pem("webcluster.tls_key", k, "PRIVATE KEY")?;
+            validate::pem("webcluster.tls_certificate", cert, "CERTIFICATE")?;
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "webcluster.tls_certificate",
+                "required with tls_key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "webcluster.tls_key",
+                "required with tls_certificate",
+            ));
+        }
+    }
+    for (i, pem) in c.tls_chain_certificates.iter().enumerate() {
+        validate::pem(
+            &format!("webcluster.tls_chain_certificates[{i}]"),
+            pem,
+            "CERTIFICATE",
+        )?;
+    }
+    for (i, pem) in c.tls_ca_certificates.iter().enumerate() {
+        validate::pem(
+            &format!("webcluster.tls_ca_certificates[{i}]"),
+            pem,
+            "CERTIFICATE",
+        )?;
+    }
+    Ok(())
+}
+
+/// Validates a web service at Add time (SPEC §6.2): the error names the field.
+fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
+    s.path = validate::path("webservice.path", &s.path)?;
+    use web_service::Service;
+    match &mut s.service {
+        None => {
+            return Err(Error::invalid(
+                "webservice.service",
+                "one of static, json, redirect, reverseproxy, nodeinfo, websocket_reverseproxy is required",
+            ));
+        }
+        Some(Service::Static(st)) => {
+            if st.directory.trim().is_empty() {
+                return Err(Error::invalid("webservice.static.directory", "required"));
+            }
+        }
+        Some(Service::Json(j)) => {
+            if j.value.is_none() {
+                return Err(Error::invalid(
+                    "webservice.json.value",
+                    "required (any JSON value)",
+                ));
+            }
+        }
+        Some(Service::Redirect(r)) => validate::url("webservice.redirect.url", &r.url)?,
+        Some(Service::Reverseproxy(p)) => {
+            if p.host.trim().is_empty() {
+                return Err(Error::invalid("webservice.reverseproxy.host", "required"));
+            }
+            if p.port == 0 {
+                p.port = 80;
+            }
+            validate::port("webservice.reverseproxy.port", p.port)?;
+            if !p.path.is_empty() && !p.path.starts_with('/') {
+                return Err(Error::invalid(
+                    "webservice.reverseproxy.path",
+                    "must start with /",
+                ));
+            }
+        }
+        Some(Service::Nodeinfo(_)) => {}
+        Some(Service::WebsocketReverseproxy(w)) => check_websocket(core, w)?,
+    }
+    Ok(())
+}
+
+fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Result<()> {
+    w.backends.clear(); // output only: resolved by the master
+    match (&w.backend, &w.workergroup) {
+        (Some(b), None) => {
+            if b.host.trim().is_empty() {
+                return Err(Error::invalid(
+                    "webservice.websocket_reverseproxy.backend.host",
+                    "required",
+                ));
+            }
+            validate::port("webservice.websocket_reverseproxy.backend.port", b.port)?;
+        }
+        (None, Some(g)) => {
+            let rc = validate::oid(
+                "webservice.websocket_reverseproxy.workergroup.routercluster_oid",
+                &g.routercluster_oid,
+            )?;
+            let wg = validate::oid(
+                "webservice.websocket_reverseproxy.workergroup.workergroup_oid",
+                &g.workergroup_oid,
+            )?;
+            if core.store.get(&keys::workergroup(&rc, &wg))?.is_none() {
+                return Err(Error::not_found(format_args!(
+                    "worker group {wg} in router cluster {rc}"
+                )));
+            }
+        }
+        _ => {
+            return Err(Error::invalid(
+                "webservice.websocket_reverseproxy",
+                "exactly one of backend and workergroup is required",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Core {
+    fn load_webcluster(&self, oid: &str) -> Result<(WebCluster, Vec<u8>)> {
+        self.store
+            .load::<WebCluster>(&keys::webcluster(oid))?
+            .ok_or_else(|| Error::not_found(format_args!("web cluster {oid}")))
+    }
+
+    /// Creates a web cluster in status STOPPED.
+    pub async fn create_webcluster(
+        &self,
+        spec: Option<WebCluster>,
+        caller: Option<&Principal>,
+    ) -> Result<WebCluster> {
+        let spec = spec.ok_or_else(|| Error::invalid("webcluster", "required"))?;
+        validate::name("webcluster.name", &spec.name)?;
+        check_transport(&spec)?;
+        let cluster = WebCluster {
+            oid: new_oid(),
+            status: ClusterStatus::Stopped as i32,
+            status_reason: String::new(),
+            changed: now_ns(),
+            owner: caller.map(|p| p.uri()).unwrap_or_default(),
+            who: None,
+            tcp_shared: Some(spec.tcp_shared.unwrap_or(true)),
+            ..spec
+        };
+        let name_key = keys::webcluster_name(&cluster.name);
+        let created = self
+            .store
+            .commit(
+                Txn::new()
+                    .absent(name_key.clone())
+                    .put(name_key, cluster.oid.clone().into_bytes())
+                    .put(keys::webcluster(&cluster.oid), codec::encode(&cluster)),
+            )
+            .await;
+        if let Err(crate::store::StoreError::Conflict(_)) = created {
+            return Err(Error::domain(
+                Reason::AlreadyExists,
+                format!("a web cluster named '{}' already exists", cluster.name),
+            ));
+        }
+        created?;
+        let out = redact(cluster);
+        self.events.publish(
+            EventType::OnWebclusterCreated,
+            &out.oid,
+            Some(who(caller)),
+            event::Object::Webcluster(out.clone()),
+        );
+        Ok(out)
+    }
+
+    /// A web cluster by oid (TLS key redacted).
+    pub fn get_webcluster(&self, oid: &str) -> Result<WebCluster> {
+        let oid = validate::oid("webcluster_oid", oid)?;
+        Ok(redact(self.load_webcluster(&oid)?.0))
+    }
+
+    /// A web cluster by oid with its TLS key (for the monitors).
+    pub fn get_webcluster_secret(&self, oid: &str) -> Result<WebCluster> {
+        Ok(self.load_webcluster(oid)?.0)
+    }
+
+    /// A web cluster by name.
+    pub fn get_webcluster_by_name(&self, name: &str) -> Result<WebCluster> {
+        if name.is_empty() {
+            return Err(Error::invalid("webcluster_name", "required"));
+        }
+        let oid = self
+            .store
+            .load_str(&keys::webcluster_name(name))?
+            .ok_or_else(|| Error::not_found(format_args!("web cluster '{name}'")))?;
+        Ok(redact(self.load_webcluster(&oid)?.0))
+    }
+
+    /// Every web cluster.
+    pub fn list_webclusters(&self) -> Result<Vec<WebCluster>> {
+        Ok(self
+            .store
+            .list::<WebCluster>(keys::WEBCLUSTERS)?
+            .into_iter()
+            .map(redact)
+            .collect())
+    }
+
+    /// Deletes a STOPPED web cluster with its memberships and services, atomically.
+    pub async fn delete_webcluster(
+        &self,
+        oid: &str,
+        caller: Option<&Principal>,
+    ) -> Result<WebCluster> {
+        let oid = validate::oid("webcluster_oid", oid)?;
+        let (cluster, bytes) = self.load_webcluster(&oid)?;
+        if cluster.status != ClusterStatus::Stopped as i32 {
+            return Err(Error::domain(
+                Reason::NotStopped,
+                format!(
+                    "web cluster '{}' is {}; stop it first",
+                    cluster.name,
+                    status_name(cluster.status)
+                ),
+            ));
+        }
+        let key = keys::webcluster(&oid);
+        let mut txn = Txn::new()
+            .equals(key.clone(), bytes)
+            .delete(key)
+            .delete(keys::webcluster_name(&cluster.name));
+        for (k, _) in self.store.scan(&keys::webcluster_nodes(&oid))? {
+            txn = txn.delete(k);
+        }
+        for s in self.store.list::<WebService>(&keys::webservices(&oid))? {
+            txn = txn
+                .delete(keys::webservice(&oid, &s.oid))
+                .delete(keys::webservice_path(&oid, &s.path));
+        }
+        self.store
+            .commit(txn)
+            .await
+            .map_err(|e| conflict_retry(e, "web cluster"))?;
+        let out = redact(cluster);
+        self.events.publish(
+            EventType::OnWebclusterDeleted,
+            &oid,
+            Some(who(caller)),
+            event::Object::Webcluster(out.clone()),
+        );
+        Ok(out)
+    }
+
+    /// STOPPED → STARTING (start) or STARTING/RUNNING/DEGRADED → STOPPING (stop).
+    pub async fn change_webcluster(
+        &self,
+        oid: &str,
+        start: bool,
+        caller: Option<&Principal>,
+    ) -> Result<StatusChange> {
+        let oid = validate::oid("webcluster_oid", oid)?;
+        let (mut cluster, bytes) = self.load_webcluster(&oid)?;
+        let from = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
+        let to = transition(from, start).ok_or_else(|| {
+            let (reason, verb) = if start {
+                (Reason::CannotStart, "start")
+            } else {
+                (Reason::CannotStop, "stop")
+            };
+            Error::domain(
+                reason,
+                format!(
+                    "cannot {verb} web cluster '{}': it is {}",
+                    cluster.name,
+                    status_name(cluster.status)
+                ),
+            )
+        })?;
+        let who = who(caller);
+        cluster.status = to as i32;
+        cluster.status_reason.clear();
+        cluster.changed = now_ns();
+        cluster.who = Some(who.clone());
+        let key = keys::webcluster(&oid);
+        self.store
+            .commit(
+                Txn::new()
+                    .equals(key.clone(), bytes)
+                    .put(key, codec::encode(&cluster)),
+            )
+            .await
+            .map_err(|e| conflict_retry(e, "web cluster"))?;
+        let kind = if start {
+            EventType::OnWebclusterStarting
+        } else {
+            EventType::OnWebclusterStopping
+        };
+        self.events.publish(
+            kind,
+            &oid,
+            Some(who.clone()),
+            event::Object::Webcluster(redact(cluster.clone())),
+        );
+        Ok(StatusChange {
+            oid,
+            status: to as i32,
+            changed: cluster.changed,
+            who: Some(who),
+        })
+    }
+
+    /// Adds a node (by oid or authid) to a web cluster.
+    pub async fn add_webcluster_node(
+        &self,
+        cluster_oid: &str,
+        node: &str,
+        config: Option<WebClusterNodeConfig>,
+        caller: Option<&Principal>,
+    ) -> Result<WebClusterNode> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
+        let node = self.resolve_node("node_oid", node)?;
+        let config = config.unwrap_or_default();
+        let membership = WebClusterNode {
+            cluster_oid: cluster_oid.clone(),
+            node_oid: node.oid.clone(),
+            parallel: if config.parallel == 0 {
+                1
+            } else {
+                config.parallel
+            },
+            standby: config.standby,
+            node_authid: node.authid.clone(),
+        };
+        if membership.parallel > 1024 {
+            return Err(Error::invalid("config.parallel", "must be 1..1024"));
+        }
+        let key = keys::webcluster_node(&cluster_oid, &node.oid);
+        let cluster_key = keys::webcluster(&cluster_oid);
+        let added = self
+            .store
+            .commit(
+                Txn::new()
+                    .absent(key.clone())
+                    .put(key, codec::encode(&membership))
+                    // The cluster must still exist.
+                    .equals(cluster_key, codec::encode(&cluster)),
+            )
+            .await;
+        if let Err(crate::store::StoreError::Conflict(k)) = &added
+            && k.starts_with("wcn/")
+        {
+            return Err(Error::domain(
+                Reason::AlreadyExists,
+                format!(
+                    "node '{}' is already a member of web cluster '{}'",
+                    node.authid, cluster.name
+                ),
+            ));
+        }
+        added.map_err(|e| conflict_retry(e, "web cluster"))?;
+        self.events.publish(
+            EventType::OnWebclusterNodeAdded,
+            &cluster_oid,
+            Some(who(caller)),
+            event::Object::WebclusterNode(membership.clone()),
+        );
+        Ok(membership)
+    }
+
+    /// Removes a node from a web cluster.
+    pub async fn remove_webcluster_node(
+        &self,
+        cluster_oid: &str,
+        node: &str,
+        caller: Option<&Principal>,
+    ) -> Result<WebClusterNode> {
+        let membership = self.get_webcluster_node(cluster_oid, node)?;
+        let key = keys::webcluster_node(&membership.cluster_oid, &membership.node_oid);
+        self.store.commit(Txn::new().delete(key)).await?;
+        self.events.publish(
+            EventType::OnWebclusterNodeRemoved,
+            &membership.cluster_oid,
+            Some(who(caller)),
+            event::Object::WebclusterNode(membership.clone()),
+        );
+        Ok(membership)
+    }
+
+    /// A membership of a web cluster.
+    pub fn get_webcluster_node(&self, cluster_oid: &str, node: &str) -> Result<WebClusterNode> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
+        let node = self.resolve_node("node_oid", node)?;
+        self.store
+            .load::<WebClusterNode>(&keys::webcluster_node(&cluster_oid, &node.oid))?
+            .map(|(m, _)| m)
+            .ok_or_else(|| {
+                Error::not_found(format_args!(
+                    "node '{}' in web cluster '{}'",
+                    node.authid, cluster.name
+                ))
+            })
+    }
+
+    /// The memberships of a web cluster, optionally only of nodes in `status`.
+    pub fn list_webcluster_nodes(
+        &self,
+        cluster_oid: &str,
+        status: Option<NodeStatus>,
+    ) -> Result<Vec<WebClusterNode>> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        self.load_webcluster(&cluster_oid)?;
+        Ok(self
+            .store
+            .list::<WebClusterNode>(&keys::webcluster_nodes(&cluster_oid))?
+            .into_iter()
+            .filter(|m| status.is_none_or(|s| self.node_status(&m.node_oid) == s))
+            .collect())
+    }
+
+    /// Adds a web service (validated at Add time).
+    pub async fn add_webcluster_service(
+        &self,
+        cluster_oid: &str,
+        spec: Option<WebService>,
+        caller: Option<&Principal>,
+    ) -> Result<WebService> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
+        let mut service = spec.ok_or_else(|| Error::invalid("webservice", "required"))?;
+        check_service(self, &mut service)?;
+        service.oid = new_oid();
+        service.webcluster_oid = cluster_oid.clone();
+        let path_key = keys::webservice_path(&cluster_oid, &service.path);
+        let added = self
+            .store
+            .commit(
+                Txn::new()
+                    .absent(path_key.clone())
+                    .put(path_key, service.oid.clone().into_bytes())
+                    .put(
+                        keys::webservice(&cluster_oid, &service.oid),
+                        codec::encode(&service),
+                    )
+                    .equals(keys::webcluster(&cluster_oid), codec::encode(&cluster)),
+            )
+            .await;
+        if let Err(crate::store::StoreError::Conflict(k)) = &added
+            && k.starts_with("wspath/")
+        {
+            return Err(Error::domain(
+                Reason::AlreadyExists,
+                format!(
+                    "web cluster '{}' already has a service on path {}",
+                    cluster.name, service.path
+                ),
+            ));
+        }
+        added.map_err(|e| conflict_retry(e, "web cluster"))?;
+        self.events.publish(
+            EventType::OnWebserviceAdded,
+            &service.oid,
+            Some(who(caller)),
+            event::Object::Webservice(service.clone()),
+        );
+        Ok(service)
+    }
+
+    /// Removes a web service.
+    pub async fn remove_webcluster_service(
+        &self,
+        cluster_oid: &str,
+        service_oid: &str,
+        caller: Option<&Principal>,
+    ) -> Result<WebService> {
+        let service = self.get_webcluster_service(cluster_oid, service_oid)?;
+        self.store
+            .commit(
+                Txn::new()
+                    .delete(keys::webservice(&service.webcluster_oid, &service.oid))
+                    .delete(keys::webservice_path(
+                        &service.webcluster_oid,
+                        &service.path,
+                    )),
+            )
+            .await?;
+        self.events.publish(
+            EventType::OnWebserviceRemoved,
+            &service.oid,
+            Some(who(caller)),
+            event::Object::Webservice(service.clone()),
+        );
+        Ok(service)
+    }
+
+    /// A web service by oid.
+    pub fn get_webcluster_service(
+        &self,
+        cluster_oid: &str,
+        service_oid: &str,
+    ) -> Result<WebService> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        let service_oid = validate::oid("webservice_oid", service_oid)?;
+        self.load_webcluster(&cluster_oid)?;
+        self.store
+            .load::<WebService>(&keys::webservice(&cluster_oid, &service_oid))?
+            .map(|(s, _)| s)
+            .ok_or_else(|| Error::not_found(format_args!("web service {service_oid}")))
+    }
+
+    /// A web service by path.
+    pub fn get_webcluster_service_by_path(
+        &self,
+        cluster_oid: &str,
+        path: &str,
+    ) -> Result<WebService> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        let path = validate::path("path", path)?;
+        self.load_webcluster(&cluster_oid)?;
+        let oid = self
+            .store
+            .load_str(&keys::webservice_path(&cluster_oid, &path))?
+            .ok_or_else(|| Error::not_found(format_args!("web service on path {path}")))?;
+        self.get_webcluster_service(&cluster_oid, &oid)
+    }
+
+    /// The services of a web cluster whose path starts with `prefix`.
+    pub fn list_webcluster_services(
+        &self,
+        cluster_oid: &str,
+        prefix: &str,
+    ) -> Result<Vec<WebService>> {
+        let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
+        self.load_webcluster(&cluster_oid)?;
+        Ok(self
+            .store
+            .list::<WebService>(&keys::webservices(&cluster_oid))?
+            .into_iter()
+            .filter(|s| s.path.starts_with(prefix))
+            .collect())
+    }
+}
+
+/// The status after a start (`start`) or stop, if allowed from `from` (SPEC §4).
+pub fn transition(from: ClusterStatus, start: bool) -> Option<ClusterStatus> {
+    use ClusterStatus::*;
+    match (from, start) {
+        (Stopped, true) => Some(Starting),
+        (Starting | Running | Degraded | Error, false) => Some(Stopping),
+        _ => None,
+    }
+}
+
+/// "STOPPED", "RUNNING", ...
+pub fn status_name(status: i32) -> &'static str {
+    ClusterStatus::try_from(status)
+        .map_or("UNKNOWN", |s| s.as_str_name())
+        .trim_start_matches("CLUSTER_STATUS_")
+}
+
+/// A conflict on an `Equals` condition means someone changed the object meanwhile.
+pub fn conflict_retry(e: crate::store::StoreError, what: &str) -> Error {
+    match e {
+        crate::store::StoreError::Conflict(_) => Error::domain(
+            Reason::ConcurrentChange,
+            format!("the {what} changed concurrently (or was deleted); read it again and retry"),
+        ),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_follow_the_status_machine() {
+        use ClusterStatus::*;
+        assert_eq!(transition(Stopped, true), Some(Starting));
+        for s in [Starting, Running, Degraded, Stopping] {
+            assert_eq!(transition(s, true), None, "{s:?}");
+        }
+        for s in [Starting, Running, Degraded] {
+            assert_eq!(transition(s, false), Some(Stopping), "{s:?}");
+        }
+        assert_eq!(transition(Stopped, false), None);
+        assert_eq!(transition(Stopping, false), None);
+    }
+}
