@@ -373,7 +373,7 @@ impl russh::server::Handler for Session_ {
             "Switchyard manhole, pid {}. Type help.\r\n{PROMPT}",
             std::process::id()
         );
-        session.data(channel, (banner.into_bytes()))?;
+        session.data(channel, banner.into_bytes())?;
         Ok(())
     }
 
@@ -390,7 +390,7 @@ impl russh::server::Handler for Session_ {
             Outcome::Error(t) => (t, 1),
             Outcome::Exit => (String::new(), 0),
         };
-        session.data(channel, (text.into_bytes()))?;
+        session.data(channel, text.into_bytes())?;
         session.exit_status_request(channel, status)?;
         session.eof(channel)?;
         session.close(channel)?;
@@ -450,10 +450,10 @@ impl russh::server::Handler for Session_ {
             }
         }
         if !out.is_empty() {
-            session.data(channel, (out))?;
+            session.data(channel, out)?;
         }
         if exit {
-            session.data(channel, (b"bye\r\n".to_vec()))?;
+            session.data(channel, b"bye\r\n".to_vec())?;
             session.exit_status_request(channel, 0)?;
             session.eof(channel)?;
             session.close(channel)?;
