@@ -416,7 +416,7 @@ async fn stats_stream_delivers_samples_of_every_process() {
             .unwrap_or_else(|_| panic!("fewer than 5 samples per process in 1.5 s: {seqs:?}"))
             .unwrap()
             .unwrap();
-        assert_eq!(msg.stats.as_ref().unwrap().pid != 0, true);
+        assert!(msg.stats.as_ref().unwrap().pid != 0);
         seqs.entry(msg.process).or_default().push(msg.seq);
     }
     for (process, s) in &seqs {
