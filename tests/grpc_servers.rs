@@ -193,9 +193,9 @@ fn mtls_and_roles_are_enforced() {
     assert!(err.contains("PermissionDenied"), "{err}");
     assert!(err.contains("NOT_AUTHORIZED"), "{err}");
 
-    // An admin certificate passes the role check (the store arrives with issue 4).
+    // An admin certificate succeeds.
     let out = grpcurl(&pki.grpcurl_tls(Some("admin")), &["-d", "{}", &m, list]);
-    assert!(stderr(&out).contains("Unimplemented"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // On the agent: admin and master may call, a node may not.
     let uptime = "switchyard.agent.v1.NativeProcessService/Uptime";
