@@ -261,8 +261,28 @@ impl AuthService<()> {
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()?;
         let certs = info.peer_certs()?;
-        Principal::from_certificate(certs.first()?.as_ref())
+        cached_principal(certs.first()?.as_ref())
     }
+}
+
+/// Principals of recently seen certificates: parsing X.509 on every call would cost more than
+/// the call itself. Bounded; cleared when full (a cluster has few distinct certificates).
+fn cached_principal(der: &[u8]) -> Option<Principal> {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    const MAX: usize = 4096;
+    static CACHE: OnceLock<RwLock<HashMap<Vec<u8>, Option<Principal>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(RwLock::default);
+    if let Some(hit) = cache.read().unwrap_or_else(|p| p.into_inner()).get(der) {
+        return hit.clone();
+    }
+    let principal = Principal::from_certificate(der);
+    let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX {
+        map.clear();
+    }
+    map.insert(der.to_vec(), principal.clone());
+    principal
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
