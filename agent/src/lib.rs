@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod manhole;
 pub mod process;
 pub mod system;
+pub mod web;
 pub mod worker;
 
 mod sys;
@@ -108,6 +109,7 @@ pub async fn serve(
             stop_timeout: options.stop_timeout,
             start_timeout: Duration::from_secs(10),
             log_lines: 1000,
+            node: options.authid.clone(),
         },
         events.clone(),
         shutdown.clone(),

@@ -41,6 +41,8 @@ enum Command {
     Worker {
         #[arg(long)]
         id: String,
+        #[arg(long)]
+        node: String,
         #[arg(long = "type", value_parser = ["web", "router"])]
         kind: String,
         #[arg(long)]
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Worker {
             id,
+            node,
             kind,
             control,
             parent_pid,
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             ballast_mib,
         } => child::run(WorkerArgs {
             id,
+            node,
             kind,
             control,
             parent_pid,

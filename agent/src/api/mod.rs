@@ -16,6 +16,7 @@ use switchyard::pb::agent::v1::{
 use tonic::service::Routes;
 
 pub use native_process::NativeProcessApi;
+pub(crate) use native_process::forwarded;
 pub use node_controller::NodeControllerApi;
 
 use crate::Agent;

@@ -66,7 +66,7 @@ fn route(agent: &Agent, process: &str) -> Result<Route, Status> {
 }
 
 /// The request to send to a worker: same message and deadline, plus the original caller.
-fn forwarded<T>(request: Request<T>) -> Request<T> {
+pub(crate) fn forwarded<T>(request: Request<T>) -> Request<T> {
     let who = who(&request);
     let timeout = request.metadata().get("grpc-timeout").cloned();
     let mut out = Request::new(request.into_inner());

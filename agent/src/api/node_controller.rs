@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
-use switchyard::error::invalid_argument;
+use switchyard::error::{Reason, invalid_argument, status};
+use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerService;
 use switchyard::pb::agent::v1::{self as pb, WorkerStatus, WorkerType};
 use tokio::sync::broadcast::error::RecvError;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::Agent;
@@ -35,8 +37,77 @@ fn enum_filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>, St
         .map_err(|_| invalid_argument(field, format!("unknown value {value}")))
 }
 
+/// The controls client of a started web worker, or the error to answer with.
+fn web_worker(agent: &Agent, id: &str) -> Result<NodeControllerServiceClient<Channel>, Status> {
+    check_worker_id("worker_id", id)?;
+    let worker = agent.workers.get(id)?;
+    if worker.kind() != WorkerType::Web {
+        return Err(status(
+            Reason::InvalidConfiguration,
+            format!("worker '{id}' is not a web worker"),
+        ));
+    }
+    if worker.status() != WorkerStatus::Started {
+        return Err(status(
+            Reason::NotStarted,
+            format!("worker '{id}' is not running"),
+        ));
+    }
+    Ok(worker.controls())
+}
+
+/// Forwards a web-worker control to the worker, with the caller's deadline and principal.
+macro_rules! forward_web {
+    ($self:ident, $request:ident, $method:ident) => {{
+        let mut client = web_worker(&$self.agent, &$request.get_ref().worker_id)?;
+        client.$method(crate::api::forwarded($request)).await
+    }};
+}
+
 #[tonic::async_trait]
 impl NodeControllerService for NodeControllerApi {
+    async fn start_web_transport(
+        &self,
+        request: Request<pb::StartWebTransportRequest>,
+    ) -> Result<Response<pb::StartWebTransportResponse>, Status> {
+        forward_web!(self, request, start_web_transport)
+    }
+
+    async fn get_web_transport(
+        &self,
+        request: Request<pb::GetWebTransportRequest>,
+    ) -> Result<Response<pb::GetWebTransportResponse>, Status> {
+        forward_web!(self, request, get_web_transport)
+    }
+
+    async fn stop_web_transport(
+        &self,
+        request: Request<pb::StopWebTransportRequest>,
+    ) -> Result<Response<pb::StopWebTransportResponse>, Status> {
+        forward_web!(self, request, stop_web_transport)
+    }
+
+    async fn start_web_service(
+        &self,
+        request: Request<pb::StartWebServiceRequest>,
+    ) -> Result<Response<pb::StartWebServiceResponse>, Status> {
+        forward_web!(self, request, start_web_service)
+    }
+
+    async fn stop_web_service(
+        &self,
+        request: Request<pb::StopWebServiceRequest>,
+    ) -> Result<Response<pb::StopWebServiceResponse>, Status> {
+        forward_web!(self, request, stop_web_service)
+    }
+
+    async fn list_web_services(
+        &self,
+        request: Request<pb::ListWebServicesRequest>,
+    ) -> Result<Response<pb::ListWebServicesResponse>, Status> {
+        forward_web!(self, request, list_web_services)
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,

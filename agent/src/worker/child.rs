@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use nix::sys::signal::Signal;
 use switchyard::pb::agent::v1::native_process_service_server::NativeProcessServiceServer;
+use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerServiceServer;
 
 use crate::events::EventBus;
 use crate::process::{LocalProcess, affinity, gc};
@@ -19,6 +20,8 @@ use crate::process::{LocalProcess, affinity, gc};
 pub struct WorkerArgs {
     /// The worker id.
     pub id: String,
+    /// The node's authid (for `nodeinfo`).
+    pub node: String,
     /// "web" or "router".
     pub kind: String,
     /// The control socket to serve on.
@@ -81,6 +84,13 @@ async fn serve(args: WorkerArgs) -> ExitCode {
     tracing::info!(worker = %args.id, kind = %args.kind, pid = std::process::id(), "worker serving");
     let served = tonic::transport::Server::builder()
         .add_service(NativeProcessServiceServer::new(local))
+        .add_service(NodeControllerServiceServer::new(
+            super::web_control::WebControl::new(
+                args.node.clone(),
+                args.id.clone(),
+                args.kind == "web",
+            ),
+        ))
         .serve_with_incoming_shutdown(incoming, streams.cancelled_owned())
         .await;
     let _ = std::fs::remove_file(&args.control);

@@ -9,6 +9,7 @@
 pub mod child;
 pub mod control;
 pub mod log;
+pub mod web_control;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -21,6 +22,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use switchyard::error::{Reason, invalid_argument, status};
 use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
+use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::agent::v1::{
     self as pb, LogStream, ProcessEventType, WorkerStatus, WorkerType, process_event,
 };
@@ -46,6 +48,8 @@ pub struct WorkerConfig {
     pub start_timeout: Duration,
     /// Lines of output kept per worker.
     pub log_lines: usize,
+    /// The node's authid, passed to workers.
+    pub node: String,
 }
 
 /// The mutable state of a worker.
@@ -73,6 +77,7 @@ pub struct Worker {
     /// The worker's output.
     pub log: LogRing,
     client: NativeProcessServiceClient<Channel>,
+    controls: NodeControllerServiceClient<Channel>,
 }
 
 impl Worker {
@@ -102,6 +107,16 @@ impl Worker {
     /// A process-control client connected to the worker's control socket.
     pub fn client(&self) -> NativeProcessServiceClient<Channel> {
         self.client.clone()
+    }
+
+    /// A client of the worker's own controls (web transport and services) on its control socket.
+    pub fn controls(&self) -> NodeControllerServiceClient<Channel> {
+        self.controls.clone()
+    }
+
+    /// The worker's kind.
+    pub fn kind(&self) -> WorkerType {
+        self.kind
     }
 
     /// The worker as the API returns it.
@@ -244,6 +259,7 @@ impl Workers {
             stop_requested: false.into(),
             log: LogRing::new(self.config.log_lines),
             client: NativeProcessServiceClient::new(control::channel(socket.clone())),
+            controls: NodeControllerServiceClient::new(control::channel(socket.clone())),
         });
         {
             let mut map = self.map();
@@ -259,7 +275,15 @@ impl Workers {
         let mut command = tokio::process::Command::new(&self.config.exe);
         command
             .arg("worker")
-            .args(["--id", id, "--type", kind_arg, "--control"])
+            .args([
+                "--id",
+                id,
+                "--node",
+                &self.config.node,
+                "--type",
+                kind_arg,
+                "--control",
+            ])
             .arg(&socket)
             .args(["--parent-pid", &std::process::id().to_string()]);
         if !options.cpu_affinity.is_empty() {

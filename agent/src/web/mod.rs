@@ -1,0 +1,352 @@
+//! The web worker's HTTP server (the reference's proxy worker): one HTTP/1.1 + HTTP/2 listener
+//! (optionally TLS, optionally sharing its port with the node's other web workers), serving the
+//! web services of [`routes`] by longest path prefix.
+//!
+//! - [`listener`]: the socket (SO_REUSEPORT for `tcp_shared`); [`tls`]: rustls from `tls_*`.
+//! - [`static_files`]: `static`; [`proxy`]: `reverseproxy` and `websocket_reverseproxy`.
+
+pub mod listener;
+pub mod proxy;
+pub mod routes;
+pub mod static_files;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use switchyard::pb::agent::v1::{WebTransport, WebTransportStatus};
+use tokio_util::sync::CancellationToken;
+
+use routes::{Handler, Routes};
+
+/// Response bodies of the web worker.
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Who serves: for `nodeinfo` and logs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The node's authid.
+    pub node: String,
+    /// The worker id.
+    pub worker: String,
+    /// When the worker started.
+    pub started: Instant,
+}
+
+/// State shared by every connection of a listener.
+#[derive(Debug)]
+pub struct Shared {
+    /// The services.
+    pub routes: Arc<Routes>,
+    /// The transport's configuration.
+    pub transport: WebTransport,
+    /// Whether the listener speaks TLS.
+    pub https: bool,
+    /// The bound port.
+    pub port: u16,
+    /// Who serves.
+    pub identity: Identity,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// HTTP client for `reverseproxy`.
+    pub client: proxy::Client,
+}
+
+/// A running listener.
+#[derive(Debug)]
+pub struct WebServer {
+    /// Its shared state.
+    pub shared: Arc<Shared>,
+    listening: SocketAddr,
+    started: SystemTime,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Why a transport cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid fields; names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The port cannot be listened on.
+    #[error("{0}")]
+    CannotListen(String),
+}
+
+impl WebServer {
+    /// Binds and starts serving `routes` with `transport`.
+    pub fn start(
+        transport: WebTransport,
+        routes: Arc<Routes>,
+        identity: Identity,
+    ) -> Result<Self, StartError> {
+        let tls = tls::server_config(&transport).map_err(|e| StartError::Invalid {
+            field: e.field.to_owned(),
+            message: e.message,
+        })?;
+        let listener = listener::bind(&transport).map_err(|e| match e {
+            listener::ListenError::Invalid(field, message) => StartError::Invalid {
+                field: field.to_owned(),
+                message,
+            },
+            e @ listener::ListenError::CannotListen(..) => StartError::CannotListen(e.to_string()),
+        })?;
+        let listening = listener
+            .local_addr()
+            .map_err(|e| StartError::CannotListen(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            routes,
+            https: tls.is_some(),
+            port: listening.port(),
+            identity,
+            requests: AtomicU64::new(0),
+            client: proxy::client(),
+            transport,
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls.map(tokio_rustls::TlsAcceptor::from),
+            shared.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(%listening, https = shared.https, shared_port = shared.transport.tcp_shared.unwrap_or(false), "web transport listening");
+        Ok(WebServer {
+            shared,
+            listening,
+            started: SystemTime::now(),
+            stop,
+            task,
+        })
+    }
+
+    /// The status GetWebTransport returns (the TLS key is never echoed).
+    pub fn status(&self) -> WebTransportStatus {
+        let mut transport = self.shared.transport.clone();
+        if transport.tls_key.is_some() {
+            transport.tls_key = Some("<redacted>".into());
+        }
+        WebTransportStatus {
+            transport: Some(transport),
+            listening: self.listening.to_string(),
+            started: Some(self.started.into()),
+            requests: self.shared.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops listening (the port closes) and ends its connections.
+    pub async fn stop(self) -> WebTransportStatus {
+        let status = self.status();
+        self.stop.cancel();
+        let _ = self.task.await;
+        status
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let timeout = Duration::from_secs(u64::from(
+        shared.transport.http_client_timeout.unwrap_or(60).max(1),
+    ));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(timeout));
+            let served = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+                        }
+                        _ => return,
+                    }
+                }
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Serves one request.
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut response = match shared.routes.lookup(&path) {
+        None => text(StatusCode::NOT_FOUND, "not found\n"),
+        Some((route, rest)) => match &route.handler {
+            Handler::Static { root, options } => {
+                static_files::serve(root, options, &rest, req).await
+            }
+            Handler::Json { body, options } => json(body, options, &req),
+            Handler::Redirect(url) => {
+                let mut r = text(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    format!("redirecting to {url}\n"),
+                );
+                if let Ok(v) = HeaderValue::from_str(url) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            Handler::Proxy(backend) => proxy::http(&shared, backend, &rest, req, peer).await,
+            Handler::NodeInfo => nodeinfo(&shared),
+            Handler::WebSocket { backends, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
+                proxy::websocket(&shared, &backends[i], &rest, req).await
+            }
+        },
+    };
+    if response.status().is_server_error()
+        && !shared.transport.http_display_tracebacks.unwrap_or(false)
+    {
+        // Error details stay in the log unless the cluster asks to display them.
+        let status = response.status();
+        response = text(
+            status,
+            format!("{}\n", status.canonical_reason().unwrap_or("error")),
+        );
+    }
+    if shared.https && shared.transport.http_hsts.unwrap_or(false) {
+        let age = shared.transport.http_hsts_max_age.unwrap_or(31_536_000);
+        if let Ok(v) = HeaderValue::from_str(&format!("max-age={age}")) {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+    }
+    if shared.transport.http_access_log.unwrap_or(false) {
+        tracing::info!(target: "access", %peer, %method, %path, status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    }
+    response
+}
+
+fn json(
+    body: &Bytes,
+    options: &switchyard::pb::agent::v1::JsonOptions,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let mut r = if req.method() == http::Method::OPTIONS && options.allow_cross_origin {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    } else {
+        Response::new(full(body.clone()))
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if options.allow_cross_origin {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+    }
+    if options.discourage_caching {
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
+        );
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    }
+    r
+}
+
+fn nodeinfo(shared: &Shared) -> Response<Body> {
+    let info = serde_json::json!({
+        "node": shared.identity.node,
+        "worker": shared.identity.worker,
+        "pid": std::process::id(),
+        "version": switchyard::VERSION,
+        "uptime": shared.identity.started.elapsed().as_secs_f64(),
+    });
+    let mut r = Response::new(full(info.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

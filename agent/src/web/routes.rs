@@ -1,0 +1,344 @@
+//! The web services of a web worker, by path: validated and prepared once when added, looked up
+//! by longest path prefix (at segment boundaries) per request. The table is an immutable
+//! snapshot swapped on change, so adding or removing a service never disturbs requests in flight
+//! on other paths.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use switchyard::pb::agent::v1::{self as pb, web_service::Service};
+
+/// A problem with a service definition, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ServiceError {
+    /// The offending field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> ServiceError {
+    ServiceError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// What serves a path.
+#[derive(Debug)]
+pub enum Handler {
+    /// Files under a canonical root directory.
+    Static {
+        /// The canonicalised directory.
+        root: PathBuf,
+        /// The service's options.
+        options: pb::StaticOptions,
+    },
+    /// A pre-rendered JSON body.
+    Json {
+        /// The body.
+        body: Bytes,
+        /// The service's options.
+        options: pb::JsonOptions,
+    },
+    /// A redirect target.
+    Redirect(String),
+    /// An HTTP backend.
+    Proxy(pb::ReverseProxyService),
+    /// Node information.
+    NodeInfo,
+    /// WebSocket backends, used round-robin.
+    WebSocket {
+        /// The backends.
+        backends: Vec<pb::WebSocketBackend>,
+        /// The next backend to use.
+        next: AtomicUsize,
+    },
+}
+
+/// One mounted service.
+#[derive(Debug)]
+pub struct Route {
+    /// The service as added (returned by ListWebServices).
+    pub spec: pb::WebService,
+    /// Its handler.
+    pub handler: Handler,
+}
+
+/// Normalises and checks a service path: "/" or "/a/b".
+pub fn check_path(path: &str) -> Result<String, ServiceError> {
+    let p = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    if p == "/" {
+        return Ok(p);
+    }
+    let ok = p[1..].split('/').all(|s| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b))
+    });
+    if ok {
+        Ok(p)
+    } else {
+        Err(err("service.path", format!("'{path}' is not a valid path")))
+    }
+}
+
+/// Validates a service and prepares its handler.
+pub fn prepare(mut spec: pb::WebService) -> Result<Route, ServiceError> {
+    spec.path = check_path(&spec.path)?;
+    let handler = match spec.service.clone() {
+        None => {
+            return Err(err(
+                "service.service",
+                "one of static, json, redirect, reverseproxy, nodeinfo, websocket_reverseproxy is required",
+            ));
+        }
+        Some(Service::Static(s)) => {
+            if s.directory.is_empty() {
+                return Err(err("service.static.directory", "required"));
+            }
+            let root = std::fs::canonicalize(&s.directory)
+                .map_err(|e| err("service.static.directory", format!("{}: {e}", s.directory)))?;
+            if !root.is_dir() {
+                return Err(err(
+                    "service.static.directory",
+                    format!("{} is not a directory", s.directory),
+                ));
+            }
+            Handler::Static {
+                root,
+                options: s.options.unwrap_or_default(),
+            }
+        }
+        Some(Service::Json(j)) => {
+            let value = j
+                .value
+                .as_ref()
+                .ok_or_else(|| err("service.json.value", "required"))?;
+            let options = j.options.unwrap_or_default();
+            let json = to_json(value);
+            let body = if options.prettify {
+                serde_json::to_vec_pretty(&json)
+            } else {
+                serde_json::to_vec(&json)
+            }
+            .map_err(|e| err("service.json.value", e.to_string()))?;
+            Handler::Json {
+                body: Bytes::from(body),
+                options,
+            }
+        }
+        Some(Service::Redirect(r)) => {
+            let uri: http::Uri = r
+                .url
+                .parse()
+                .map_err(|_| err("service.redirect.url", "not a URL"))?;
+            if uri.scheme().is_none() || uri.host().is_none() {
+                return Err(err("service.redirect.url", "must be an absolute URL"));
+            }
+            Handler::Redirect(r.url)
+        }
+        Some(Service::Reverseproxy(mut p)) => {
+            if p.host.is_empty() {
+                return Err(err("service.reverseproxy.host", "required"));
+            }
+            if p.port == 0 {
+                p.port = 80;
+            }
+            if p.port > 65535 {
+                return Err(err("service.reverseproxy.port", "must be 1..65535"));
+            }
+            Handler::Proxy(p)
+        }
+        Some(Service::Nodeinfo(_)) => Handler::NodeInfo,
+        Some(Service::WebsocketReverseproxy(w)) => {
+            let mut backends = w.backends.clone();
+            if let Some(b) = w.backend.clone() {
+                backends.push(b);
+            }
+            if backends.is_empty() {
+                return Err(err(
+                    "service.websocket_reverseproxy.backends",
+                    "at least one backend is required",
+                ));
+            }
+            for (i, b) in backends.iter().enumerate() {
+                if b.host.is_empty() || b.port == 0 || b.port > 65535 {
+                    return Err(err(
+                        &format!("service.websocket_reverseproxy.backends[{i}]"),
+                        "host and port 1..65535 are required",
+                    ));
+                }
+            }
+            Handler::WebSocket {
+                backends,
+                next: AtomicUsize::new(0),
+            }
+        }
+    };
+    Ok(Route { spec, handler })
+}
+
+/// protobuf `Value` → JSON.
+pub fn to_json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(to_json).collect())
+        }
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// The services of a worker.
+#[derive(Debug, Default)]
+pub struct Routes {
+    table: RwLock<Arc<BTreeMap<String, Arc<Route>>>>,
+}
+
+impl Routes {
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Route>>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Mounts a route; `false` if its path is taken.
+    pub fn add(&self, route: Route) -> bool {
+        let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if guard.contains_key(&route.spec.path) {
+            return false;
+        }
+        let mut next = (**guard).clone();
+        next.insert(route.spec.path.clone(), Arc::new(route));
+        *guard = Arc::new(next);
+        true
+    }
+
+    /// Unmounts the route on `path`.
+    pub fn remove(&self, path: &str) -> Option<Arc<Route>> {
+        let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        let removed = next.remove(path)?;
+        *guard = Arc::new(next);
+        Some(removed)
+    }
+
+    /// Every route, by path.
+    pub fn list(&self) -> Vec<Arc<Route>> {
+        self.snapshot().values().cloned().collect()
+    }
+
+    /// The route with the longest path prefix of `path` (at a segment boundary), and the rest
+    /// of the path (starting with "/", or empty).
+    pub fn lookup(&self, path: &str) -> Option<(Arc<Route>, String)> {
+        let table = self.snapshot();
+        let mut prefix = path.trim_end_matches('/');
+        loop {
+            let key = if prefix.is_empty() { "/" } else { prefix };
+            if let Some(route) = table.get(key) {
+                let rest = if key == "/" { path } else { &path[key.len()..] };
+                return Some((route.clone(), rest.to_owned()));
+            }
+            if prefix.is_empty() {
+                return None;
+            }
+            prefix = &prefix[..prefix.rfind('/').unwrap_or(0)];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodeinfo(path: &str) -> Route {
+        prepare(pb::WebService {
+            path: path.into(),
+            service: Some(Service::Nodeinfo(Default::default())),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_at_segment_boundaries() {
+        let routes = Routes::default();
+        assert!(routes.add(nodeinfo("/")));
+        assert!(routes.add(nodeinfo("/a")));
+        assert!(routes.add(nodeinfo("/a/b")));
+        assert!(!routes.add(nodeinfo("/a")), "a taken path");
+        let find = |p: &str| {
+            routes
+                .lookup(p)
+                .map(|(r, rest)| (r.spec.path.clone(), rest))
+        };
+        assert_eq!(find("/a/b/c"), Some(("/a/b".into(), "/c".into())));
+        assert_eq!(find("/a/bc"), Some(("/a".into(), "/bc".into())));
+        assert_eq!(find("/a"), Some(("/a".into(), "".into())));
+        assert_eq!(find("/ab"), Some(("/".into(), "/ab".into())));
+        routes.remove("/");
+        assert_eq!(find("/ab"), None);
+    }
+
+    #[test]
+    fn json_values_render_as_json() {
+        let v = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(
+                prost_types::ListValue {
+                    values: vec![
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+                        },
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(2.5)),
+                        },
+                    ],
+                },
+            )),
+        };
+        assert_eq!(to_json(&v).to_string(), "[1,2.5]");
+    }
+
+    #[test]
+    fn bad_services_name_the_field() {
+        let e = prepare(pb::WebService {
+            path: "/x".into(),
+            service: Some(Service::Static(pb::StaticService {
+                directory: "/no/such/dir".into(),
+                options: None,
+            })),
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "service.static.directory");
+        let e = prepare(pb::WebService {
+            path: "/a/../b".into(),
+            service: Some(Service::Nodeinfo(Default::default())),
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "service.path");
+    }
+}

@@ -1,0 +1,103 @@
+//! TLS for a web transport from the cluster's `tls_*` fields (rustls, ring provider).
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use switchyard::pb::agent::v1::WebTransport;
+
+/// A TLS configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TlsError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(field: &'static str, message: impl Into<String>) -> TlsError {
+    TlsError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The rustls server configuration of `t`, or `None` for plain HTTP.
+pub fn server_config(t: &WebTransport) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    let (key, cert) = match (&t.tls_key, &t.tls_certificate) {
+        (None, None) => return Ok(None),
+        (Some(k), Some(c)) => (k, c),
+        (Some(_), None) => return Err(err("transport.tls_certificate", "required with tls_key")),
+        (None, Some(_)) => return Err(err("transport.tls_key", "required with tls_certificate")),
+    };
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| err("transport.tls_key", format!("not a PEM private key: {e}")))?;
+    let mut chain = certs("transport.tls_certificate", cert)?;
+    for c in &t.tls_chain_certificates {
+        chain.extend(certs("transport.tls_chain_certificates", c)?);
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = t.tls_ciphers.as_deref().filter(|s| !s.trim().is_empty()) {
+        let all = provider.cipher_suites.clone();
+        let mut chosen = Vec::new();
+        for name in names
+            .split([':', ','])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let suite = all
+                .iter()
+                .find(|s| s.suite().as_str() == Some(name))
+                .ok_or_else(|| {
+                    let known: Vec<_> = all.iter().filter_map(|s| s.suite().as_str()).collect();
+                    err(
+                        "transport.tls_ciphers",
+                        format!(
+                            "unknown cipher suite '{name}' (known: {})",
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            chosen.push(*suite);
+        }
+        provider.cipher_suites = chosen;
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("transport.tls_ciphers", e.to_string()))?;
+    let builder = if t.tls_ca_certificates.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &t.tls_ca_certificates {
+            for cert in certs("transport.tls_ca_certificates", c)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| err("transport.tls_ca_certificates", e.to_string()))?;
+            }
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| err("transport.tls_ca_certificates", e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        err(
+            "transport.tls_key",
+            format!("does not match the certificate: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+fn certs(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(field, format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(field, "no PEM certificate"));
+    }
+    Ok(certs)
+}
