@@ -1,0 +1,603 @@
+//! Issue 5 acceptance: web workers are real HTTP servers, driven through the agent's gRPC API,
+//! checked with curl, a raw keep-alive client, Python backends and a Python WebSocket client.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Pki, Proc, channel, eventually, repo, system_tool, tool};
+use switchyard::pb::agent::v1::{
+    self as pb, WorkerType, node_controller_service_client::NodeControllerServiceClient,
+    web_service::Service,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new(system_tool("curl"))
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn body(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A Python backend (backends.py) that reports its port through a file.
+struct Backend {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn backend(kind: &str, dir: &Path) -> Backend {
+    let port_file = dir.join(format!("{kind}.port"));
+    let child = Command::new(tool("python"))
+        .arg(repo().join("tests/python/backends.py"))
+        .arg(kind)
+        .arg(&port_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = eventually("the backend to listen", Duration::from_secs(20), || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    Backend { child, port }
+}
+
+async fn start_web_worker(nc: &mut NodeControllerServiceClient<Channel>, id: &str) {
+    nc.start_worker(pb::StartWorkerRequest {
+        worker_id: id.into(),
+        worker_type: WorkerType::Web as i32,
+        options: None,
+    })
+    .await
+    .unwrap();
+}
+
+async fn add(
+    nc: &mut NodeControllerServiceClient<Channel>,
+    worker: &str,
+    path: &str,
+    service: Service,
+) -> Result<pb::WebService, tonic::Status> {
+    nc.start_web_service(pb::StartWebServiceRequest {
+        worker_id: worker.into(),
+        service: Some(pb::WebService {
+            path: path.into(),
+            service: Some(service),
+        }),
+    })
+    .await
+    .map(|r| r.into_inner().service.unwrap())
+}
+
+fn json_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// One HTTP/1.1 GET on an open keep-alive connection; returns (status line, body).
+fn get_on(conn: &mut TcpStream, path: &str) -> (String, String) {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (
+        head.lines().next().unwrap().to_owned(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn two_web_workers_share_a_port_and_serve_every_service_type() {
+    let pki = Pki::new(&["node1"]);
+    let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(www.join("sub")).unwrap();
+    let file: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(www.join("data.bin"), &file).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(www.join("sub/page.txt"), "sub page").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", www.join("passwd")).unwrap();
+    let http_backend = backend("http", tmp.path());
+    let ws_backend = backend("ws", tmp.path());
+
+    let port = free_port();
+    let transport = pb::WebTransport {
+        tcp_port: u32::from(port),
+        tcp_shared: Some(true),
+        tcp_interface: Some("127.0.0.1".into()),
+        ..Default::default()
+    };
+    for w in ["web1", "web2"] {
+        start_web_worker(&mut nc, w).await;
+        let t = nc
+            .start_web_transport(pb::StartWebTransportRequest {
+                worker_id: w.into(),
+                transport: Some(transport.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transport
+            .unwrap();
+        assert_eq!(t.listening, format!("127.0.0.1:{port}"));
+        let static_svc = pb::StaticService {
+            directory: www.display().to_string(),
+            options: Some(pb::StaticOptions {
+                enable_directory_listing: true,
+                cache_timeout: Some(60),
+                ..Default::default()
+            }),
+        };
+        add(&mut nc, w, "/", Service::Static(static_svc))
+            .await
+            .unwrap();
+        add(&mut nc, w, "/info", Service::Nodeinfo(Default::default()))
+            .await
+            .unwrap();
+        let json = pb::JsonService {
+            value: Some(json_value(
+                serde_json::json!({"answer": 42, "list": [1, 2]}),
+            )),
+            options: Some(pb::JsonOptions {
+                allow_cross_origin: true,
+                ..Default::default()
+            }),
+        };
+        add(&mut nc, w, "/settings", Service::Json(json))
+            .await
+            .unwrap();
+        add(
+            &mut nc,
+            w,
+            "/go",
+            Service::Redirect(pb::RedirectService {
+                url: "https://example.org/target".into(),
+            }),
+        )
+        .await
+        .unwrap();
+        let proxy = pb::ReverseProxyService {
+            host: "127.0.0.1".into(),
+            port: u32::from(http_backend.port),
+            path: "/backend".into(),
+            ..Default::default()
+        };
+        add(&mut nc, w, "/api", Service::Reverseproxy(proxy))
+            .await
+            .unwrap();
+        let dead = pb::ReverseProxyService {
+            host: "127.0.0.1".into(),
+            port: u32::from(free_port()),
+            ..Default::default()
+        };
+        add(&mut nc, w, "/dead", Service::Reverseproxy(dead))
+            .await
+            .unwrap();
+        let ws = pb::WebSocketReverseProxyService {
+            backend: Some(pb::WebSocketBackend {
+                host: "127.0.0.1".into(),
+                port: u32::from(ws_backend.port),
+                path: "/".into(),
+            }),
+            ..Default::default()
+        };
+        add(&mut nc, w, "/ws", Service::WebsocketReverseproxy(ws))
+            .await
+            .unwrap();
+    }
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Both workers accept connections on the shared port: nodeinfo shows two pids.
+    let pids: BTreeSet<u64> = {
+        let mut seen = BTreeSet::new();
+        eventually(
+            "both workers to answer on the shared port",
+            Duration::from_secs(20),
+            || {
+                let v: serde_json::Value =
+                    serde_json::from_str(&body(&curl(&[&format!("{base}/info")]))).ok()?;
+                assert_eq!(v["node"], "node1");
+                seen.insert(v["pid"].as_u64()?);
+                (seen.len() == 2).then_some(())
+            },
+        );
+        seen
+    };
+    assert_eq!(pids.len(), 2);
+
+    // static: byte-exact, ranges, ETag, HEAD, default file, listing, 404.
+    let out = curl(&[&format!("{base}/data.bin")]);
+    assert!(
+        out.stdout == file,
+        "static file not byte-exact ({} bytes)",
+        out.stdout.len()
+    );
+    let out = curl(&["-i", "-r", "10-19", &format!("{base}/data.bin")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 206"), "{text}");
+    assert!(out.stdout.ends_with(&file[10..20]));
+    let head = body(&curl(&["-I", &format!("{base}/data.bin")]));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase().contains("content-length: 100000"),
+        "{head}"
+    );
+    assert!(head.to_lowercase().contains("last-modified:"), "{head}");
+    assert!(
+        head.to_lowercase().contains("cache-control: max-age=60"),
+        "{head}"
+    );
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: ").or(l.strip_prefix("ETag: ")))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let again = body(&curl(&[
+        "-I",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &format!("{base}/data.bin"),
+    ]));
+    assert!(again.starts_with("HTTP/1.1 304"), "{again}");
+    assert_eq!(
+        body(&curl(&[&format!("{base}/")])),
+        "<h1>home</h1>",
+        "/ serves the directory root"
+    );
+    let listing = body(&curl(&[&format!("{base}/sub/")]));
+    assert!(listing.contains("page.txt"), "{listing}");
+    assert_eq!(body(&curl(&[&format!("{base}/sub/page.txt")])), "sub page");
+    assert!(body(&curl(&["-i", &format!("{base}/nope")])).starts_with("HTTP/1.1 404"));
+
+    // Traversal: never a file outside the directory.
+    for (args, path) in [
+        (vec!["--path-as-is"], "/../../../../etc/passwd"),
+        (vec![], "/%2e%2e/%2e%2e/%2e%2e/etc/passwd"),
+        (vec![], "/sub/..%2f..%2f..%2fetc/passwd"),
+        (vec![], "/passwd"),
+    ] {
+        let mut a: Vec<&str> = args.clone();
+        a.push("-i");
+        let url = format!("{base}{path}");
+        a.push(&url);
+        let text = body(&curl(&a));
+        assert!(
+            text.starts_with("HTTP/1.1 403")
+                || text.starts_with("HTTP/1.1 404")
+                || text.starts_with("HTTP/1.1 400"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("root:"), "{path} leaked /etc/passwd");
+    }
+
+    // json, with CORS.
+    let out = body(&curl(&["-i", &format!("{base}/settings")]));
+    assert!(
+        out.to_lowercase()
+            .contains("content-type: application/json\r"),
+        "{out}"
+    );
+    assert!(
+        out.to_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!({"answer": 42, "list": [1, 2]}));
+
+    // redirect.
+    let out = body(&curl(&["-i", &format!("{base}/go")]));
+    assert!(out.starts_with("HTTP/1.1 307"), "{out}");
+    assert!(
+        out.contains("location: https://example.org/target"),
+        "{out}"
+    );
+
+    // reverseproxy: the backend sees the forwarded headers and the mapped path.
+    let out = body(&curl(&[&format!("{base}/api/items?x=1")]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["path"], "/backend/items?x=1");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(v["headers"]["x-forwarded-port"], port.to_string());
+    // An unreachable backend is a 502 at once, not a hang.
+    let started = std::time::Instant::now();
+    assert!(body(&curl(&["-i", &format!("{base}/dead/")])).starts_with("HTTP/1.1 502"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // websocket_reverseproxy: a WebSocket client is echoed by the backend through the worker.
+    let out = Command::new(tool("python"))
+        .arg(repo().join("tests/python/backends.py"))
+        .args(["wsclient", &format!("ws://127.0.0.1:{port}/ws"), "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        body(&out).trim(),
+        "echo:hello",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Services change while a client stays connected to another path.
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (status, first) = get_on(&mut conn, "/info");
+    assert!(status.contains("200"), "{status}");
+    let worker: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let worker_id = worker["worker"].as_str().unwrap().to_owned();
+    add(
+        &mut nc,
+        &worker_id,
+        "/extra",
+        Service::Nodeinfo(Default::default()),
+    )
+    .await
+    .unwrap();
+    let (status, _) = get_on(&mut conn, "/extra");
+    assert!(
+        status.contains("200"),
+        "a service added while connected is served: {status}"
+    );
+    nc.stop_web_service(pb::StopWebServiceRequest {
+        worker_id: worker_id.clone(),
+        path: "/settings".into(),
+    })
+    .await
+    .unwrap();
+    let (status, again) = get_on(&mut conn, "/info");
+    assert!(status.contains("200"), "{status}");
+    let same: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        same["pid"], worker["pid"],
+        "the same connection kept working"
+    );
+    let listed = nc
+        .list_web_services(pb::ListWebServicesRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    let paths: Vec<_> = listed.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/", "/api", "/dead", "/extra", "/go", "/info", "/ws"]
+    );
+
+    // Control errors.
+    let e = add(
+        &mut nc,
+        "web1",
+        "/info",
+        Service::Nodeinfo(Default::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = nc
+        .start_web_transport(pb::StartWebTransportRequest {
+            worker_id: "web1".into(),
+            transport: Some(transport.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        switchyard::error::reason_of(&e).as_deref(),
+        Some("ALREADY_STARTED")
+    );
+    let e = add(
+        &mut nc,
+        "web1",
+        "/bad",
+        Service::Static(pb::StaticService {
+            directory: "/no/such".into(),
+            options: None,
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().contains("static.directory"),
+        "{e}"
+    );
+
+    // A non-shared transport on the taken port: CANNOT_LISTEN.
+    start_web_worker(&mut nc, "web3").await;
+    let e = nc
+        .start_web_transport(pb::StartWebTransportRequest {
+            worker_id: "web3".into(),
+            transport: Some(pb::WebTransport {
+                tcp_shared: Some(false),
+                ..transport.clone()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        switchyard::error::reason_of(&e).as_deref(),
+        Some("CANNOT_LISTEN"),
+        "{e}"
+    );
+    let e = nc
+        .get_web_transport(pb::GetWebTransportRequest {
+            worker_id: "web3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        switchyard::error::reason_of(&e).as_deref(),
+        Some("NOT_STARTED")
+    );
+
+    // Stopping both transports closes the port.
+    for w in ["web1", "web2"] {
+        nc.stop_web_transport(pb::StopWebTransportRequest {
+            worker_id: w.into(),
+        })
+        .await
+        .unwrap();
+    }
+    eventually("the port to close", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
+    });
+}
+
+#[tokio::test]
+async fn tls_transport_with_hsts() {
+    let pki = Pki::new(&["node1"]);
+    pki.issue("node", "webcert");
+    let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
+    start_web_worker(&mut nc, "tls1").await;
+    let port = free_port();
+    let read = |f: &str| std::fs::read_to_string(pki.path.join(f)).unwrap();
+    let transport = pb::WebTransport {
+        tcp_port: u32::from(port),
+        tcp_interface: Some("127.0.0.1".into()),
+        tls_key: Some(read("webcert.key")),
+        tls_certificate: Some(read("webcert.pem")),
+        http_hsts: Some(true),
+        http_hsts_max_age: Some(600),
+        ..Default::default()
+    };
+    let t = nc
+        .start_web_transport(pb::StartWebTransportRequest {
+            worker_id: "tls1".into(),
+            transport: Some(transport.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transport
+        .unwrap();
+    assert_eq!(t.transport.unwrap().tls_key.as_deref(), Some("<redacted>"));
+    add(
+        &mut nc,
+        "tls1",
+        "/info",
+        Service::Nodeinfo(Default::default()),
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-i",
+        "--cacert",
+        &pki.file("ca.pem"),
+        &format!("https://localhost:{port}/info"),
+    ]);
+    let text = body(&out);
+    assert!(
+        text.starts_with("HTTP/2 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.to_lowercase()
+            .contains("strict-transport-security: max-age=600"),
+        "{text}"
+    );
+    // Plain HTTP on the TLS port does not get a page.
+    assert!(!body(&curl(&[&format!("http://127.0.0.1:{port}/info")])).contains("\"node\""));
+
+    // Bad PEM and unknown ciphers are INVALID_ARGUMENT naming the field.
+    start_web_worker(&mut nc, "tls2").await;
+    for (t, field) in [
+        (
+            pb::WebTransport {
+                tls_key: Some("garbage".into()),
+                ..transport.clone()
+            },
+            "tls_key",
+        ),
+        (
+            pb::WebTransport {
+                tls_ciphers: Some("TLS_NOT_A_CIPHER".into()),
+                tcp_port: u32::from(free_port()),
+                ..transport.clone()
+            },
+            "tls_ciphers",
+        ),
+    ] {
+        let e = nc
+            .start_web_transport(pb::StartWebTransportRequest {
+                worker_id: "tls2".into(),
+                transport: Some(t),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(field), "{}", e.message());
+    }
+    let cipher = pb::WebTransport {
+        tls_ciphers: Some("TLS13_CHACHA20_POLY1305_SHA256".into()),
+        tcp_port: u32::from(free_port()),
+        ..transport
+    };
+    nc.start_web_transport(pb::StartWebTransportRequest {
+        worker_id: "tls2".into(),
+        transport: Some(cipher),
+    })
+    .await
+    .unwrap();
+}
