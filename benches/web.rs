@@ -10,10 +10,17 @@ mod common;
 use std::process::Command;
 
 use common::{Pki, Proc, channel, eventually, system_tool};
-use switchyard::pb::agent::v1::{self as pb, WorkerType, node_controller_service_client::NodeControllerServiceClient, web_service::Service};
+use switchyard::pb::agent::v1::{
+    self as pb, WorkerType, node_controller_service_client::NodeControllerServiceClient,
+    web_service::Service,
+};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// (requests/s, p99 ms) from `wrk --latency` output.
@@ -43,14 +50,22 @@ fn wrk(url: &str, secs: u64) -> (f64, f64) {
             }
         })
         .unwrap();
-    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    assert!(errors.is_none(), "wrk reported errors against {url}: {text}");
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    assert!(
+        errors.is_none(),
+        "wrk reported errors against {url}: {text}"
+    );
     (rps, p99)
 }
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let tmp = tempfile::tempdir().unwrap();
     let www = tmp.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -72,7 +87,11 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut nginx = Command::new(system_tool("nginx")).arg("-c").arg(&conf).spawn().unwrap();
+    let mut nginx = Command::new(system_tool("nginx"))
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .unwrap();
 
     // Switchyard: an agent, 2 web workers sharing a port.
     let pki = Pki::new(&["node1"]);
@@ -80,16 +99,60 @@ async fn main() {
     let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
     let port = free_port();
     for w in ["bench1", "bench2"] {
-        nc.start_worker(pb::StartWorkerRequest { worker_id: w.into(), worker_type: WorkerType::Web as i32, options: None }).await.unwrap();
-        let transport = pb::WebTransport { tcp_port: u32::from(port), tcp_shared: Some(true), tcp_interface: Some("127.0.0.1".into()), ..Default::default() };
-        nc.start_web_transport(pb::StartWebTransportRequest { worker_id: w.into(), transport: Some(transport) }).await.unwrap();
-        let svc = |path: &str, service| pb::StartWebServiceRequest { worker_id: w.into(), service: Some(pb::WebService { path: path.into(), service: Some(service) }) };
-        nc.start_web_service(svc("/", Service::Static(pb::StaticService { directory: www.display().to_string(), options: None }))).await.unwrap();
-        let value = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("hello".into())) };
-        nc.start_web_service(svc("/json", Service::Json(pb::JsonService { value: Some(value), options: None }))).await.unwrap();
+        nc.start_worker(pb::StartWorkerRequest {
+            worker_id: w.into(),
+            worker_type: WorkerType::Web as i32,
+            options: None,
+        })
+        .await
+        .unwrap();
+        let transport = pb::WebTransport {
+            tcp_port: u32::from(port),
+            tcp_shared: Some(true),
+            tcp_interface: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        nc.start_web_transport(pb::StartWebTransportRequest {
+            worker_id: w.into(),
+            transport: Some(transport),
+        })
+        .await
+        .unwrap();
+        let svc = |path: &str, service| pb::StartWebServiceRequest {
+            worker_id: w.into(),
+            service: Some(pb::WebService {
+                path: path.into(),
+                service: Some(service),
+            }),
+        };
+        nc.start_web_service(svc(
+            "/",
+            Service::Static(pb::StaticService {
+                directory: www.display().to_string(),
+                options: None,
+            }),
+        ))
+        .await
+        .unwrap();
+        let value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("hello".into())),
+        };
+        nc.start_web_service(svc(
+            "/json",
+            Service::Json(pb::JsonService {
+                value: Some(value),
+                options: None,
+            }),
+        ))
+        .await
+        .unwrap();
     }
     for p in [port, nginx_port] {
-        eventually("the server to listen", std::time::Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", p)).ok());
+        eventually(
+            "the server to listen",
+            std::time::Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", p)).ok(),
+        );
     }
 
     let (ngx_rps, ngx_p99) = wrk(&format!("http://127.0.0.1:{nginx_port}/file.txt"), secs);
@@ -100,6 +163,9 @@ async fn main() {
 
     println!("web worker benchmark (wrk -t2 -c64, {secs} s each, 1 KiB static file)");
     println!("  nginx (2 workers)        {ngx_rps:>10.0} req/s  p99 {ngx_p99:>7.2} ms  (baseline)");
-    println!("  switchyard (2 workers)   {sy_rps:>10.0} req/s  p99 {sy_p99:>7.2} ms  ratio {:.2} (target >= 1.0)", sy_rps / ngx_rps);
+    println!(
+        "  switchyard (2 workers)   {sy_rps:>10.0} req/s  p99 {sy_p99:>7.2} ms  ratio {:.2} (target >= 1.0)",
+        sy_rps / ngx_rps
+    );
     println!("  switchyard json          {json_rps:>10.0} req/s  p99 {json_p99:>7.2} ms");
 }

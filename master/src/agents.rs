@@ -23,18 +23,28 @@ pub struct Agents {
 impl Agents {
     /// Agents called with `identity` (`None`: plaintext, for `--insecure` clusters).
     pub fn new(identity: Option<Identity>) -> Self {
-        Agents { identity, channels: Mutex::default() }
+        Agents {
+            identity,
+            channels: Mutex::default(),
+        }
     }
 
     /// A node-controller client of `node` (reconnects when its endpoint changes).
-    pub fn node_controller(&self, node: &Node) -> Result<NodeControllerServiceClient<Channel>, String> {
+    pub fn node_controller(
+        &self,
+        node: &Node,
+    ) -> Result<NodeControllerServiceClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((endpoint, channel)) = channels.get(&node.oid)
             && *endpoint == node.endpoint
         {
             return Ok(NodeControllerServiceClient::new(channel.clone()));
         }
-        let scheme = if self.identity.is_some() { "https" } else { "http" };
+        let scheme = if self.identity.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", node.endpoint))
             .map_err(|e| format!("bad endpoint {}: {e}", node.endpoint))?
             .connect_timeout(Duration::from_secs(2))
@@ -46,7 +56,9 @@ impl Agents {
                 .map_or(node.endpoint.as_str(), |(h, _)| h)
                 .trim_start_matches('[')
                 .trim_end_matches(']');
-            endpoint = endpoint.tls_config(identity.client_tls(host)).map_err(|e| e.to_string())?;
+            endpoint = endpoint
+                .tls_config(identity.client_tls(host))
+                .map_err(|e| e.to_string())?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert(node.oid.clone(), (node.endpoint.clone(), channel.clone()));
@@ -55,7 +67,9 @@ impl Agents {
 }
 
 /// Runs an agent call with [`CALL_TIMEOUT`], flattening errors to text.
-pub async fn call<T>(fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, tonic::Status> {
+pub async fn call<T>(
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded("agent call timed out")),

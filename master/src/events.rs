@@ -38,6 +38,11 @@ impl Events {
         }
     }
 
+    /// A receiver of every event from now on (for the monitors' supervisor).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
     /// Publishes an event about `oid`.
     pub fn publish(&self, kind: EventType, oid: &str, who: Option<Who>, object: event::Object) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;

@@ -1,18 +1,21 @@
 //! The Switchyard master: the admin API over the durable cluster store, the node-facing
-//! heartbeat API, and the event stream (monitors that make started clusters run come next).
+//! heartbeat API, the event stream, and the monitors that make started clusters run.
 //!
 //! - [`store`]: the `Store` trait, sled (default) and in-memory implementations.
 //! - [`core`]: state shared by the services; [`web`], [`router`], [`nodes`]: its operations.
 //! - [`api`]: the gRPC services (thin adapters).
 //! - [`events`]: the event bus behind `EventService.Watch`.
+//! - [`monitor`]: one monitor per started cluster; [`agents`]: the master's agent clients.
 //! - [`dev`]: `switchyard-master dev`, a whole local cluster with generated certificates.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod api;
 pub mod core;
 pub mod dev;
 pub mod error;
 pub mod events;
+pub mod monitor;
 pub mod nodes;
 pub mod router;
 pub mod store;
@@ -39,6 +42,10 @@ pub struct MasterOptions {
     pub security: Security,
     /// Node liveness settings.
     pub heartbeat: HeartbeatConfig,
+    /// The master's certificate, used to call agents (`None` with `--insecure`).
+    pub identity: Option<switchyard::pki::Identity>,
+    /// Monitor settings.
+    pub monitor: monitor::MonitorConfig,
 }
 
 /// Errors that stop the master.
@@ -83,6 +90,9 @@ pub async fn serve(
     );
     let core = Arc::new(Core::new(sled.clone(), options.heartbeat, shutdown.clone()));
     tokio::spawn(expire_heartbeats(core.clone()));
+    let agents = Arc::new(agents::Agents::new(options.identity.clone()));
+    let supervisor = monitor::Supervisor::new(core.clone(), agents, options.monitor);
+    tokio::spawn(supervisor.run());
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());

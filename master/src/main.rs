@@ -142,13 +142,13 @@ fn run(command: Command) -> Result<(), Failure> {
                 interval: std::time::Duration::from_millis(heartbeat_interval_ms),
                 grace: std::time::Duration::from_millis(heartbeat_grace_ms),
             };
-            let security = match (insecure, pki_dir) {
-                (true, _) => Security::Insecure,
-                (false, Some(dir)) => Security::Mtls(
-                    Identity::load(&dir, "master")
-                        .map_err(|e| Failure::Config(e.to_string()))?
-                        .server_tls(),
-                ),
+            let (security, identity) = match (insecure, pki_dir) {
+                (true, _) => (Security::Insecure, None),
+                (false, Some(dir)) => {
+                    let identity = Identity::load(&dir, "master")
+                        .map_err(|e| Failure::Config(e.to_string()))?;
+                    (Security::Mtls(identity.server_tls()), Some(identity))
+                }
                 (false, None) => return Err(Failure::Config("--pki-dir is required".into())),
             };
             runtime()?.block_on(async {
@@ -160,6 +160,8 @@ fn run(command: Command) -> Result<(), Failure> {
                     data_dir,
                     security,
                     heartbeat,
+                    identity,
+                    monitor: Default::default(),
                 };
                 switchyard_master::serve(listener, options, shutdown)
                     .await

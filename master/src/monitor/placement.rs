@@ -58,7 +58,11 @@ pub fn worker_id(group: &str, n: u32) -> String {
 
 /// Places every group's workers, keeping `existing` placements that are still valid.
 pub fn place(groups: &[Group], members: &[Member], existing: &[Slot]) -> Placed {
-    let online: BTreeMap<&str, &Member> = members.iter().filter(|m| m.online).map(|m| (m.node.as_str(), m)).collect();
+    let online: BTreeMap<&str, &Member> = members
+        .iter()
+        .filter(|m| m.online)
+        .map(|m| (m.node.as_str(), m))
+        .collect();
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for g in groups {
         for n in 0..g.scale {
@@ -89,7 +93,11 @@ pub fn place(groups: &[Group], members: &[Member], existing: &[Slot]) -> Placed 
         match best {
             Some(m) => {
                 *load.get_mut(m.node.as_str()).expect("online") += 1;
-                slots.push(Slot { group: group.clone(), worker: worker.clone(), node: m.node.clone() });
+                slots.push(Slot {
+                    group: group.clone(),
+                    worker: worker.clone(),
+                    node: m.node.clone(),
+                });
             }
             None => unplaced.push(worker.clone()),
         }
@@ -103,7 +111,13 @@ mod tests {
     use super::*;
 
     fn member(n: &str, soft: Option<u32>, hard: Option<u32>, online: bool) -> Member {
-        Member { node: n.into(), authid: n.into(), softlimit: soft, hardlimit: hard, online }
+        Member {
+            node: n.into(),
+            authid: n.into(),
+            softlimit: soft,
+            hardlimit: hard,
+            online,
+        }
     }
 
     fn per_node(p: &Placed) -> BTreeMap<String, usize> {
@@ -116,8 +130,16 @@ mod tests {
 
     #[test]
     fn spreads_least_loaded_within_hardlimits() {
-        let members = [member("a", None, Some(2), true), member("b", None, Some(2), true), member("c", None, Some(2), true)];
-        let g = [Group { oid: "g".into(), name: "grp".into(), scale: 4 }];
+        let members = [
+            member("a", None, Some(2), true),
+            member("b", None, Some(2), true),
+            member("c", None, Some(2), true),
+        ];
+        let g = [Group {
+            oid: "g".into(),
+            name: "grp".into(),
+            scale: 4,
+        }];
         let p = place(&g, &members, &[]);
         let counts: Vec<usize> = per_node(&p).values().copied().collect();
         assert_eq!(counts, [2, 1, 1]);
@@ -126,13 +148,24 @@ mod tests {
 
     #[test]
     fn re_places_off_a_dead_node_and_keeps_healthy_placements() {
-        let mut members = vec![member("a", None, Some(2), true), member("b", None, Some(2), true), member("c", None, Some(2), true)];
-        let g = [Group { oid: "g".into(), name: "grp".into(), scale: 4 }];
+        let mut members = vec![
+            member("a", None, Some(2), true),
+            member("b", None, Some(2), true),
+            member("c", None, Some(2), true),
+        ];
+        let g = [Group {
+            oid: "g".into(),
+            name: "grp".into(),
+            scale: 4,
+        }];
         let first = place(&g, &members, &[]);
         members[0].online = false;
         let second = place(&g, &members, &first.slots);
         assert!(second.slots.iter().all(|s| s.node != "a"));
-        assert_eq!(per_node(&second).values().copied().collect::<Vec<_>>(), [2, 2]);
+        assert_eq!(
+            per_node(&second).values().copied().collect::<Vec<_>>(),
+            [2, 2]
+        );
         for s in first.slots.iter().filter(|s| s.node != "a") {
             assert!(second.slots.contains(s), "healthy placement {s:?} moved");
         }
@@ -143,8 +176,15 @@ mod tests {
 
     #[test]
     fn never_exceeds_hardlimit_and_reports_what_cannot_be_placed() {
-        let members = [member("a", None, Some(1), true), member("b", None, Some(1), true)];
-        let g = [Group { oid: "g".into(), name: "grp".into(), scale: 3 }];
+        let members = [
+            member("a", None, Some(1), true),
+            member("b", None, Some(1), true),
+        ];
+        let g = [Group {
+            oid: "g".into(),
+            name: "grp".into(),
+            scale: 3,
+        }];
         let p = place(&g, &members, &[]);
         assert_eq!(p.slots.len(), 2);
         assert_eq!(p.unplaced, ["grp_2"]);
@@ -152,17 +192,50 @@ mod tests {
 
     #[test]
     fn prefers_members_under_softlimit() {
-        let members = [member("a", Some(1), None, true), member("b", Some(3), None, true)];
-        let g = [Group { oid: "g".into(), name: "grp".into(), scale: 3 }];
+        let members = [
+            member("a", Some(1), None, true),
+            member("b", Some(3), None, true),
+        ];
+        let g = [Group {
+            oid: "g".into(),
+            name: "grp".into(),
+            scale: 3,
+        }];
         let p = place(&g, &members, &[]);
-        assert_eq!(per_node(&p), [("a".to_string(), 1), ("b".to_string(), 2)].into());
+        assert_eq!(
+            per_node(&p),
+            [("a".to_string(), 1), ("b".to_string(), 2)].into()
+        );
     }
 
     #[test]
     fn scale_down_drops_the_highest_workers() {
         let members = [member("a", None, None, true)];
-        let big = place(&[Group { oid: "g".into(), name: "grp".into(), scale: 3 }], &members, &[]);
-        let small = place(&[Group { oid: "g".into(), name: "grp".into(), scale: 1 }], &members, &big.slots);
-        assert_eq!(small.slots.iter().map(|s| s.worker.as_str()).collect::<Vec<_>>(), ["grp_0"]);
+        let big = place(
+            &[Group {
+                oid: "g".into(),
+                name: "grp".into(),
+                scale: 3,
+            }],
+            &members,
+            &[],
+        );
+        let small = place(
+            &[Group {
+                oid: "g".into(),
+                name: "grp".into(),
+                scale: 1,
+            }],
+            &members,
+            &big.slots,
+        );
+        assert_eq!(
+            small
+                .slots
+                .iter()
+                .map(|s| s.worker.as_str())
+                .collect::<Vec<_>>(),
+            ["grp_0"]
+        );
     }
 }

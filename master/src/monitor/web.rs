@@ -40,9 +40,17 @@ pub enum Action {
     /// Start the transport of worker `id`.
     StartTransport { node: String, id: String },
     /// Mount a service on worker `id`.
-    StartService { node: String, id: String, service: WebService },
+    StartService {
+        node: String,
+        id: String,
+        service: WebService,
+    },
     /// Unmount the service on `path` of worker `id`.
-    StopService { node: String, id: String, path: String },
+    StopService {
+        node: String,
+        id: String,
+        path: String,
+    },
     /// Stop worker `id` on `node`.
     StopWorker { node: String, id: String },
 }
@@ -76,33 +84,62 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             .map(|n| (0..*n).map(|i| worker_id(&desired.prefix, i)).collect())
             .unwrap_or_default();
         for (id, w) in workers {
-            let live = matches!(w.status, WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Stopping);
+            let live = matches!(
+                w.status,
+                WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Stopping
+            );
             if !wanted.contains(id) && live {
-                actions.push(Action::StopWorker { node: node.clone(), id: id.clone() });
+                actions.push(Action::StopWorker {
+                    node: node.clone(),
+                    id: id.clone(),
+                });
             }
         }
         for id in &wanted {
-            let current = workers.get(id).filter(|w| w.status == WorkerStatus::Started);
+            let current = workers
+                .get(id)
+                .filter(|w| w.status == WorkerStatus::Started);
             let Some(w) = current else {
                 // Missing, stopped or failed: (re)start it with its transport and services.
-                actions.push(Action::StartWorker { node: node.clone(), id: id.clone() });
-                actions.push(Action::StartTransport { node: node.clone(), id: id.clone() });
+                actions.push(Action::StartWorker {
+                    node: node.clone(),
+                    id: id.clone(),
+                });
+                actions.push(Action::StartTransport {
+                    node: node.clone(),
+                    id: id.clone(),
+                });
                 for s in desired.services.values() {
-                    actions.push(Action::StartService { node: node.clone(), id: id.clone(), service: s.clone() });
+                    actions.push(Action::StartService {
+                        node: node.clone(),
+                        id: id.clone(),
+                        service: s.clone(),
+                    });
                 }
                 continue;
             };
             if !w.transport {
-                actions.push(Action::StartTransport { node: node.clone(), id: id.clone() });
+                actions.push(Action::StartTransport {
+                    node: node.clone(),
+                    id: id.clone(),
+                });
             }
             for (path, s) in &w.services {
                 if desired.services.get(path) != Some(s) {
-                    actions.push(Action::StopService { node: node.clone(), id: id.clone(), path: path.clone() });
+                    actions.push(Action::StopService {
+                        node: node.clone(),
+                        id: id.clone(),
+                        path: path.clone(),
+                    });
                 }
             }
             for (path, s) in &desired.services {
                 if w.services.get(path) != Some(s) {
-                    actions.push(Action::StartService { node: node.clone(), id: id.clone(), service: s.clone() });
+                    actions.push(Action::StartService {
+                        node: node.clone(),
+                        id: id.clone(),
+                        service: s.clone(),
+                    });
                 }
             }
         }
@@ -148,7 +185,10 @@ mod tests {
     use switchyard::pb::agent::v1::web_service::Service;
 
     fn svc(path: &str) -> WebService {
-        WebService { path: path.into(), service: Some(Service::Nodeinfo(Default::default())) }
+        WebService {
+            path: path.into(),
+            service: Some(Service::Nodeinfo(Default::default())),
+        }
     }
 
     fn desired(nodes: &[(&str, u32)], services: &[&str]) -> Desired {
@@ -161,7 +201,11 @@ mod tests {
     }
 
     fn running(services: &[&str]) -> WorkerObs {
-        WorkerObs { status: WorkerStatus::Started, transport: true, services: services.iter().map(|p| (p.to_string(), svc(p))).collect() }
+        WorkerObs {
+            status: WorkerStatus::Started,
+            transport: true,
+            services: services.iter().map(|p| (p.to_string(), svc(p))).collect(),
+        }
     }
 
     #[test]
@@ -170,39 +214,80 @@ mod tests {
         let o: Observed = [("n1".to_string(), BTreeMap::new())].into();
         let a = plan(&d, &o);
         assert_eq!(a.len(), 6);
-        assert_eq!(a[0], Action::StartWorker { node: "n1".into(), id: "cpw-abcdef01-0".into() });
-        assert_eq!(a[1], Action::StartTransport { node: "n1".into(), id: "cpw-abcdef01-0".into() });
+        assert_eq!(
+            a[0],
+            Action::StartWorker {
+                node: "n1".into(),
+                id: "cpw-abcdef01-0".into()
+            }
+        );
+        assert_eq!(
+            a[1],
+            Action::StartTransport {
+                node: "n1".into(),
+                id: "cpw-abcdef01-0".into()
+            }
+        );
     }
 
     #[test]
     fn converged_means_no_actions() {
         let d = desired(&[("n1", 1)], &["/", "/a"]);
-        let o: Observed = [("n1".to_string(), [("cpw-abcdef01-0".to_string(), running(&["/", "/a"]))].into())].into();
+        let o: Observed = [(
+            "n1".to_string(),
+            [("cpw-abcdef01-0".to_string(), running(&["/", "/a"]))].into(),
+        )]
+        .into();
         assert!(plan(&d, &o).is_empty());
     }
 
     #[test]
     fn services_follow_the_cluster_both_ways() {
         let d = desired(&[("n1", 1)], &["/", "/new"]);
-        let o: Observed = [("n1".to_string(), [("cpw-abcdef01-0".to_string(), running(&["/", "/old"]))].into())].into();
+        let o: Observed = [(
+            "n1".to_string(),
+            [("cpw-abcdef01-0".to_string(), running(&["/", "/old"]))].into(),
+        )]
+        .into();
         let a = plan(&d, &o);
-        assert!(a.contains(&Action::StopService { node: "n1".into(), id: "cpw-abcdef01-0".into(), path: "/old".into() }));
-        assert!(a.contains(&Action::StartService { node: "n1".into(), id: "cpw-abcdef01-0".into(), service: svc("/new") }));
+        assert!(a.contains(&Action::StopService {
+            node: "n1".into(),
+            id: "cpw-abcdef01-0".into(),
+            path: "/old".into()
+        }));
+        assert!(a.contains(&Action::StartService {
+            node: "n1".into(),
+            id: "cpw-abcdef01-0".into(),
+            service: svc("/new")
+        }));
         assert_eq!(a.len(), 2);
     }
 
     #[test]
     fn surplus_workers_stop_when_parallel_drops_or_the_member_leaves() {
         let d = desired(&[("n1", 1)], &[]);
-        let two: BTreeMap<_, _> = [("cpw-abcdef01-0".to_string(), running(&[])), ("cpw-abcdef01-1".to_string(), running(&[]))].into();
+        let two: BTreeMap<_, _> = [
+            ("cpw-abcdef01-0".to_string(), running(&[])),
+            ("cpw-abcdef01-1".to_string(), running(&[])),
+        ]
+        .into();
         let o: Observed = [("n1".to_string(), two.clone()), ("n2".to_string(), two)].into();
         let a = plan(&d, &o);
         assert_eq!(
             a,
             vec![
-                Action::StopWorker { node: "n1".into(), id: "cpw-abcdef01-1".into() },
-                Action::StopWorker { node: "n2".into(), id: "cpw-abcdef01-0".into() },
-                Action::StopWorker { node: "n2".into(), id: "cpw-abcdef01-1".into() },
+                Action::StopWorker {
+                    node: "n1".into(),
+                    id: "cpw-abcdef01-1".into()
+                },
+                Action::StopWorker {
+                    node: "n2".into(),
+                    id: "cpw-abcdef01-0".into()
+                },
+                Action::StopWorker {
+                    node: "n2".into(),
+                    id: "cpw-abcdef01-1".into()
+                },
             ]
         );
     }
@@ -210,22 +295,52 @@ mod tests {
     #[test]
     fn failed_workers_are_restarted_and_unreachable_nodes_left_alone() {
         let d = desired(&[("n1", 1), ("n2", 1)], &[]);
-        let failed = WorkerObs { status: WorkerStatus::Failed, transport: false, services: BTreeMap::new() };
-        let o: Observed = [("n1".to_string(), [("cpw-abcdef01-0".to_string(), failed)].into())].into();
+        let failed = WorkerObs {
+            status: WorkerStatus::Failed,
+            transport: false,
+            services: BTreeMap::new(),
+        };
+        let o: Observed = [(
+            "n1".to_string(),
+            [("cpw-abcdef01-0".to_string(), failed)].into(),
+        )]
+        .into();
         let a = plan(&d, &o);
-        assert_eq!(a[0], Action::StartWorker { node: "n1".into(), id: "cpw-abcdef01-0".into() });
+        assert_eq!(
+            a[0],
+            Action::StartWorker {
+                node: "n1".into(),
+                id: "cpw-abcdef01-0".into()
+            }
+        );
         assert!(a.iter().all(|x| x.node() == "n1"));
     }
 
     #[test]
     fn standby_members_replace_offline_active_members() {
-        let m = |node: &str, standby, online| Member { node: node.into(), parallel: 2, standby, online };
-        let (nodes, unreplaced) = assign(&[m("a", false, true), m("b", false, false), m("s", true, true)]);
+        let m = |node: &str, standby, online| Member {
+            node: node.into(),
+            parallel: 2,
+            standby,
+            online,
+        };
+        let (nodes, unreplaced) = assign(&[
+            m("a", false, true),
+            m("b", false, false),
+            m("s", true, true),
+        ]);
         assert_eq!(nodes.keys().collect::<Vec<_>>(), ["a", "s"]);
         assert_eq!(unreplaced, 0);
         let (nodes, _) = assign(&[m("a", false, true), m("b", false, true), m("s", true, true)]);
-        assert!(!nodes.contains_key("s"), "a standby runs nothing while every active member is online");
-        let (nodes, unreplaced) = assign(&[m("a", false, false), m("b", false, false), m("s", true, true)]);
+        assert!(
+            !nodes.contains_key("s"),
+            "a standby runs nothing while every active member is online"
+        );
+        let (nodes, unreplaced) = assign(&[
+            m("a", false, false),
+            m("b", false, false),
+            m("s", true, true),
+        ]);
         assert_eq!((nodes.len(), unreplaced), (1, 1));
     }
 }

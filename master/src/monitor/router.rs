@@ -1,0 +1,376 @@
+//! One reconciliation iteration of a router cluster: place ([`super::placement::place`]), store
+//! the placements, start placed workers, stop workers that are not placed where they run, set
+//! the status.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchyard::pb::agent::v1::{self as apb, WorkerStatus, WorkerType};
+use switchyard::pb::master::v1::{
+    ClusterStatus, ClusterWorker, EventType, Node, NodeStatus, Placement, RouterCluster,
+    RouterClusterNode, RouterWorkerGroup, event,
+};
+
+use super::Outcome;
+use super::placement::{self, Group, Member, Slot};
+use crate::agents::{Agents, call};
+use crate::core::{Core, new_oid, now_ns};
+use crate::store::{StoreExt, Txn, codec, keys};
+
+/// Sets the status (and reason) of router cluster `oid` if it changed, with its event.
+pub async fn set_status(
+    core: &Core,
+    oid: &str,
+    status: ClusterStatus,
+    reason: &str,
+) -> Result<(), String> {
+    let key = keys::routercluster(oid);
+    let Some((mut c, bytes)) = core
+        .store
+        .load::<RouterCluster>(&key)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    if c.status == status as i32 && c.status_reason == reason {
+        return Ok(());
+    }
+    let from = ClusterStatus::try_from(c.status).unwrap_or(ClusterStatus::Unspecified);
+    if from == ClusterStatus::Stopping && status != ClusterStatus::Stopped {
+        return Ok(());
+    }
+    c.status = status as i32;
+    c.status_reason = reason.to_owned();
+    c.changed = now_ns();
+    core.store
+        .commit(
+            Txn::new()
+                .equals(key.clone(), bytes)
+                .put(key, codec::encode(&c)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(cluster = %c.name, from = ?from, to = ?status, reason, "router cluster status");
+    let kind = match status {
+        ClusterStatus::Running => Some(EventType::OnRouterclusterStarted),
+        ClusterStatus::Degraded => Some(EventType::OnRouterclusterDegraded),
+        ClusterStatus::Error => Some(EventType::OnRouterclusterError),
+        ClusterStatus::Stopped => Some(EventType::OnRouterclusterStopped),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        core.events
+            .publish(kind, oid, None, event::Object::Routercluster(c));
+    }
+    Ok(())
+}
+
+/// Stores the new placements (one transaction) and publishes what changed.
+async fn store_placements(
+    core: &Core,
+    oid: &str,
+    old: &[Placement],
+    slots: &[Slot],
+    nodes: &BTreeMap<String, Node>,
+) -> Result<(), String> {
+    let old_by_worker: BTreeMap<(&str, &str), &Placement> = old
+        .iter()
+        .map(|p| ((p.workergroup_oid.as_str(), p.worker_name.as_str()), p))
+        .collect();
+    let new_keys: BTreeSet<(&str, &str)> = slots
+        .iter()
+        .map(|s| (s.group.as_str(), s.worker.as_str()))
+        .collect();
+    let mut txn = Txn::new();
+    let mut changed = Vec::new();
+    for p in old {
+        if !new_keys.contains(&(p.workergroup_oid.as_str(), p.worker_name.as_str())) {
+            txn = txn.delete(keys::placement(oid, &p.workergroup_oid, &p.oid));
+        }
+    }
+    for s in slots {
+        match old_by_worker.get(&(s.group.as_str(), s.worker.as_str())) {
+            Some(p) if p.node_oid == s.node => {}
+            existing => {
+                let placement = Placement {
+                    oid: existing.map_or_else(new_oid, |p| p.oid.clone()),
+                    cluster_oid: oid.to_owned(),
+                    workergroup_oid: s.group.clone(),
+                    node_oid: s.node.clone(),
+                    worker_name: s.worker.clone(),
+                    tcp_listening_port: 0,
+                    changed: now_ns(),
+                    node_authid: nodes
+                        .get(&s.node)
+                        .map(|n| n.authid.clone())
+                        .unwrap_or_default(),
+                };
+                txn = txn.put(
+                    keys::placement(oid, &s.group, &placement.oid),
+                    codec::encode(&placement),
+                );
+                changed.push(placement);
+            }
+        }
+    }
+    if txn.puts.is_empty() && txn.deletes.is_empty() {
+        return Ok(());
+    }
+    core.store.commit(txn).await.map_err(|e| e.to_string())?;
+    for p in changed {
+        tracing::info!(cluster = %oid, worker = %p.worker_name, node = %p.node_authid, "placed");
+        core.events.publish(
+            EventType::OnPlacementChanged,
+            oid,
+            None,
+            event::Object::Placement(p),
+        );
+    }
+    Ok(())
+}
+
+fn publish_worker(core: &Core, node: &Node, w: &apb::Worker, group: &str, kind: EventType) {
+    let cw = ClusterWorker {
+        node_oid: node.oid.clone(),
+        node_authid: node.authid.clone(),
+        worker_id: w.id.clone(),
+        pid: w.pid,
+        status: w.status,
+        observed: Some(std::time::SystemTime::now().into()),
+        workergroup_oid: group.to_owned(),
+        port: 0,
+    };
+    core.events
+        .publish(kind, &node.oid, None, event::Object::Worker(cw));
+}
+
+/// One iteration for router cluster `oid`.
+pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcome, String> {
+    let Some((cluster, _)) = core
+        .store
+        .load::<RouterCluster>(&keys::routercluster(oid))
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Outcome::Done);
+    };
+    let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
+    if status == ClusterStatus::Stopped {
+        return Ok(Outcome::Done);
+    }
+    let stopping = status == ClusterStatus::Stopping;
+    let members: Vec<RouterClusterNode> = core
+        .store
+        .list(&keys::routercluster_nodes(oid))
+        .map_err(|e| e.to_string())?;
+    let groups: Vec<RouterWorkerGroup> = core
+        .store
+        .list(&keys::workergroups(oid))
+        .map_err(|e| e.to_string())?;
+    let nodes: BTreeMap<String, Node> = core
+        .list_nodes(None)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|n| (n.oid.clone(), n))
+        .collect();
+    let online: Vec<&Node> = nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Online as i32)
+        .collect();
+    let old: Vec<Placement> = core
+        .store
+        .list(&keys::placements(oid))
+        .map_err(|e| e.to_string())?;
+
+    // Placement (nothing is placed while stopping).
+    let member_facts: Vec<Member> = members
+        .iter()
+        .map(|m| Member {
+            node: m.node_oid.clone(),
+            authid: m.node_authid.clone(),
+            softlimit: m.softlimit,
+            hardlimit: m.hardlimit,
+            online: nodes
+                .get(&m.node_oid)
+                .is_some_and(|n| n.status == NodeStatus::Online as i32),
+        })
+        .collect();
+    let group_facts: Vec<Group> = if stopping {
+        Vec::new()
+    } else {
+        groups
+            .iter()
+            .map(|g| Group {
+                oid: g.oid.clone(),
+                name: g.name.clone(),
+                scale: g.scale.max(1),
+            })
+            .collect()
+    };
+    let existing: Vec<Slot> = old
+        .iter()
+        .map(|p| Slot {
+            group: p.workergroup_oid.clone(),
+            worker: p.worker_name.clone(),
+            node: p.node_oid.clone(),
+        })
+        .collect();
+    let placed = placement::place(&group_facts, &member_facts, &existing);
+    store_placements(core, oid, &old, &placed.slots, &nodes).await?;
+
+    // Workers of this cluster: ids `<group name>_<n>` of its (current or just removed) groups.
+    let names: BTreeSet<String> = groups.iter().map(|g| g.name.clone()).collect();
+    let ours = |id: &str| {
+        id.rsplit_once('_')
+            .is_some_and(|(g, n)| names.contains(g) && n.parse::<u32>().is_ok())
+    };
+    let wanted: BTreeMap<(String, String), String> = placed
+        .slots
+        .iter()
+        .map(|s| ((s.node.clone(), s.worker.clone()), s.group.clone()))
+        .collect();
+    let mut problems = Vec::new();
+    let mut acted = false;
+    let mut errors = Vec::new();
+    let observations = futures::future::join_all(online.iter().map(|node| async move {
+        let mut nc = agents.node_controller(node)?;
+        let ws = call(nc.list_workers(apb::ListWorkersRequest {
+            r#type: WorkerType::Router as i32,
+            status: 0,
+        }))
+        .await
+        .map_err(|s| format!("{}: ListWorkers: {}", node.authid, s.message()))?;
+        Ok::<_, String>((nc, ws.workers))
+    }))
+    .await;
+    let runs = online
+        .iter()
+        .zip(observations)
+        .filter_map(|(node, obs)| match obs {
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+            Ok((mut nc, workers)) => {
+                let running: BTreeSet<String> = workers
+                    .iter()
+                    .filter(|w| {
+                        w.status == WorkerStatus::Started as i32
+                            || w.status == WorkerStatus::Starting as i32
+                    })
+                    .map(|w| w.id.clone())
+                    .collect();
+                let to_stop: Vec<String> = running
+                    .iter()
+                    .filter(|id| {
+                        ours(id) && !wanted.contains_key(&(node.oid.clone(), (*id).clone()))
+                    })
+                    .cloned()
+                    .collect();
+                let to_start: Vec<(String, String)> = wanted
+                    .iter()
+                    .filter(|((n, id), _)| *n == node.oid && !running.contains(id))
+                    .map(|((_, id), g)| (id.clone(), g.clone()))
+                    .collect();
+                Some(async move {
+                    let mut errs = Vec::new();
+                    let mut did = false;
+                    for id in to_stop {
+                        did = true;
+                        match call(nc.stop_worker(apb::StopWorkerRequest {
+                            worker_id: id.clone(),
+                            kill: false,
+                        }))
+                        .await
+                        {
+                            Ok(r) => {
+                                if let Some(w) = r.worker {
+                                    publish_worker(core, node, &w, "", EventType::OnWorkerStopped);
+                                }
+                            }
+                            Err(s) => {
+                                errs.push(format!("{} stop {id}: {}", node.authid, s.message()))
+                            }
+                        }
+                    }
+                    for (id, group) in to_start {
+                        did = true;
+                        let req = apb::StartWorkerRequest {
+                            worker_id: id.clone(),
+                            worker_type: WorkerType::Router as i32,
+                            options: None,
+                        };
+                        match call(nc.start_worker(req)).await {
+                            Ok(r) => {
+                                if let Some(w) = r.worker {
+                                    publish_worker(
+                                        core,
+                                        node,
+                                        &w,
+                                        &group,
+                                        EventType::OnWorkerStarted,
+                                    );
+                                }
+                            }
+                            Err(s) => {
+                                errs.push(format!("{} start {id}: {}", node.authid, s.message()))
+                            }
+                        }
+                    }
+                    (did, errs)
+                })
+            }
+        });
+    let runs: Vec<_> = runs.collect();
+    for (did, errs) in futures::future::join_all(runs).await {
+        acted |= did;
+        errors.extend(errs);
+    }
+    for e in &errors {
+        tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
+    }
+
+    if stopping {
+        if !acted && problems.is_empty() {
+            set_status(core, oid, ClusterStatus::Stopped, "").await?;
+            return Ok(Outcome::Done);
+        }
+        return Ok(if errors.is_empty() {
+            Outcome::Again
+        } else {
+            Outcome::Continue
+        });
+    }
+    let placed_on_online = placed
+        .slots
+        .iter()
+        .all(|s| online.iter().any(|n| n.oid == s.node));
+    let (next, reason) = if members.is_empty() {
+        (
+            ClusterStatus::Error,
+            "the cluster has no member nodes".to_owned(),
+        )
+    } else if member_facts.iter().all(|m| !m.online) {
+        (ClusterStatus::Error, "no member node is online".to_owned())
+    } else if !errors.is_empty() {
+        (
+            ClusterStatus::Degraded,
+            format!("{} action(s) failed: {}", errors.len(), errors[0]),
+        )
+    } else if acted {
+        return Ok(Outcome::Again);
+    } else if !placed.unplaced.is_empty() {
+        (
+            ClusterStatus::Degraded,
+            format!(
+                "{} worker(s) cannot be placed within the members' hardlimits: {}",
+                placed.unplaced.len(),
+                placed.unplaced.join(", ")
+            ),
+        )
+    } else if !placed_on_online {
+        return Ok(Outcome::Again);
+    } else {
+        (ClusterStatus::Running, String::new())
+    };
+    set_status(core, oid, next, &reason).await?;
+    Ok(Outcome::Continue)
+}
