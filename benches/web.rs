@@ -159,6 +159,7 @@ async fn main() {
     let (sy_rps, sy_p99) = wrk(&format!("http://127.0.0.1:{port}/file.txt"), secs);
     let (json_rps, json_p99) = wrk(&format!("http://127.0.0.1:{port}/json"), secs);
     let _ = nginx.kill();
+    let _ = nginx.wait();
     drop(agent);
 
     println!("web worker benchmark (wrk -t2 -c64, {secs} s each, 1 KiB static file)");

@@ -54,7 +54,8 @@ impl MasterLink {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Capped at two heartbeat intervals, so a restarted master sees its nodes again within its grace period.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Heartbeats until `shutdown`.
 pub async fn run(

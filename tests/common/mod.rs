@@ -206,8 +206,13 @@ impl Proc {
 
     /// A master with its own data directory.
     pub fn master(pki: &Pki, data_dir: &Path) -> Proc {
+        Proc::master_on(pki, data_dir, "127.0.0.1:0")
+    }
+
+    /// A master listening on `listen` (a fixed address, for restarts agents must find again).
+    pub fn master_on(pki: &Pki, data_dir: &Path, listen: &str) -> Proc {
         let mut cmd = Command::new(master_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .arg("--pki-dir")
             .arg(&pki.path);

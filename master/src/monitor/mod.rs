@@ -81,8 +81,15 @@ impl Supervisor {
     }
 
     /// Resumes the monitors of every active cluster, then follows events until shutdown.
+    ///
+    /// Resuming waits one heartbeat grace period first: a restarted master knows no node as
+    /// online until its agents reconnect, and must not judge (or re-place) their workers before.
     pub async fn run(self: Arc<Self>) {
         let mut events = self.core.events.subscribe();
+        tokio::select! {
+            _ = self.core.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(self.core.heartbeat.grace) => {}
+        }
         let active = |s: i32| {
             matches!(
                 ClusterStatus::try_from(s),
