@@ -296,6 +296,41 @@ async fn a_web_cluster_runs_serves_converges_and_stops() {
     }
     assert_eq!(pids.len(), 4);
     assert!(pids.iter().all(|p| !process_gone(*p)));
+    // The monitor's view through the master.
+    let listed = c
+        .web
+        .clone()
+        .list_web_cluster_workers(pb::ListWebClusterWorkersRequest {
+            webcluster_oid: oid.clone(),
+            filter_online: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    let mut listed_pids: Vec<u32> = listed.iter().map(|w| w.pid).collect();
+    listed_pids.sort();
+    let mut sorted = pids.clone();
+    sorted.sort();
+    assert_eq!(listed_pids, sorted);
+    let stat = c
+        .web
+        .clone()
+        .stat_web_cluster(pb::StatWebClusterRequest {
+            webcluster_oid: oid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stat.desired_workers, stat.running_workers), (4, 4));
+    for w in &stat.workers {
+        assert_eq!(
+            w.stats.as_ref().unwrap().pid,
+            w.worker.as_ref().unwrap().pid,
+            "stats of each worker report its own pid"
+        );
+    }
+    assert!(stat.total_resident > 0);
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(
         curl(&format!("{base}/file.txt"), &[]),
@@ -492,6 +527,22 @@ async fn router_workers_are_placed_within_limits_and_re_placed_on_node_loss() {
     let mut counts: Vec<usize> = router_counts(&c, &nodes).await.into_values().collect();
     counts.sort();
     assert_eq!(counts, [1, 1, 2], "least-loaded within hardlimit 2");
+    let stat = c
+        .router
+        .clone()
+        .stat_router_cluster(pb::StatRouterClusterRequest {
+            routercluster_oid: rc.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stat.workergroups.len(), 1);
+    let g = &stat.workergroups[0];
+    assert_eq!(
+        (g.desired_workers, g.running_workers, g.placements.len()),
+        (4, 4, 4)
+    );
+    assert!(g.workers.iter().all(|w| w.stats.is_some()));
 
     // Kill the node with two workers: its workers run elsewhere within 3 s, never above 2.
     let before = router_counts(&c, &nodes).await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
 use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::master::v1::Node;
 use switchyard::pki::Identity;
@@ -34,11 +35,24 @@ impl Agents {
         &self,
         node: &Node,
     ) -> Result<NodeControllerServiceClient<Channel>, String> {
+        self.channel(node).map(NodeControllerServiceClient::new)
+    }
+
+    /// A process-control client of `node`.
+    pub fn native_process(
+        &self,
+        node: &Node,
+    ) -> Result<NativeProcessServiceClient<Channel>, String> {
+        self.channel(node).map(NativeProcessServiceClient::new)
+    }
+
+    /// The channel to `node` (one per node, replaced when its endpoint changes).
+    fn channel(&self, node: &Node) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((endpoint, channel)) = channels.get(&node.oid)
             && *endpoint == node.endpoint
         {
-            return Ok(NodeControllerServiceClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
         let scheme = if self.identity.is_some() {
             "https"
@@ -62,7 +76,7 @@ impl Agents {
         }
         let channel = endpoint.connect_lazy();
         channels.insert(node.oid.clone(), (node.endpoint.clone(), channel.clone()));
-        Ok(NodeControllerServiceClient::new(channel))
+        Ok(channel)
     }
 }
 

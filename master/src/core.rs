@@ -8,6 +8,7 @@ use switchyard::auth::Principal;
 use switchyard::pb::master::v1::Who;
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::Agents;
 use crate::events::Events;
 use crate::nodes::Liveness;
 use crate::store::Store;
@@ -43,6 +44,8 @@ pub struct Core {
     pub heartbeat: HeartbeatConfig,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Clients of the agents.
+    pub agents: Arc<Agents>,
 }
 
 impl Core {
@@ -50,6 +53,7 @@ impl Core {
     pub fn new(
         store: Arc<dyn Store>,
         heartbeat: HeartbeatConfig,
+        agents: Arc<Agents>,
         shutdown: CancellationToken,
     ) -> Self {
         Core {
@@ -58,6 +62,7 @@ impl Core {
             liveness: Liveness::default(),
             heartbeat,
             shutdown,
+            agents,
         }
     }
 }

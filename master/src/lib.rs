@@ -18,6 +18,7 @@ pub mod events;
 pub mod monitor;
 pub mod nodes;
 pub mod router;
+pub mod stats;
 pub mod store;
 pub mod validate;
 pub mod web;
@@ -88,9 +89,14 @@ pub async fn serve(
             source,
         })?,
     );
-    let core = Arc::new(Core::new(sled.clone(), options.heartbeat, shutdown.clone()));
-    tokio::spawn(expire_heartbeats(core.clone()));
     let agents = Arc::new(agents::Agents::new(options.identity.clone()));
+    let core = Arc::new(Core::new(
+        sled.clone(),
+        options.heartbeat,
+        agents.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(expire_heartbeats(core.clone()));
     let supervisor = monitor::Supervisor::new(core.clone(), agents, options.monitor);
     tokio::spawn(supervisor.run());
     let local = listener

@@ -1,8 +1,7 @@
 //! The master's gRPC services: thin adapters (validate → core → convert) over [`Core`].
 //!
 //! RPCs whose capability has not landed yet answer UNIMPLEMENTED (the generated default), never
-//! a fake success: the monitors' views (ListWebClusterWorkers, Stat*) arrive with the monitors,
-//! StreamClusterStats with the node gateway.
+//! a fake success: StreamClusterStats arrives with the node gateway.
 
 mod event;
 mod node;

@@ -221,4 +221,29 @@ impl RouterClusterService for RouterClusterApi {
             items,
         }))
     }
+
+    async fn stat_router_cluster(
+        &self,
+        req: Request<StatRouterClusterRequest>,
+    ) -> R<StatRouterClusterResponse> {
+        Ok(Response::new(
+            self.0
+                .stat_routercluster(&req.get_ref().routercluster_oid)
+                .await?,
+        ))
+    }
+
+    async fn stat_router_cluster_worker_group(
+        &self,
+        req: Request<StatRouterClusterWorkerGroupRequest>,
+    ) -> R<StatRouterClusterWorkerGroupResponse> {
+        let r = req.get_ref();
+        let stat = self
+            .0
+            .stat_workergroup(&r.routercluster_oid, &r.workergroup_oid)
+            .await?;
+        Ok(Response::new(StatRouterClusterWorkerGroupResponse {
+            stat: Some(stat),
+        }))
+    }
 }

@@ -218,4 +218,27 @@ impl WebClusterService for WebClusterApi {
             .collect();
         Ok(Response::new(ListWebClusterServicesResponse { services }))
     }
+
+    async fn list_web_cluster_workers(
+        &self,
+        req: Request<ListWebClusterWorkersRequest>,
+    ) -> R<ListWebClusterWorkersResponse> {
+        let r = req.get_ref();
+        let workers = self
+            .0
+            .list_webcluster_workers(&r.webcluster_oid, r.filter_online)
+            .await?;
+        Ok(Response::new(ListWebClusterWorkersResponse { workers }))
+    }
+
+    async fn stat_web_cluster(
+        &self,
+        req: Request<StatWebClusterRequest>,
+    ) -> R<StatWebClusterResponse> {
+        Ok(Response::new(
+            self.0
+                .stat_webcluster(&req.get_ref().webcluster_oid)
+                .await?,
+        ))
+    }
 }
