@@ -75,10 +75,22 @@ pub async fn serve(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mime = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(|e| {
+            options
+                .mime_types
+                .get(&format!(".{e}"))
+                .or_else(|| options.mime_types.get(e))
+        })
+        .cloned();
     let mut response = if not_modified {
         let mut r = Response::new(full(bytes::Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
+    } else if meta.len() <= SMALL_FILE {
+        small_file(&file, &meta, mime.as_deref(), &req)
     } else {
         let mime = file
             .extension()
@@ -116,6 +128,131 @@ pub async fn serve(
         response.headers_mut().insert(header::CACHE_CONTROL, v);
     }
     response
+}
+
+/// Files up to this size are read in one go from the page cache and served from memory; larger
+/// ones are streamed by tower-http's ServeFile.
+const SMALL_FILE: u64 = 256 * 1024;
+
+/// Serves a small file from memory: HEAD, a single byte range (206/416), Last-Modified and
+/// If-Modified-Since.
+fn small_file(
+    file: &Path,
+    meta: &std::fs::Metadata,
+    mime: Option<&str>,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let modified = meta.modified().ok();
+    if let (Some(m), Some(since)) = (
+        modified,
+        req.headers()
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+    ) && m.duration_since(since).map_or(true, |d| d.as_secs() == 0)
+    {
+        let mut r = Response::new(full(bytes::Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    let Ok(data) = std::fs::read(file) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let len = data.len() as u64;
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (status, body, content_range) = match range {
+        None | Some(Err(RangeError::Ignore)) => (StatusCode::OK, bytes::Bytes::from(data), None),
+        Some(Ok((start, end))) => (
+            StatusCode::PARTIAL_CONTENT,
+            bytes::Bytes::from(data).slice(start as usize..=end as usize),
+            Some(format!("bytes {start}-{end}/{len}")),
+        ),
+        Some(Err(RangeError::Unsatisfiable)) => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    let body_len = body.len();
+    let mut r = Response::new(if req.method() == http::Method::HEAD {
+        full(bytes::Bytes::new())
+    } else {
+        full(body)
+    });
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    let mime = mime.map(str::to_owned).unwrap_or_else(|| {
+        mime_guess::from_path(file)
+            .first_or_octet_stream()
+            .to_string()
+    });
+    if let Ok(v) = HeaderValue::from_str(&mime) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(v) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok())
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    r
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeError {
+    /// Malformed or multi-range: serve the whole file.
+    Ignore,
+    /// Outside the file: 416.
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes into inclusive offsets.
+fn parse_range(header: &str, len: u64) -> Result<(u64, u64), RangeError> {
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or(RangeError::Ignore)?;
+    if spec.contains(',') {
+        return Err(RangeError::Ignore);
+    }
+    let (a, b) = spec.split_once('-').ok_or(RangeError::Ignore)?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| RangeError::Ignore)?;
+            if n == 0 {
+                return Err(RangeError::Unsatisfiable);
+            }
+            (
+                len.saturating_sub(n),
+                len.checked_sub(1).ok_or(RangeError::Unsatisfiable)?,
+            )
+        }
+        (s, "") => (
+            s.parse().map_err(|_| RangeError::Ignore)?,
+            len.checked_sub(1).ok_or(RangeError::Unsatisfiable)?,
+        ),
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| RangeError::Ignore)?;
+            let e: u64 = e.parse().map_err(|_| RangeError::Ignore)?;
+            if e < s {
+                return Err(RangeError::Ignore);
+            }
+            (s, e.min(len.saturating_sub(1)))
+        }
+    };
+    if start >= len {
+        return Err(RangeError::Unsatisfiable);
+    }
+    Ok((start, end))
 }
 
 fn listing(dir: &Path, url_path: &str) -> Response<Body> {
@@ -172,6 +309,20 @@ fn listing(dir: &Path, url_path: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc_9110() {
+        assert_eq!(parse_range("bytes=10-19", 100), Ok((10, 19)));
+        assert_eq!(parse_range("bytes=90-", 100), Ok((90, 99)));
+        assert_eq!(parse_range("bytes=-5", 100), Ok((95, 99)));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok((95, 99)));
+        assert_eq!(
+            parse_range("bytes=100-", 100),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(parse_range("bytes=1-2,5-6", 100), Err(RangeError::Ignore));
+        assert_eq!(parse_range("items=1-2", 100), Err(RangeError::Ignore));
+    }
 
     #[test]
     fn traversal_is_refused_however_encoded() {
