@@ -788,3 +788,72 @@ async fn reference_bugs_stay_fixed() {
         "one worker per cluster, none for the member-less cluster"
     );
 }
+
+/// A frozen agent (SIGSTOP: a partition as the master sees it) is offline after the grace period;
+/// a cluster stopped meanwhile becomes STOPPED, and the node's leftover workers are stopped when
+/// it returns.
+#[tokio::test]
+async fn workers_of_a_cluster_stopped_while_a_node_was_away_stop_when_it_returns() {
+    let c = Cluster::new(&["node1", "node2"]).await;
+    let oid = create_web(&c, "away", free_port(), Default::default()).await;
+    let prefix = format!("cpw-{}-", &oid[..8]);
+    add_node(&c, &oid, "node1", 1, false).await;
+    add_node(&c, &oid, "node2", 1, false).await;
+    add_service(&c, &oid, "/", Service::Nodeinfo(Default::default())).await;
+    c.web
+        .clone()
+        .start_web_cluster(pb::StartWebClusterRequest {
+            webcluster_oid: oid.clone(),
+        })
+        .await
+        .unwrap();
+    c.wait_web(&oid, ClusterStatus::Running, Duration::from_secs(15))
+        .await;
+    let left_behind = c.workers("node2", &prefix).await;
+    assert_eq!(left_behind.len(), 1);
+
+    let frozen = c.agents["node2"].pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped_at = Instant::now();
+    let degraded = c
+        .wait_web(&oid, ClusterStatus::Degraded, Duration::from_secs(5))
+        .await;
+    println!(
+        "partition detected after {:?}: {}",
+        stopped_at.elapsed(),
+        degraded.status_reason
+    );
+    c.web
+        .clone()
+        .stop_web_cluster(pb::StopWebClusterRequest {
+            webcluster_oid: oid.clone(),
+        })
+        .await
+        .unwrap();
+    c.wait_web(&oid, ClusterStatus::Stopped, Duration::from_secs(10))
+        .await;
+    assert!(
+        !process_gone(left_behind[0].pid),
+        "the unreachable node's worker is still there"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually_async(
+        "the returned node's leftover worker to stop",
+        Duration::from_secs(10),
+        || async { process_gone(left_behind[0].pid).then_some(()) },
+    )
+    .await;
+}

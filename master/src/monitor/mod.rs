@@ -136,6 +136,10 @@ impl Supervisor {
             use EventType as E;
             let kind = EventType::try_from(event.r#type).unwrap_or(E::Unspecified);
             match (kind, &event.object) {
+                (E::OnNodeReady, Some(event::Object::Node(node))) => {
+                    self.wake_all();
+                    tokio::spawn(sweep(self.core.clone(), self.agents.clone(), node.clone()));
+                }
                 (E::OnNodeReady | E::OnNodeShutdown | E::OnNodeRemoved, _) => self.wake_all(),
                 (E::OnWebclusterStarting, _) => self.ensure(Kind::Web, &event.oid),
                 (E::OnRouterclusterStarting, _) => self.ensure(Kind::Router, &event.oid),
@@ -188,11 +192,16 @@ impl Supervisor {
         let oid = oid.to_owned();
         tokio::spawn(async move {
             tracing::info!(cluster = %oid, ?kind, "monitor started");
-            this.clone().monitor(kind, &oid, notify).await;
-            this.monitors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&oid);
+            loop {
+                this.clone().monitor(kind, &oid, notify.clone()).await;
+                // Deregister under the lock, unless the cluster was started again meanwhile
+                // (its start event found this monitor registered and only woke it).
+                let mut monitors = this.monitors.lock().unwrap_or_else(|p| p.into_inner());
+                if this.core.shutdown.is_cancelled() || !is_active(&this.core, kind, &oid) {
+                    monitors.remove(&oid);
+                    break;
+                }
+            }
             tracing::info!(cluster = %oid, "monitor ended");
         });
     }
@@ -221,6 +230,88 @@ impl Supervisor {
                     tracing::warn!(cluster = %oid, %error, "reconciliation failed; retrying");
                 }
             }
+        }
+    }
+}
+
+/// Whether cluster `oid` is in a status that needs a monitor.
+fn is_active(core: &Core, kind: Kind, oid: &str) -> bool {
+    let status = match kind {
+        Kind::Web => core
+            .store
+            .load::<WebCluster>(&keys::webcluster(oid))
+            .ok()
+            .flatten()
+            .map(|(c, _)| c.status),
+        Kind::Router => core
+            .store
+            .load::<RouterCluster>(&keys::routercluster(oid))
+            .ok()
+            .flatten()
+            .map(|(c, _)| c.status),
+    };
+    status.is_some_and(|s| s != ClusterStatus::Stopped as i32)
+}
+
+/// A node came (back) online: stop its workers that belong to no active cluster (a cluster
+/// stopped or deleted while the node was unreachable). Active clusters' monitors handle the rest.
+async fn sweep(core: Arc<Core>, agents: Arc<Agents>, node: switchyard::pb::master::v1::Node) {
+    use switchyard::pb::agent::v1 as apb;
+    let Ok(mut nc) = agents.node_controller(&node) else {
+        return;
+    };
+    let Ok(list) = crate::agents::call(nc.list_workers(apb::ListWorkersRequest::default())).await
+    else {
+        return;
+    };
+    let webs = core
+        .store
+        .list::<WebCluster>(keys::WEBCLUSTERS)
+        .unwrap_or_default();
+    let routers = core
+        .store
+        .list::<RouterCluster>(keys::ROUTERCLUSTERS)
+        .unwrap_or_default();
+    let active_web: Vec<String> = webs
+        .iter()
+        .filter(|c| c.status != ClusterStatus::Stopped as i32)
+        .map(|c| web_monitor::prefix(&c.oid))
+        .collect();
+    let mut active_groups = std::collections::BTreeSet::new();
+    for c in routers
+        .iter()
+        .filter(|c| c.status != ClusterStatus::Stopped as i32)
+    {
+        for g in core
+            .store
+            .list::<switchyard::pb::master::v1::RouterWorkerGroup>(&keys::workergroups(&c.oid))
+            .unwrap_or_default()
+        {
+            active_groups.insert(g.name);
+        }
+    }
+    for w in list.workers {
+        let live = matches!(
+            apb::WorkerStatus::try_from(w.status),
+            Ok(apb::WorkerStatus::Started | apb::WorkerStatus::Starting)
+        );
+        let stale = match apb::WorkerType::try_from(w.r#type) {
+            Ok(apb::WorkerType::Web) => {
+                w.id.starts_with("cpw-") && !active_web.iter().any(|p| w.id.starts_with(p))
+            }
+            Ok(apb::WorkerType::Router) => {
+                w.id.rsplit_once('_')
+                    .is_some_and(|(g, n)| n.parse::<u32>().is_ok() && !active_groups.contains(g))
+            }
+            _ => false,
+        };
+        if live && stale {
+            tracing::info!(node = %node.authid, worker = %w.id, "stopping a worker of no active cluster");
+            let _ = crate::agents::call(nc.stop_worker(apb::StopWorkerRequest {
+                worker_id: w.id,
+                kill: false,
+            }))
+            .await;
         }
     }
 }
