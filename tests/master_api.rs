@@ -140,7 +140,13 @@ async fn grpcurl_drives_both_life_cycles_and_every_error() {
     );
 
     // Web cluster life cycle.
-    let c = a.ok("CreateWebCluster", json!({"webcluster": {"name": "cluster1", "tcpPort": 8080, "label": "L", "tags": ["a"],
+    // This cluster is started: its monitor really listens, so on a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = a.ok("CreateWebCluster", json!({"webcluster": {"name": "cluster1", "tcpPort": port, "tcpInterface": "127.0.0.1", "label": "L", "tags": ["a"],
         "tlsKey": "-----BEGIN PRIVATE KEY-----\nMC4\n-----END PRIVATE KEY-----", "tlsCertificate": "-----BEGIN CERTIFICATE-----\nMI\n-----END CERTIFICATE-----"}}))["webcluster"].clone();
     let oid = c["oid"].as_str().unwrap().to_owned();
     assert_eq!(c["status"], "CLUSTER_STATUS_STOPPED");
@@ -543,7 +549,24 @@ async fn grpcurl_drives_both_life_cycles_and_every_error() {
         "FailedPrecondition",
         "NOT_STOPPED",
     );
-    assert_eq!(a.ok("ListRouterClusterWorkerGroups", json!({"routerclusterOid": r, "filterByStatus": "CLUSTER_STATUS_STARTING", "returnNames": true}))["items"], json!(["mygroup1"]));
+    // Groups follow their cluster's status (whatever the monitor has made of it by now).
+    let now =
+        a.ok("GetRouterCluster", json!({"routerclusterOid": r}))["routercluster"]["status"].clone();
+    assert_ne!(now, "CLUSTER_STATUS_STOPPED");
+    assert_eq!(
+        a.ok(
+            "ListRouterClusterWorkerGroups",
+            json!({"routerclusterOid": r, "filterByStatus": now, "returnNames": true})
+        )["items"],
+        json!(["mygroup1"])
+    );
+    assert_eq!(
+        a.ok(
+            "ListRouterClusterWorkerGroups",
+            json!({"routerclusterOid": r, "filterByStatus": "CLUSTER_STATUS_STOPPED"})
+        ),
+        json!({})
+    );
     a.ok("StopRouterCluster", json!({"routerclusterOid": r}));
     a.fails(
         "StopRouterCluster",
@@ -584,11 +607,18 @@ fn python_stubs_drive_both_life_cycles() {
     let _agent = Proc::agent(&pki, "node1", master.addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(wait_online(&pki, master.addr, "node1"));
+    // The started cluster's monitor really listens: on a free loopback port.
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = Command::new(tool("python"))
         .arg(repo().join("tests/python/lifecycle.py"))
         .arg(stubs.path())
         .arg(&pki.path)
         .arg(master.addr.to_string())
+        .arg(free_port.to_string())
         .output()
         .unwrap();
     assert!(
@@ -607,8 +637,22 @@ async fn watch_delivers_a_scripted_sequence_in_order() {
     let master = Proc::master(&pki, data.path());
     let ch = channel(&pki, "admin", master.addr).await;
     let mut events = EventServiceClient::new(ch.clone());
+    // The scripted sequence's own types (monitors add worker and status events in between).
+    let scripted = vec![
+        EventType::OnNodeReady as i32,
+        EventType::OnWebclusterCreated as i32,
+        EventType::OnWebclusterNodeAdded as i32,
+        EventType::OnWebserviceAdded as i32,
+        EventType::OnWebclusterStarting as i32,
+        EventType::OnWebclusterStopping as i32,
+        EventType::OnWebserviceRemoved as i32,
+        EventType::OnWebclusterNodeRemoved as i32,
+    ];
     let mut all = events
-        .watch(pb::WatchRequest::default())
+        .watch(pb::WatchRequest {
+            types: scripted,
+            oids: vec![],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -628,7 +672,15 @@ async fn watch_delivers_a_scripted_sequence_in_order() {
         .create_web_cluster(pb::CreateWebClusterRequest {
             webcluster: Some(pb::WebCluster {
                 name: "evt".into(),
-                tcp_port: 8000,
+                // Started below: its monitor really listens, so on a free loopback port.
+                tcp_port: u32::from(
+                    std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port(),
+                ),
+                tcp_interface: Some("127.0.0.1".into()),
                 ..Default::default()
             }),
         })
@@ -767,6 +819,11 @@ async fn a_restarted_master_has_everything_statuses_included() {
             json!({"webclusterOid": oid, "webservice": {"path": "/", "json": {"value": 42}}}),
         );
         a.ok("StartWebCluster", json!({"webclusterOid": oid}));
+        // Let the monitor judge it (its only member is a standby: nothing can run → ERROR).
+        common::eventually("the monitor's verdict", Duration::from_secs(10), || {
+            let c = a.ok("GetWebCluster", json!({"webclusterOid": oid}))["webcluster"].clone();
+            (c["status"] == "CLUSTER_STATUS_ERROR").then_some(())
+        });
         let rc = a.ok(
             "CreateRouterCluster",
             json!({"routercluster": {"name": "keeprc"}}),
@@ -789,8 +846,15 @@ async fn a_restarted_master_has_everything_statuses_included() {
     let c = &a.ok("GetWebClusterByName", json!({"webclusterName": "keep"}))["webcluster"];
     assert_eq!(c["oid"], oid.as_str());
     assert_eq!(
-        c["status"], "CLUSTER_STATUS_STARTING",
+        c["status"], "CLUSTER_STATUS_ERROR",
         "statuses survive a restart"
+    );
+    assert!(
+        c["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("no member node"),
+        "{c}"
     );
     let m = &a.ok(
         "GetWebClusterNode",

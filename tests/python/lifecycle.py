@@ -1,11 +1,11 @@
 """Full life cycle of both cluster kinds and every SPEC 3.5 error case, through stubs generated
 by grpcio-tools from proto/. Exits non-zero (with the failed assertion) on any deviation.
 
-Usage: lifecycle.py STUBS_DIR PKI_DIR MASTER_ADDR
+Usage: lifecycle.py STUBS_DIR PKI_DIR MASTER_ADDR FREE_PORT  (the started cluster listens on 127.0.0.1:FREE_PORT)
 """
 import sys
 
-stubs, pki, master = sys.argv[1:4]
+stubs, pki, master, free_port = sys.argv[1:5]
 sys.path.insert(0, stubs)
 
 import grpc  # noqa: E402
@@ -61,7 +61,7 @@ def expect(code, why, fn, *args):
 node_oid = nodes.GetNodeByName(node_pb2.GetNodeByNameRequest(authid="node1"), timeout=10).node.oid
 
 # --- web cluster ---
-c = web.CreateWebCluster(wc.CreateWebClusterRequest(webcluster=wc.WebCluster(name="pyweb", tcp_port=8080)), timeout=10).webcluster
+c = web.CreateWebCluster(wc.CreateWebClusterRequest(webcluster=wc.WebCluster(name="pyweb", tcp_port=int(free_port), tcp_interface="127.0.0.1")), timeout=10).webcluster
 assert c.status == common_pb2.CLUSTER_STATUS_STOPPED and c.tcp_shared
 assert web.GetWebCluster(wc.GetWebClusterRequest(webcluster_oid=c.oid), timeout=10).webcluster.name == "pyweb"
 assert web.GetWebClusterByName(wc.GetWebClusterByNameRequest(webcluster_name="pyweb"), timeout=10).webcluster.oid == c.oid
