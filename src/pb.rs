@@ -22,12 +22,15 @@ pub mod master {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
-/// Fully-qualified names of the master's gRPC services.
+/// Fully-qualified names of the master's gRPC services (the agents' two services are served as
+/// the gateway to every node).
 pub const MASTER_SERVICES: &[&str] = &[
     "switchyard.master.v1.WebClusterService",
     "switchyard.master.v1.RouterClusterService",
     "switchyard.master.v1.NodeService",
     "switchyard.master.v1.EventService",
+    "switchyard.agent.v1.NodeControllerService",
+    "switchyard.agent.v1.NativeProcessService",
 ];
 
 /// Fully-qualified names of the agent's gRPC services.

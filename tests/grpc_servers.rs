@@ -45,6 +45,8 @@ fn grpcurl_lists_describes_and_calls_master_and_agent() {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
+            "switchyard.agent.v1.NativeProcessService",
+            "switchyard.agent.v1.NodeControllerService",
             "switchyard.master.v1.EventService",
             "switchyard.master.v1.NodeService",
             "switchyard.master.v1.RouterClusterService",

@@ -11,8 +11,11 @@ use switchyard::pb::master::v1::Node;
 use switchyard::pki::Identity;
 use tonic::transport::{Channel, Endpoint};
 
-/// Deadline of one call to an agent.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of an observing call (list, get, stats): short, so that a frozen or partitioned
+/// node delays a monitor by less than the heartbeat grace period.
+pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of an acting call (start/stop a worker, which waits for the process).
+pub const ACT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Channels to agents, by node oid.
 #[derive(Debug)]
@@ -80,11 +83,25 @@ impl Agents {
     }
 }
 
-/// Runs an agent call with [`CALL_TIMEOUT`], flattening errors to text.
+/// Runs an observing agent call with [`OBSERVE_TIMEOUT`].
 pub async fn call<T>(
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    within(OBSERVE_TIMEOUT, fut).await
+}
+
+/// Runs an acting agent call with [`ACT_TIMEOUT`].
+pub async fn act<T>(
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    within(ACT_TIMEOUT, fut).await
+}
+
+async fn within<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded("agent call timed out")),
     }

@@ -11,10 +11,12 @@
 
 pub mod agents;
 pub mod api;
+pub mod cluster_stats;
 pub mod core;
 pub mod dev;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod monitor;
 pub mod nodes;
 pub mod router;

@@ -32,16 +32,21 @@ pub const MAX_INTERVAL: f64 = 3600.0;
 /// Shortest accepted stats stream interval, seconds.
 pub const MIN_STREAM_INTERVAL: f64 = 0.05;
 
-/// The principal to name in events: the original caller when forwarded, else the direct caller.
+/// The principal to name in events: the original caller when the call was forwarded (by the
+/// master's gateway, whose role is `master`, or by the agent over a worker's private control
+/// socket, where there is no TLS principal), else the direct caller.
 pub fn who<T>(request: &Request<T>) -> String {
-    if let Some(who) = request
-        .metadata()
-        .get(WHO_METADATA)
-        .and_then(|v| v.to_str().ok())
+    let caller = switchyard::auth::caller(request);
+    let forwarded = caller.is_none_or(|p| p.role == switchyard::auth::Role::Master);
+    if forwarded
+        && let Some(who) = request
+            .metadata()
+            .get(WHO_METADATA)
+            .and_then(|v| v.to_str().ok())
     {
         return who.to_owned();
     }
-    switchyard::auth::caller(request).map_or_else(String::new, |p| p.uri())
+    caller.map_or_else(String::new, |p| p.uri())
 }
 
 /// Validates a stats interval in seconds (`field` names it in the error).

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use switchyard::pb::master::v1::event_service_server::EventService;
-use switchyard::pb::master::v1::{WatchRequest, WatchResponse};
+use switchyard::pb::master::v1::{
+    StreamClusterStatsRequest, StreamClusterStatsResponse, WatchRequest, WatchResponse,
+};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -24,5 +26,15 @@ impl EventService for EventApi {
             .events
             .watch(req.into_inner(), self.0.shutdown.clone())?;
         Ok(Response::new(stream))
+    }
+
+    async fn stream_cluster_stats(
+        &self,
+        req: Request<StreamClusterStatsRequest>,
+    ) -> Result<Response<BoxStream<StreamClusterStatsResponse>>, Status> {
+        let r = req.get_ref();
+        Ok(Response::new(
+            self.0.stream_cluster_stats(&r.cluster_oid, r.interval)?,
+        ))
     }
 }

@@ -1,7 +1,6 @@
 //! The master's gRPC services: thin adapters (validate → core → convert) over [`Core`].
 //!
-//! RPCs whose capability has not landed yet answer UNIMPLEMENTED (the generated default), never
-//! a fake success: StreamClusterStats arrives with the node gateway.
+//! The master also serves the agents' services as a gateway to every node ([`crate::gateway`]).
 
 mod event;
 mod node;
@@ -10,6 +9,10 @@ mod web;
 
 use std::sync::Arc;
 
+use switchyard::pb::agent::v1::{
+    native_process_service_server::NativeProcessServiceServer,
+    node_controller_service_server::NodeControllerServiceServer,
+};
 use switchyard::pb::master::v1::{
     event_service_server::EventServiceServer, node_service_server::NodeServiceServer,
     router_cluster_service_server::RouterClusterServiceServer,
@@ -32,7 +35,13 @@ pub fn routes(core: Arc<Core>) -> Routes {
             core.clone(),
         )))
         .add_service(NodeServiceServer::new(NodeApi(core.clone())))
-        .add_service(EventServiceServer::new(EventApi(core)))
+        .add_service(EventServiceServer::new(EventApi(core.clone())))
+        .add_service(NodeControllerServiceServer::new(crate::gateway::Gateway(
+            core.clone(),
+        )))
+        .add_service(NativeProcessServiceServer::new(crate::gateway::Gateway(
+            core,
+        )))
 }
 
 /// An optional enum filter: 0 is "any", unknown values are INVALID_ARGUMENT naming `field`.

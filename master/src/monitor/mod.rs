@@ -307,7 +307,7 @@ async fn sweep(core: Arc<Core>, agents: Arc<Agents>, node: switchyard::pb::maste
         };
         if live && stale {
             tracing::info!(node = %node.authid, worker = %w.id, "stopping a worker of no active cluster");
-            let _ = crate::agents::call(nc.stop_worker(apb::StopWorkerRequest {
+            let _ = crate::agents::act(nc.stop_worker(apb::StopWorkerRequest {
                 worker_id: w.id,
                 kill: false,
             }))

@@ -12,7 +12,7 @@ use switchyard::pb::master::v1::{
 
 use super::Outcome;
 use super::placement::{self, Group, Member, Slot};
-use crate::agents::{Agents, call};
+use crate::agents::{Agents, act, call};
 use crate::core::{Core, new_oid, now_ns};
 use crate::store::{StoreExt, Txn, codec, keys};
 
@@ -275,7 +275,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                     let mut did = false;
                     for id in to_stop {
                         did = true;
-                        match call(nc.stop_worker(apb::StopWorkerRequest {
+                        match act(nc.stop_worker(apb::StopWorkerRequest {
                             worker_id: id.clone(),
                             kill: false,
                         }))
@@ -298,7 +298,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                             worker_type: WorkerType::Router as i32,
                             options: None,
                         };
-                        match call(nc.start_worker(req)).await {
+                        match act(nc.start_worker(req)).await {
                             Ok(r) => {
                                 if let Some(w) = r.worker {
                                     publish_worker(

@@ -11,7 +11,7 @@ use switchyard::pb::master::v1::{
 
 use super::Outcome;
 use super::web::{Action, Desired, Member, Observed, WorkerObs, assign, plan};
-use crate::agents::{Agents, call};
+use crate::agents::{Agents, act, call};
 use crate::core::{Core, now_ns};
 use crate::store::{StoreExt, Txn, codec, keys};
 
@@ -157,7 +157,7 @@ async fn execute_node(
                 continue;
             }
             Action::StartWorker { id, .. } => {
-                let r = call(nc.start_worker(apb::StartWorkerRequest {
+                let r = act(nc.start_worker(apb::StartWorkerRequest {
                     worker_id: id.clone(),
                     worker_type: WorkerType::Web as i32,
                     options: None,
@@ -169,7 +169,7 @@ async fn execute_node(
                 r.map(|_| ())
             }
             Action::StartTransport { id, .. } => {
-                call(nc.start_web_transport(apb::StartWebTransportRequest {
+                act(nc.start_web_transport(apb::StartWebTransportRequest {
                     worker_id: id.clone(),
                     transport: Some(desired.transport.clone()),
                 }))
@@ -177,7 +177,7 @@ async fn execute_node(
                 .map(|_| ())
             }
             Action::StartService { id, service, .. } => {
-                call(nc.start_web_service(apb::StartWebServiceRequest {
+                act(nc.start_web_service(apb::StartWebServiceRequest {
                     worker_id: id.clone(),
                     service: Some(service.clone()),
                 }))
@@ -185,7 +185,7 @@ async fn execute_node(
                 .map(|_| ())
             }
             Action::StopService { id, path, .. } => {
-                call(nc.stop_web_service(apb::StopWebServiceRequest {
+                act(nc.stop_web_service(apb::StopWebServiceRequest {
                     worker_id: id.clone(),
                     path: path.clone(),
                 }))
@@ -193,7 +193,7 @@ async fn execute_node(
                 .map(|_| ())
             }
             Action::StopWorker { id, .. } => {
-                let r = call(nc.stop_worker(apb::StopWorkerRequest {
+                let r = act(nc.stop_worker(apb::StopWorkerRequest {
                     worker_id: id.clone(),
                     kill: false,
                 }))
@@ -320,8 +320,16 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
     let prefix = prefix(oid);
 
     // Observe every online node (a removed member may still run workers of this cluster).
-    let observations =
-        futures::future::join_all(online.iter().map(|n| observe_node(agents, n, &prefix))).await;
+    let observations = futures::future::join_all(online.iter().map(|n| async {
+        // One deadline for the whole node: a frozen node must not hold the monitor longer.
+        tokio::time::timeout(
+            crate::agents::OBSERVE_TIMEOUT,
+            observe_node(agents, n, &prefix),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("{}: observation timed out", n.authid)))
+    }))
+    .await;
     let mut observed: Observed = BTreeMap::new();
     let mut problems = Vec::new();
     for (node, obs) in online.iter().zip(observations) {
