@@ -18,6 +18,7 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl SledStore {
@@ -32,8 +33,28 @@ impl SledStore {
             .open_tree("v1")
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let (flush, waiters) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(db.clone(), waiters));
-        Ok(SledStore { db, tree, flush })
+        let flusher = tokio::spawn(flusher(db.clone(), waiters));
+        Ok(SledStore {
+            db,
+            tree,
+            flush,
+            flusher,
+        })
+    }
+
+    /// Flushes, stops the flusher and releases the database (its file lock) for reopening.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.sync().await?;
+        let SledStore {
+            db,
+            tree,
+            flush,
+            flusher,
+        } = self;
+        drop((tree, flush));
+        let _ = flusher.await;
+        drop(db);
+        Ok(())
     }
 
     /// Flushes everything now (shutdown).
@@ -158,6 +179,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.scan(b"p/").unwrap().len(), 2);
+            store.close().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
