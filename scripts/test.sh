@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (the list grows with the features that need them).
-APT_PACKAGES=(ca-certificates curl openssh-client sshpass)
+APT_PACKAGES=(ca-certificates curl iproute2 openssh-client sshpass)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
