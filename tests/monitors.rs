@@ -610,6 +610,12 @@ async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
             .unwrap()
             .success()
     );
+    let old = c.master.pid();
+    common::eventually(
+        "the killed master to be gone",
+        Duration::from_secs(5),
+        || process_gone(old).then_some(()),
+    );
     c.master = Proc::master_on(&c.pki, c._data.path(), &addr.to_string());
     c.web = WebClusterServiceClient::new(channel(&c.pki, "admin", addr).await);
     c.wait_online("node1").await;

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod events;
 pub mod heartbeat;

@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod cli;
 pub mod cluster_stats;
 pub mod core;
 pub mod dev;
@@ -99,7 +100,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tokio::spawn(expire_heartbeats(core.clone()));
-    let supervisor = monitor::Supervisor::new(core.clone(), agents, options.monitor);
+    let supervisor = monitor::Supervisor::new(core.clone(), options.monitor);
     tokio::spawn(supervisor.run());
     let local = listener
         .local_addr()

@@ -61,7 +61,6 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Supervisor {
     core: Arc<Core>,
-    agents: Arc<Agents>,
     config: MonitorConfig,
     monitors: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
     /// Counters.
@@ -70,10 +69,9 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor; call [`Supervisor::run`] to start it.
-    pub fn new(core: Arc<Core>, agents: Arc<Agents>, config: MonitorConfig) -> Arc<Self> {
+    pub fn new(core: Arc<Core>, config: MonitorConfig) -> Arc<Self> {
         Arc::new(Supervisor {
             core,
-            agents,
             config,
             monitors: Default::default(),
             stats: Stats::default(),
@@ -138,7 +136,11 @@ impl Supervisor {
             match (kind, &event.object) {
                 (E::OnNodeReady, Some(event::Object::Node(node))) => {
                     self.wake_all();
-                    tokio::spawn(sweep(self.core.clone(), self.agents.clone(), node.clone()));
+                    tokio::spawn(sweep(
+                        self.core.clone(),
+                        self.core.agents.clone(),
+                        node.clone(),
+                    ));
                 }
                 (E::OnNodeReady | E::OnNodeShutdown | E::OnNodeRemoved, _) => self.wake_all(),
                 (E::OnWebclusterStarting, _) => self.ensure(Kind::Web, &event.oid),
@@ -218,8 +220,8 @@ impl Supervisor {
             }
             self.stats.iterations.fetch_add(1, Ordering::Relaxed);
             let outcome = match kind {
-                Kind::Web => web_monitor::reconcile(&self.core, &self.agents, oid).await,
-                Kind::Router => router::reconcile(&self.core, &self.agents, oid).await,
+                Kind::Web => web_monitor::reconcile(&self.core, &self.core.agents, oid).await,
+                Kind::Router => router::reconcile(&self.core, &self.core.agents, oid).await,
             };
             match outcome {
                 Ok(Outcome::Done) => return,
