@@ -33,11 +33,9 @@ impl Cluster {
     async fn new(nodes: &[&str]) -> Cluster {
         let pki = Pki::new(nodes);
         let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A restart test brings the master back on this address: keep it out of the ephemeral
+        // range, where reconnecting agents could take it (TCP self-connect).
+        let port = common::stable_port();
         let master = Proc::master_on(&pki, data.path(), &format!("127.0.0.1:{port}"));
         let agents = nodes
             .iter()

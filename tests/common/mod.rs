@@ -350,3 +350,22 @@ pub fn python_stubs() -> tempfile::TempDir {
     );
     stubs
 }
+
+/// A free loopback port outside the kernel's ephemeral range, for a server that restarts on the
+/// same address: clients reconnecting to an ephemeral port while nothing listens can get that
+/// very port as their source (a TCP self-connect) and keep it taken.
+pub fn stable_port() -> u16 {
+    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let start = 20000 + (std::process::id() % 8000) as u16;
+    (0..8000u16)
+        .map(|i| 20000 + (start - 20000 + i) % 8000)
+        .filter(|p| *p < low)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
