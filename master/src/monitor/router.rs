@@ -12,57 +12,10 @@ use switchyard::pb::master::v1::{
 
 use super::Outcome;
 use super::placement::{self, Group, Member, Slot};
+use super::status::set_status;
 use crate::agents::{Agents, act, call};
 use crate::core::{Core, new_oid, now_ns};
 use crate::store::{StoreExt, Txn, codec, keys};
-
-/// Sets the status (and reason) of router cluster `oid` if it changed, with its event.
-pub async fn set_status(
-    core: &Core,
-    oid: &str,
-    status: ClusterStatus,
-    reason: &str,
-) -> Result<(), String> {
-    let key = keys::routercluster(oid);
-    let Some((mut c, bytes)) = core
-        .store
-        .load::<RouterCluster>(&key)
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(());
-    };
-    if c.status == status as i32 && c.status_reason == reason {
-        return Ok(());
-    }
-    let from = ClusterStatus::try_from(c.status).unwrap_or(ClusterStatus::Unspecified);
-    if from == ClusterStatus::Stopping && status != ClusterStatus::Stopped {
-        return Ok(());
-    }
-    c.status = status as i32;
-    c.status_reason = reason.to_owned();
-    c.changed = now_ns();
-    core.store
-        .commit(
-            Txn::new()
-                .equals(key.clone(), bytes)
-                .put(key, codec::encode(&c)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(cluster = %c.name, from = ?from, to = ?status, reason, "router cluster status");
-    let kind = match status {
-        ClusterStatus::Running => Some(EventType::OnRouterclusterStarted),
-        ClusterStatus::Degraded => Some(EventType::OnRouterclusterDegraded),
-        ClusterStatus::Error => Some(EventType::OnRouterclusterError),
-        ClusterStatus::Stopped => Some(EventType::OnRouterclusterStopped),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        core.events
-            .publish(kind, oid, None, event::Object::Routercluster(c));
-    }
-    Ok(())
-}
 
 /// Stores the new placements (one transaction) and publishes what changed.
 async fn store_placements(
@@ -330,7 +283,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
 
     if stopping {
         if !acted && problems.is_empty() {
-            set_status(core, oid, ClusterStatus::Stopped, "").await?;
+            set_status::<RouterCluster>(core, oid, ClusterStatus::Stopped, "").await?;
             return Ok(Outcome::Done);
         }
         return Ok(if errors.is_empty() {
@@ -371,6 +324,6 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
     } else {
         (ClusterStatus::Running, String::new())
     };
-    set_status(core, oid, next, &reason).await?;
+    set_status::<RouterCluster>(core, oid, next, &reason).await?;
     Ok(Outcome::Continue)
 }

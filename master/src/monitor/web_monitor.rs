@@ -10,10 +10,11 @@ use switchyard::pb::master::v1::{
 };
 
 use super::Outcome;
+use super::status::set_status;
 use super::web::{Action, Desired, Member, Observed, WorkerObs, assign, plan};
 use crate::agents::{Agents, act, call};
-use crate::core::{Core, now_ns};
-use crate::store::{StoreExt, Txn, codec, keys};
+use crate::core::Core;
+use crate::store::{StoreExt, keys};
 
 /// The worker id prefix of a web cluster: `cpw-<oid 8>-`.
 pub fn prefix(oid: &str) -> String {
@@ -236,59 +237,6 @@ fn publish_worker(core: &Core, node: &Node, worker: Option<&apb::Worker>, kind: 
         .publish(kind, &node.oid, None, event::Object::Worker(cw));
 }
 
-/// Sets the status (and reason) of web cluster `oid` if it changed, with its event.
-pub async fn set_status(
-    core: &Core,
-    oid: &str,
-    status: ClusterStatus,
-    reason: &str,
-) -> Result<(), String> {
-    let key = keys::webcluster(oid);
-    let Some((mut c, bytes)) = core
-        .store
-        .load::<WebCluster>(&key)
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(());
-    };
-    if c.status == status as i32 && c.status_reason == reason {
-        return Ok(());
-    }
-    let from = ClusterStatus::try_from(c.status).unwrap_or(ClusterStatus::Unspecified);
-    // Only the monitor's own transitions: never overwrite a stop the admin just requested.
-    if from == ClusterStatus::Stopping && status != ClusterStatus::Stopped {
-        return Ok(());
-    }
-    c.status = status as i32;
-    c.status_reason = reason.to_owned();
-    c.changed = now_ns();
-    core.store
-        .commit(
-            Txn::new()
-                .equals(key.clone(), bytes)
-                .put(key, codec::encode(&c)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(cluster = %c.name, from = ?from, to = ?status, reason, "web cluster status");
-    let kind = match status {
-        ClusterStatus::Running => Some(EventType::OnWebclusterStarted),
-        ClusterStatus::Degraded => Some(EventType::OnWebclusterDegraded),
-        ClusterStatus::Error => Some(EventType::OnWebclusterError),
-        ClusterStatus::Stopped => Some(EventType::OnWebclusterStopped),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        core.events.publish(
-            kind,
-            oid,
-            None,
-            event::Object::Webcluster(crate::web::redact(c)),
-        );
-    }
-    Ok(())
-}
-
 /// One iteration for web cluster `oid`.
 pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcome, String> {
     let Some((cluster, _)) = core
@@ -392,7 +340,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
 
     if stopping {
         if actions.is_empty() && problems.is_empty() {
-            set_status(core, oid, ClusterStatus::Stopped, "").await?;
+            set_status::<WebCluster>(core, oid, ClusterStatus::Stopped, "").await?;
             return Ok(Outcome::Done);
         }
         return Ok(if errors.is_empty() {
@@ -424,6 +372,6 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
     } else {
         (ClusterStatus::Running, String::new())
     };
-    set_status(core, oid, next, &reason).await?;
+    set_status::<WebCluster>(core, oid, next, &reason).await?;
     Ok(Outcome::Continue)
 }
