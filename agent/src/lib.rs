@@ -7,6 +7,7 @@
 //! - [`manhole`]: the SSH debug console.
 //! - [`events`]: the node's process event bus behind `Watch`.
 //! - [`system`]: host statistics.
+//! - [`web`], [`wamp`]: what web and router workers serve.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod heartbeat;
 pub mod manhole;
 pub mod process;
 pub mod system;
+pub mod wamp;
 pub mod web;
 pub mod worker;
 

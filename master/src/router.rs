@@ -133,7 +133,11 @@ impl Core {
             .equals(key.clone(), bytes)
             .delete(key)
             .delete(keys::routercluster_name(&cluster.name));
-        for prefix in [keys::routercluster_nodes(&oid), keys::placements(&oid)] {
+        for prefix in [
+            keys::routercluster_nodes(&oid),
+            keys::placements(&oid),
+            keys::link_secrets(&oid),
+        ] {
             for (k, _) in self.store.scan(&prefix)? {
                 txn = txn.delete(k);
             }
@@ -446,7 +450,8 @@ impl Core {
         let group = self.get_workergroup(cluster_oid, group_oid)?;
         let mut txn = Txn::new()
             .delete(keys::workergroup(&group.cluster_oid, &group.oid))
-            .delete(keys::workergroup_name(&group.cluster_oid, &group.name));
+            .delete(keys::workergroup_name(&group.cluster_oid, &group.name))
+            .delete(keys::link_secret(&group.cluster_oid, &group.oid));
         for (k, _) in self
             .store
             .scan(&keys::group_placements(&group.cluster_oid, &group.oid))?

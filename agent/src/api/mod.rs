@@ -1,8 +1,4 @@
 //! The agent's gRPC services.
-//!
-//! RPCs whose capability has not landed yet answer UNIMPLEMENTED (the generated default), never a
-//! fake success: the web-worker controls arrive with issue 5, the router-worker controls with
-//! issue 7.
 
 mod native_process;
 mod node_controller;

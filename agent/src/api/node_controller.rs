@@ -37,14 +37,23 @@ fn enum_filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>, St
         .map_err(|_| invalid_argument(field, format!("unknown value {value}")))
 }
 
-/// The controls client of a started web worker, or the error to answer with.
-fn web_worker(agent: &Agent, id: &str) -> Result<NodeControllerServiceClient<Channel>, Status> {
+/// The controls client of a started worker of type `kind`, or the error to answer with.
+fn typed_worker(
+    agent: &Agent,
+    id: &str,
+    kind: WorkerType,
+) -> Result<NodeControllerServiceClient<Channel>, Status> {
     check_worker_id("worker_id", id)?;
     let worker = agent.workers.get(id)?;
-    if worker.kind() != WorkerType::Web {
+    if worker.kind() != kind {
+        let name = if kind == WorkerType::Web {
+            "web"
+        } else {
+            "router"
+        };
         return Err(status(
             Reason::InvalidConfiguration,
-            format!("worker '{id}' is not a web worker"),
+            format!("worker '{id}' is not a {name} worker"),
         ));
     }
     if worker.status() != WorkerStatus::Started {
@@ -56,10 +65,15 @@ fn web_worker(agent: &Agent, id: &str) -> Result<NodeControllerServiceClient<Cha
     Ok(worker.controls())
 }
 
-/// Forwards a web-worker control to the worker, with the caller's deadline and principal.
-macro_rules! forward_web {
-    ($self:ident, $request:ident, $method:ident) => {{
-        let mut client = web_worker(&$self.agent, &$request.get_ref().worker_id)?;
+/// Forwards a web- or router-worker control to the worker, with the caller's deadline and
+/// principal.
+macro_rules! forward {
+    ($self:ident, $kind:ident, $request:ident, $method:ident) => {{
+        let mut client = typed_worker(
+            &$self.agent,
+            &$request.get_ref().worker_id,
+            WorkerType::$kind,
+        )?;
         client.$method(crate::api::forwarded($request)).await
     }};
 }
@@ -70,42 +84,98 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StartWebTransportRequest>,
     ) -> Result<Response<pb::StartWebTransportResponse>, Status> {
-        forward_web!(self, request, start_web_transport)
+        forward!(self, Web, request, start_web_transport)
     }
 
     async fn get_web_transport(
         &self,
         request: Request<pb::GetWebTransportRequest>,
     ) -> Result<Response<pb::GetWebTransportResponse>, Status> {
-        forward_web!(self, request, get_web_transport)
+        forward!(self, Web, request, get_web_transport)
     }
 
     async fn stop_web_transport(
         &self,
         request: Request<pb::StopWebTransportRequest>,
     ) -> Result<Response<pb::StopWebTransportResponse>, Status> {
-        forward_web!(self, request, stop_web_transport)
+        forward!(self, Web, request, stop_web_transport)
     }
 
     async fn start_web_service(
         &self,
         request: Request<pb::StartWebServiceRequest>,
     ) -> Result<Response<pb::StartWebServiceResponse>, Status> {
-        forward_web!(self, request, start_web_service)
+        forward!(self, Web, request, start_web_service)
     }
 
     async fn stop_web_service(
         &self,
         request: Request<pb::StopWebServiceRequest>,
     ) -> Result<Response<pb::StopWebServiceResponse>, Status> {
-        forward_web!(self, request, stop_web_service)
+        forward!(self, Web, request, stop_web_service)
     }
 
     async fn list_web_services(
         &self,
         request: Request<pb::ListWebServicesRequest>,
     ) -> Result<Response<pb::ListWebServicesResponse>, Status> {
-        forward_web!(self, request, list_web_services)
+        forward!(self, Web, request, list_web_services)
+    }
+
+    async fn start_router_transport(
+        &self,
+        request: Request<pb::StartRouterTransportRequest>,
+    ) -> Result<Response<pb::StartRouterTransportResponse>, Status> {
+        forward!(self, Router, request, start_router_transport)
+    }
+
+    async fn get_router_transport(
+        &self,
+        request: Request<pb::GetRouterTransportRequest>,
+    ) -> Result<Response<pb::GetRouterTransportResponse>, Status> {
+        forward!(self, Router, request, get_router_transport)
+    }
+
+    async fn start_router_realm(
+        &self,
+        request: Request<pb::StartRouterRealmRequest>,
+    ) -> Result<Response<pb::StartRouterRealmResponse>, Status> {
+        forward!(self, Router, request, start_router_realm)
+    }
+
+    async fn stop_router_realm(
+        &self,
+        request: Request<pb::StopRouterRealmRequest>,
+    ) -> Result<Response<pb::StopRouterRealmResponse>, Status> {
+        forward!(self, Router, request, stop_router_realm)
+    }
+
+    async fn list_router_realms(
+        &self,
+        request: Request<pb::ListRouterRealmsRequest>,
+    ) -> Result<Response<pb::ListRouterRealmsResponse>, Status> {
+        forward!(self, Router, request, list_router_realms)
+    }
+
+    async fn start_router_link(
+        &self,
+        request: Request<pb::StartRouterLinkRequest>,
+    ) -> Result<Response<pb::StartRouterLinkResponse>, Status> {
+        forward!(self, Router, request, start_router_link)
+    }
+
+    async fn stop_router_link(
+        &self,
+        request: Request<pb::StopRouterLinkRequest>,
+    ) -> Result<Response<pb::StopRouterLinkResponse>, Status> {
+        forward!(self, Router, request, stop_router_link)
+    }
+
+    async fn list_router_links(
+        &self,
+        request: Request<pb::ListRouterLinksRequest>,
+    ) -> Result<Response<pb::ListRouterLinksResponse>, Status> {
+        forward!(self, Router, request, list_router_links)
     }
 
     async fn get_status(

@@ -53,9 +53,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn target_path(base: &str, rest: &str, query: Option<&str>) -> String {
-    let base = base.trim_end_matches('/');
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let mut p = format!("{base}{rest}");
+    // The mount point itself maps to the backend path as given ("/ws" stays "/ws"); anything
+    // below it is appended.
+    let mut p = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{}{rest}", base.trim_end_matches('/'))
+    };
     if !p.starts_with('/') {
         p.insert(0, '/');
     }
@@ -266,4 +270,19 @@ pub async fn websocket(
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *response.headers_mut() = backend_response.headers().clone();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_path;
+
+    #[test]
+    fn the_mount_point_maps_to_the_backend_path_as_given() {
+        assert_eq!(target_path("/ws", "", None), "/ws");
+        assert_eq!(target_path("/ws", "/", None), "/ws/");
+        assert_eq!(target_path("/", "", None), "/");
+        assert_eq!(target_path("", "", Some("a=1")), "/?a=1");
+        assert_eq!(target_path("/api/", "/v1/x", None), "/api/v1/x");
+        assert_eq!(target_path("/", "/x", Some("q")), "/x?q");
+    }
 }

@@ -82,15 +82,18 @@ async fn serve(args: WorkerArgs) -> ExitCode {
     let local = LocalProcess::new(&args.id, EventBus::default(), shutdown.clone());
     let streams = shutdown.clone();
     tracing::info!(worker = %args.id, kind = %args.kind, pid = std::process::id(), "worker serving");
-    let served = tonic::transport::Server::builder()
-        .add_service(NativeProcessServiceServer::new(local))
-        .add_service(NodeControllerServiceServer::new(
-            super::web_control::WebControl::new(
-                args.node.clone(),
-                args.id.clone(),
-                args.kind == "web",
-            ),
+    let builder =
+        tonic::transport::Server::builder().add_service(NativeProcessServiceServer::new(local));
+    let builder = if args.kind == "router" {
+        builder.add_service(NodeControllerServiceServer::new(
+            super::router_control::RouterControl::new(&args.id, shutdown.clone()),
         ))
+    } else {
+        builder.add_service(NodeControllerServiceServer::new(
+            super::web_control::WebControl::new(args.node.clone(), args.id.clone()),
+        ))
+    };
+    let served = builder
         .serve_with_incoming_shutdown(incoming, streams.cancelled_owned())
         .await;
     let _ = std::fs::remove_file(&args.control);

@@ -9,6 +9,7 @@
 pub mod child;
 pub mod control;
 pub mod log;
+pub mod router_control;
 pub mod web_control;
 
 use std::collections::BTreeMap;

@@ -17,34 +17,21 @@ use crate::web::{Identity, StartError, WebServer};
 #[derive(Debug)]
 pub struct WebControl {
     identity: Identity,
-    web: bool,
     routes: Arc<Routes>,
     server: tokio::sync::Mutex<Option<WebServer>>,
 }
 
 impl WebControl {
-    /// The controls of worker `worker` on node `node`; `web` is false for router workers.
-    pub fn new(node: String, worker: String, web: bool) -> Self {
+    /// The controls of web worker `worker` on node `node`.
+    pub fn new(node: String, worker: String) -> Self {
         WebControl {
             identity: Identity {
                 node,
                 worker,
                 started: Instant::now(),
             },
-            web,
             routes: Arc::default(),
             server: tokio::sync::Mutex::default(),
-        }
-    }
-
-    fn web_only(&self) -> Result<(), Status> {
-        if self.web {
-            Ok(())
-        } else {
-            Err(status(
-                Reason::InvalidConfiguration,
-                format!("worker '{}' is not a web worker", self.identity.worker),
-            ))
         }
     }
 }
@@ -62,7 +49,6 @@ impl NodeControllerService for WebControl {
         &self,
         req: Request<pb::StartWebTransportRequest>,
     ) -> Result<Response<pb::StartWebTransportResponse>, Status> {
-        self.web_only()?;
         let transport = req
             .into_inner()
             .transport
@@ -93,7 +79,6 @@ impl NodeControllerService for WebControl {
         &self,
         _req: Request<pb::GetWebTransportRequest>,
     ) -> Result<Response<pb::GetWebTransportResponse>, Status> {
-        self.web_only()?;
         let slot = self.server.lock().await;
         let server = slot
             .as_ref()
@@ -107,7 +92,6 @@ impl NodeControllerService for WebControl {
         &self,
         _req: Request<pb::StopWebTransportRequest>,
     ) -> Result<Response<pb::StopWebTransportResponse>, Status> {
-        self.web_only()?;
         let server = self
             .server
             .lock()
@@ -123,7 +107,6 @@ impl NodeControllerService for WebControl {
         &self,
         req: Request<pb::StartWebServiceRequest>,
     ) -> Result<Response<pb::StartWebServiceResponse>, Status> {
-        self.web_only()?;
         let spec = req
             .into_inner()
             .service
@@ -146,7 +129,6 @@ impl NodeControllerService for WebControl {
         &self,
         req: Request<pb::StopWebServiceRequest>,
     ) -> Result<Response<pb::StopWebServiceResponse>, Status> {
-        self.web_only()?;
         let path = routes::check_path(&req.get_ref().path)
             .map_err(|e| invalid_argument("path", e.message))?;
         let removed = self
@@ -163,7 +145,6 @@ impl NodeControllerService for WebControl {
         &self,
         _req: Request<pb::ListWebServicesRequest>,
     ) -> Result<Response<pb::ListWebServicesResponse>, Status> {
-        self.web_only()?;
         let services = self.routes.list().iter().map(|r| r.spec.clone()).collect();
         Ok(Response::new(pb::ListWebServicesResponse { services }))
     }

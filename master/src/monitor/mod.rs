@@ -9,6 +9,7 @@
 
 pub mod placement;
 pub mod router;
+pub mod router_workers;
 pub mod status;
 pub mod web;
 pub mod web_monitor;

@@ -1,6 +1,7 @@
 //! One reconciliation iteration of a router cluster: place ([`super::placement::place`]), store
-//! the placements, start placed workers, stop workers that are not placed where they run, set
-//! the status.
+//! the placements, start placed workers, stop workers that are not placed where they run, bring
+//! each running worker's transport, realms and links in line ([`super::router_workers`]), record
+//! the ports, set the status.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,6 +13,7 @@ use switchyard::pb::master::v1::{
 
 use super::Outcome;
 use super::placement::{self, Group, Member, Slot};
+use super::router_workers::{PeerWorker, configure, link_secret};
 use super::status::set_status;
 use crate::agents::{Agents, act, call};
 use crate::core::{Core, new_oid, now_ns};
@@ -79,6 +81,56 @@ async fn store_placements(
         );
     }
     Ok(())
+}
+
+/// The address peers and web workers reach a node's router workers at.
+fn node_host(n: &Node) -> String {
+    if n.cluster_ip.is_empty() {
+        "127.0.0.1".to_owned()
+    } else {
+        n.cluster_ip.clone()
+    }
+}
+
+/// Records the WAMP port each placed worker listens on; true when a port changed.
+async fn store_ports(
+    core: &Core,
+    oid: &str,
+    current: &[Placement],
+    ports: &[(String, String, u32)],
+) -> Result<bool, String> {
+    let mut txn = Txn::new();
+    let mut changed = Vec::new();
+    for (group, worker, port) in ports {
+        if let Some(p) = current
+            .iter()
+            .find(|p| &p.workergroup_oid == group && &p.worker_name == worker)
+            .filter(|p| p.tcp_listening_port != *port && *port != 0)
+        {
+            let mut p = p.clone();
+            p.tcp_listening_port = *port;
+            p.changed = now_ns();
+            txn = txn.put(
+                keys::placement(oid, &p.workergroup_oid, &p.oid),
+                codec::encode(&p),
+            );
+            changed.push(p);
+        }
+    }
+    if changed.is_empty() {
+        return Ok(false);
+    }
+    core.store.commit(txn).await.map_err(|e| e.to_string())?;
+    for p in changed {
+        tracing::info!(cluster = %oid, worker = %p.worker_name, port = p.tcp_listening_port, "router worker listening");
+        core.events.publish(
+            EventType::OnPlacementChanged,
+            oid,
+            None,
+            event::Object::Placement(p),
+        );
+    }
+    Ok(true)
 }
 
 fn publish_worker(core: &Core, node: &Node, w: &apb::Worker, group: &str, kind: EventType) {
@@ -180,9 +232,41 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
         .iter()
         .map(|s| ((s.node.clone(), s.worker.clone()), s.group.clone()))
         .collect();
+    // What each running worker serves: its group, the group's secret and its placed peers.
+    let current: Vec<Placement> = core
+        .store
+        .list(&keys::placements(oid))
+        .map_err(|e| e.to_string())?;
+    let group_by_oid: BTreeMap<&str, &RouterWorkerGroup> =
+        groups.iter().map(|g| (g.oid.as_str(), g)).collect();
+    let mut secrets = BTreeMap::new();
+    if !stopping {
+        for g in &groups {
+            secrets.insert(g.oid.clone(), link_secret(core, oid, &g.oid).await?);
+        }
+    }
+    let mut peers: BTreeMap<&str, Vec<PeerWorker>> = BTreeMap::new();
+    for p in current.iter().filter(|p| p.tcp_listening_port != 0) {
+        if let Some(n) = nodes
+            .get(&p.node_oid)
+            .filter(|n| n.status == NodeStatus::Online as i32)
+        {
+            peers
+                .entry(p.workergroup_oid.as_str())
+                .or_default()
+                .push(PeerWorker {
+                    worker: p.worker_name.clone(),
+                    host: node_host(n),
+                    port: p.tcp_listening_port,
+                });
+        }
+    }
+    let (group_by_oid, secrets, peers) = (&group_by_oid, &secrets, &peers);
+
     let mut problems = Vec::new();
     let mut acted = false;
     let mut errors = Vec::new();
+    let mut ports: Vec<(String, String, u32)> = Vec::new();
     let observations = futures::future::join_all(online.iter().map(|node| async move {
         let mut nc = agents.node_controller(node)?;
         let ws = call(nc.list_workers(apb::ListWorkersRequest {
@@ -221,6 +305,11 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                 let to_start: Vec<(String, String)> = wanted
                     .iter()
                     .filter(|((n, id), _)| *n == node.oid && !running.contains(id))
+                    .map(|((_, id), g)| (id.clone(), g.clone()))
+                    .collect();
+                let here: Vec<(String, String)> = wanted
+                    .iter()
+                    .filter(|((n, _), _)| *n == node.oid)
                     .map(|((_, id), g)| (id.clone(), g.clone()))
                     .collect();
                 Some(async move {
@@ -268,15 +357,34 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                             }
                         }
                     }
-                    (did, errs)
+                    let mut ports = Vec::new();
+                    for (id, group_oid) in here {
+                        let (Some(group), Some(secret)) = (
+                            group_by_oid.get(group_oid.as_str()),
+                            secrets.get(&group_oid),
+                        ) else {
+                            continue;
+                        };
+                        let group_peers = peers.get(group_oid.as_str()).map_or(&[][..], |v| v);
+                        match configure(&mut nc, &id, group, secret, group_peers).await {
+                            Ok(c) => {
+                                did |= c.acted;
+                                ports.push((group_oid, id, c.port));
+                            }
+                            Err(e) => errs.push(format!("{}: {e}", node.authid)),
+                        }
+                    }
+                    (did, errs, ports)
                 })
             }
         });
     let runs: Vec<_> = runs.collect();
-    for (did, errs) in futures::future::join_all(runs).await {
+    for (did, errs, p) in futures::future::join_all(runs).await {
         acted |= did;
         errors.extend(errs);
+        ports.extend(p);
     }
+    acted |= store_ports(core, oid, &current, &ports).await?;
     for e in &errors {
         tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
     }

@@ -73,6 +73,14 @@ pub fn placements(cluster: &str) -> Vec<u8> {
 pub fn group_placements(cluster: &str, group: &str) -> Vec<u8> {
     format!("pl/{cluster}/{group}/").into_bytes()
 }
+/// `wgsecret/<cluster>/<group>` → the worker group's router-link secret.
+pub fn link_secret(cluster: &str, group: &str) -> Vec<u8> {
+    format!("wgsecret/{cluster}/{group}").into_bytes()
+}
+/// Prefix of a router cluster's link secrets.
+pub fn link_secrets(cluster: &str) -> Vec<u8> {
+    format!("wgsecret/{cluster}/").into_bytes()
+}
 /// `node/<oid>` → node.
 pub fn node(oid: &str) -> Vec<u8> {
     format!("node/{oid}").into_bytes()
