@@ -601,19 +601,7 @@ async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
     assert_eq!(before.len(), 2);
 
     let addr: SocketAddr = c.master.addr;
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &c.master.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let old = c.master.pid();
-    common::eventually(
-        "the killed master to be gone",
-        Duration::from_secs(5),
-        || process_gone(old).then_some(()),
-    );
+    c.master.kill9();
     c.master = Proc::master_on(&c.pki, c._data.path(), &addr.to_string());
     c.web = WebClusterServiceClient::new(channel(&c.pki, "admin", addr).await);
     c.wait_online("node1").await;

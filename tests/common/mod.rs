@@ -237,6 +237,15 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL, and wait until the whole process (every thread, so every socket) is gone: the
+    /// thread-group leader turns zombie while other threads still hold its files.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
