@@ -772,3 +772,167 @@ fn invocation_error(state: &mut State, session: u64, f: &Fields) -> Result<(), S
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(realm: &Realm, session: u64, link: bool) -> mpsc::Receiver<Arc<Frame>> {
+        let (tx, rx) = mpsc::channel(64);
+        realm.join(
+            session,
+            Peer {
+                tx,
+                kick: CancellationToken::new(),
+                link,
+            },
+        );
+        rx
+    }
+
+    fn next(rx: &mut mpsc::Receiver<Arc<Frame>>) -> Value {
+        rx.try_recv().expect("a frame").value().clone()
+    }
+
+    fn handle(realm: &Realm, session: u64, msg: Value) {
+        let Value::Array(items) = msg else { panic!() };
+        realm.handle(session, &items).unwrap();
+    }
+
+    fn from_link(realm: &Realm, link: &str, msg: Value) {
+        let Value::Array(items) = msg else { panic!() };
+        realm.link_message(link, &items).unwrap();
+    }
+
+    #[test]
+    fn publishes_reach_subscribers_but_not_the_publisher() {
+        let realm = Realm::new("realm1");
+        let (mut a, mut b) = (peer(&realm, 1, false), peer(&realm, 2, false));
+        handle(&realm, 1, json!([32, 1, {}, "t"]));
+        handle(&realm, 2, json!([32, 1, {}, "t"]));
+        let sub = next(&mut a)[2].clone();
+        assert_eq!(next(&mut b)[0], 33);
+        handle(
+            &realm,
+            2,
+            json!([16, 7, {"acknowledge": true}, "t", [1], {"k": 2}]),
+        );
+        let event = next(&mut a);
+        assert_eq!((event[0].clone(), event[1].clone()), (json!(36), sub));
+        assert_eq!(
+            (event[4].clone(), event[5].clone()),
+            (json!([1]), json!({"k": 2}))
+        );
+        assert_eq!(next(&mut b)[0], 17, "only the acknowledgement");
+        assert!(b.try_recv().is_err());
+    }
+
+    #[test]
+    fn bad_uris_and_unknown_ids_are_wamp_errors() {
+        let realm = Realm::new("realm1");
+        let mut a = peer(&realm, 1, false);
+        handle(&realm, 1, json!([16, 1, {"acknowledge": true}, "bad uri"]));
+        assert_eq!(
+            next(&mut a),
+            json!([
+                8,
+                16,
+                1,
+                {},
+                "wamp.error.invalid_uri",
+                ["invalid topic URI 'bad uri'"]
+            ])
+        );
+        handle(&realm, 1, json!([34, 2, 99]));
+        assert_eq!(next(&mut a)[4], "wamp.error.no_such_subscription");
+        handle(&realm, 1, json!([66, 3, 99]));
+        assert_eq!(next(&mut a)[4], "wamp.error.no_such_registration");
+        handle(&realm, 1, json!([48, 4, {}, "nobody.home"]));
+        assert_eq!(next(&mut a)[4], "wamp.error.no_such_procedure");
+        let Value::Array(bad) = json!([16, "x"]) else {
+            panic!()
+        };
+        assert!(
+            realm.handle(1, &bad).is_err(),
+            "a mistyped field is a protocol violation"
+        );
+    }
+
+    #[test]
+    fn a_callee_that_leaves_cancels_its_calls() {
+        let realm = Realm::new("realm1");
+        let (mut callee, mut caller) = (peer(&realm, 1, false), peer(&realm, 2, false));
+        handle(&realm, 1, json!([64, 1, {}, "p"]));
+        next(&mut callee);
+        handle(&realm, 2, json!([48, 9, {}, "p", [1]]));
+        assert_eq!(next(&mut callee)[0], 68);
+        realm.leave(1);
+        let err = next(&mut caller);
+        assert_eq!(
+            (err[0].clone(), err[2].clone(), err[4].clone()),
+            (json!(8), json!(9), json!("wamp.error.canceled"))
+        );
+        handle(&realm, 2, json!([48, 10, {}, "p"]));
+        assert_eq!(next(&mut caller)[4], "wamp.error.no_such_procedure");
+    }
+
+    #[test]
+    fn a_link_carries_local_publishes_registrations_and_calls() {
+        let realm = Realm::new("realm1");
+        let mut local = peer(&realm, 1, false);
+        handle(&realm, 1, json!([64, 1, {}, "p"]));
+        let local_reg = next(&mut local)[2].clone();
+        let (tx, mut link) = mpsc::channel(64);
+        realm.link_up("L", tx);
+        // Local procedures are registered on the peer as soon as the link is up.
+        let reg = next(&mut link);
+        assert_eq!((reg[0].clone(), reg[3].clone()), (json!(64), json!("p")));
+        from_link(&realm, "L", json!([65, reg[1], 555]));
+        // A local publish is forwarded once.
+        handle(&realm, 1, json!([16, 2, {}, "t", ["x"]]));
+        let publish = next(&mut link);
+        assert_eq!(
+            (publish[0].clone(), publish[3].clone(), publish[4].clone()),
+            (json!(16), json!("t"), json!(["x"]))
+        );
+        // The peer's invocation reaches the local callee, and its yield goes back.
+        from_link(&realm, "L", json!([68, 77, 555, {}, [2]]));
+        let inv = next(&mut local);
+        assert_eq!(
+            (inv[0].clone(), inv[2].clone(), inv[4].clone()),
+            (json!(68), local_reg, json!([2]))
+        );
+        handle(&realm, 1, json!([70, inv[1], {}, [4]]));
+        assert_eq!(next(&mut link), json!([70, 77, {}, [4]]));
+        // Unregistering locally unregisters on the peer.
+        handle(&realm, 1, json!([66, 3, inv[2]]));
+        next(&mut local);
+        assert_eq!(next(&mut link)[2], 555);
+    }
+
+    #[test]
+    fn what_arrives_over_a_link_is_delivered_locally_only() {
+        let realm = Realm::new("realm1");
+        let mut sub = peer(&realm, 1, false);
+        let mut from_peer = peer(&realm, 2, true);
+        let (tx, mut out) = mpsc::channel(64);
+        realm.link_up("L", tx);
+        handle(&realm, 1, json!([32, 1, {}, "t"]));
+        next(&mut sub);
+        handle(&realm, 2, json!([16, 5, {}, "t", ["y"]]));
+        assert_eq!(next(&mut sub)[4], json!(["y"]));
+        assert!(out.try_recv().is_err(), "not forwarded again");
+        // A procedure registered by a link ranks below a local one.
+        handle(&realm, 2, json!([64, 2, {}, "p"]));
+        next(&mut from_peer);
+        handle(&realm, 1, json!([64, 3, {}, "p"]));
+        assert_eq!(
+            next(&mut sub)[0],
+            65,
+            "a local registration beside a linked one"
+        );
+        handle(&realm, 2, json!([48, 9, {}, "p"]));
+        assert_eq!(next(&mut sub)[0], 68, "the local callee serves");
+        assert_eq!(realm.sessions(), 1, "links are not counted as sessions");
+    }
+}
