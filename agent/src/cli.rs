@@ -164,6 +164,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         identity,
         advertise: args.advertise,
         labels: args.labels.into_iter().collect(),
+        launcher: Default::default(),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

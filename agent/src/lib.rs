@@ -58,6 +58,8 @@ pub struct AgentOptions {
     pub advertise: Option<String>,
     /// Labels reported to the master.
     pub labels: std::collections::HashMap<String, String>,
+    /// How workers are run (benchmarks record instead of spawning).
+    pub launcher: worker::Launcher,
 }
 
 /// Errors that stop the agent.
@@ -113,6 +115,7 @@ pub async fn serve(
             start_timeout: Duration::from_secs(10),
             log_lines: 1000,
             node: options.authid.clone(),
+            launcher: options.launcher,
         },
         events.clone(),
         shutdown.clone(),

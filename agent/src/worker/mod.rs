@@ -10,6 +10,7 @@ pub mod child;
 pub mod control;
 pub mod log;
 pub mod router_control;
+pub mod simulated;
 pub mod web_control;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,19 @@ pub struct WorkerConfig {
     pub log_lines: usize,
     /// The node's authid, passed to workers.
     pub node: String,
+    /// How workers are run.
+    pub launcher: Launcher,
+}
+
+/// How a worker is run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Launcher {
+    /// A separate process: `<exe> worker ...` (what the agent does).
+    #[default]
+    Process,
+    /// Nothing runs: starts and stops are recorded and the worker controls are answered from
+    /// memory ([`simulated`]). Only for benchmarks, whose figures must say "simulated".
+    Record,
 }
 
 /// The mutable state of a worker.
@@ -157,6 +171,8 @@ pub struct Workers {
     workers: Arc<Mutex<BTreeMap<String, Arc<Worker>>>>,
     events: EventBus,
     shutdown: CancellationToken,
+    /// With [`Launcher::Record`]: the one channel every simulated worker's controls share.
+    simulated: Option<Channel>,
 }
 
 /// Validates a worker id: 1..64 of `[A-Za-z0-9_.-]`, not "controller".
@@ -191,6 +207,11 @@ fn no_such_worker(id: &str) -> Status {
     )
 }
 
+/// The one control socket of an agent's simulated workers.
+fn simulated_socket(runtime_dir: &std::path::Path) -> PathBuf {
+    runtime_dir.join("simulated.sock")
+}
+
 impl Workers {
     /// An empty registry; creates the runtime directory (0700).
     pub fn new(
@@ -199,7 +220,15 @@ impl Workers {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         control::ensure_runtime_dir(&config.runtime_dir)?;
+        let simulated = if config.launcher == Launcher::Record {
+            let socket = simulated_socket(&config.runtime_dir);
+            simulated::serve(&socket, shutdown.clone())?;
+            Some(control::channel(socket))
+        } else {
+            None
+        };
         Ok(Workers {
+            simulated,
             config: Arc::new(config),
             workers: Arc::default(),
             events,
@@ -240,7 +269,12 @@ impl Workers {
                 return Err(invalid_argument("worker_type", "required: web or router"));
             }
         };
+        let record = self.simulated.is_some();
         let socket = control::socket_path(&self.config.runtime_dir, id);
+        let channel = self
+            .simulated
+            .clone()
+            .unwrap_or_else(|| control::channel(socket.clone()));
         let worker = Arc::new(Worker {
             id: id.to_owned(),
             kind,
@@ -259,8 +293,12 @@ impl Workers {
             .0,
             stop_requested: false.into(),
             log: LogRing::new(self.config.log_lines),
-            client: NativeProcessServiceClient::new(control::channel(socket.clone())),
-            controls: NodeControllerServiceClient::new(control::channel(socket.clone())),
+            client: NativeProcessServiceClient::new(channel.clone()),
+            controls: NodeControllerServiceClient::new(
+                self.simulated
+                    .clone()
+                    .unwrap_or_else(|| control::channel(socket.clone())),
+            ),
         });
         {
             let mut map = self.map();
@@ -271,6 +309,16 @@ impl Workers {
                 ));
             }
             map.insert(id.to_owned(), worker.clone());
+        }
+        if record {
+            worker.state.send_modify(|s| {
+                s.status = WorkerStatus::Started;
+                s.started = Some(SystemTime::now());
+                s.started_instant = Some(Instant::now());
+                s.startup_time = Some(Duration::ZERO);
+            });
+            self.publish(&worker, ProcessEventType::OnWorkerStarted, who);
+            return Ok(worker);
         }
 
         let mut command = tokio::process::Command::new(&self.config.exe);
@@ -393,6 +441,13 @@ impl Workers {
                 s.status = WorkerStatus::Stopping;
             }
         });
+        if self.config.launcher == Launcher::Record {
+            worker
+                .state
+                .send_modify(|s| s.status = WorkerStatus::Stopped);
+            self.publish(&worker, ProcessEventType::OnWorkerStopped, who);
+            return Ok(worker);
+        }
         let mut state = worker.state.subscribe();
         let ended = |s: &State| matches!(s.status, WorkerStatus::Stopped | WorkerStatus::Failed);
         if !kill_now {

@@ -212,6 +212,7 @@ impl Supervisor {
 
     /// The monitor loop of one cluster; returns once the cluster is STOPPED or deleted.
     async fn monitor(self: Arc<Self>, kind: Kind, oid: &str, notify: Arc<Notify>) {
+        let mut verified = router::Verified::default();
         let mut ticker = tokio::time::interval(self.config.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -223,7 +224,9 @@ impl Supervisor {
             self.stats.iterations.fetch_add(1, Ordering::Relaxed);
             let outcome = match kind {
                 Kind::Web => web_monitor::reconcile(&self.core, &self.core.agents, oid).await,
-                Kind::Router => router::reconcile(&self.core, &self.core.agents, oid).await,
+                Kind::Router => {
+                    router::reconcile(&self.core, &self.core.agents, oid, &mut verified).await
+                }
             };
             match outcome {
                 Ok(Outcome::Done) => return,

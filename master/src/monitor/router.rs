@@ -13,7 +13,7 @@ use switchyard::pb::master::v1::{
 
 use super::Outcome;
 use super::placement::{self, Group, Member, Slot};
-use super::router_workers::{PeerWorker, configure, link_secret};
+use super::router_workers::{PeerWorker, configure, link_secrets};
 use super::status::set_status;
 use crate::agents::{Agents, act, call};
 use crate::core::{Core, new_oid, now_ns};
@@ -83,6 +83,80 @@ async fn store_placements(
     Ok(())
 }
 
+/// (node oid, worker id).
+type WorkerKey = (String, String);
+/// (pid, fingerprint, port) a worker was verified at.
+type Checked = (u32, u64, u32);
+
+/// What a monitor remembers between iterations: router workers found exactly as desired, by
+/// (node, worker), with the pid and desired-state fingerprint they were verified at. A worker
+/// whose pid and desired state are unchanged is not observed again until the memory expires
+/// (every [`Verified::TTL`]), so a steady cluster costs one ListWorkers per node per tick rather
+/// than three calls per worker.
+#[derive(Debug)]
+pub struct Verified {
+    entries: std::collections::HashMap<WorkerKey, Checked>,
+    since: std::time::Instant,
+}
+
+impl Default for Verified {
+    fn default() -> Self {
+        Verified {
+            entries: Default::default(),
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Verified {
+    /// How long a verification is trusted.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn expire(&mut self) {
+        if self.since.elapsed() > Self::TTL {
+            self.entries.clear();
+            self.since = std::time::Instant::now();
+        }
+    }
+
+    fn port_if_current(&self, key: &WorkerKey, pid: u32, fp: u64) -> Option<u32> {
+        self.entries
+            .get(key)
+            .filter(|(p, f, _)| *p == pid && *f == fp)
+            .map(|(_, _, port)| *port)
+    }
+
+    fn record(&mut self, checked: Vec<(WorkerKey, Option<Checked>)>) {
+        for (key, fresh) in checked {
+            match fresh {
+                Some(c) => {
+                    self.entries.insert(key, c);
+                }
+                None => {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// A digest of everything a router worker is configured from.
+fn fingerprint(group: &RouterWorkerGroup, secret: &str, worker: &str, peers: &[PeerWorker]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    group.realms.hash(&mut h);
+    group.port_range.map(|r| (r.start, r.end)).hash(&mut h);
+    secret.hash(&mut h);
+    worker.hash(&mut h);
+    let mut p: Vec<(&str, &str, u32)> = peers
+        .iter()
+        .map(|p| (p.worker.as_str(), p.host.as_str(), p.port))
+        .collect();
+    p.sort();
+    p.hash(&mut h);
+    h.finish()
+}
+
 /// The address peers and web workers reach a node's router workers at.
 fn node_host(n: &Node) -> String {
     if n.cluster_ip.is_empty() {
@@ -149,7 +223,13 @@ fn publish_worker(core: &Core, node: &Node, w: &apb::Worker, group: &str, kind: 
 }
 
 /// One iteration for router cluster `oid`.
-pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcome, String> {
+pub async fn reconcile(
+    core: &Core,
+    agents: &Agents,
+    oid: &str,
+    verified: &mut Verified,
+) -> Result<Outcome, String> {
+    verified.expire();
     let Some((cluster, _)) = core
         .store
         .load::<RouterCluster>(&keys::routercluster(oid))
@@ -239,12 +319,11 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
         .map_err(|e| e.to_string())?;
     let group_by_oid: BTreeMap<&str, &RouterWorkerGroup> =
         groups.iter().map(|g| (g.oid.as_str(), g)).collect();
-    let mut secrets = BTreeMap::new();
-    if !stopping {
-        for g in &groups {
-            secrets.insert(g.oid.clone(), link_secret(core, oid, &g.oid).await?);
-        }
-    }
+    let secrets = if stopping {
+        BTreeMap::new()
+    } else {
+        link_secrets(core, oid, &groups).await?
+    };
     let mut peers: BTreeMap<&str, Vec<PeerWorker>> = BTreeMap::new();
     for p in current.iter().filter(|p| p.tcp_listening_port != 0) {
         if let Some(n) = nodes
@@ -262,6 +341,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
         }
     }
     let (group_by_oid, secrets, peers) = (&group_by_oid, &secrets, &peers);
+    let known = &*verified;
 
     let mut problems = Vec::new();
     let mut acted = false;
@@ -287,6 +367,8 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                 None
             }
             Ok((mut nc, workers)) => {
+                let pids: BTreeMap<String, u32> =
+                    workers.iter().map(|w| (w.id.clone(), w.pid)).collect();
                 let running: BTreeSet<String> = workers
                     .iter()
                     .filter(|w| {
@@ -358,6 +440,7 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                         }
                     }
                     let mut ports = Vec::new();
+                    let mut checked = Vec::new();
                     for (id, group_oid) in here {
                         let (Some(group), Some(secret)) = (
                             group_by_oid.get(group_oid.as_str()),
@@ -366,23 +449,38 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
                             continue;
                         };
                         let group_peers = peers.get(group_oid.as_str()).map_or(&[][..], |v| v);
+                        let pid = pids.get(&id).copied().unwrap_or(0);
+                        let fp = fingerprint(group, secret, &id, group_peers);
+                        let key = (node.oid.clone(), id.clone());
+                        if let Some(port) = known.port_if_current(&key, pid, fp) {
+                            ports.push((group_oid, id, port));
+                            continue;
+                        }
                         match configure(&mut nc, &id, group, secret, group_peers).await {
                             Ok(c) => {
                                 did |= c.acted;
+                                // Remembered only when found exactly as desired; anything
+                                // changed is verified again next time.
+                                let fresh = (!c.acted && pid != 0).then_some((pid, fp, c.port));
+                                checked.push((key, fresh));
                                 ports.push((group_oid, id, c.port));
                             }
-                            Err(e) => errs.push(format!("{}: {e}", node.authid)),
+                            Err(e) => {
+                                checked.push((key, None));
+                                errs.push(format!("{}: {e}", node.authid));
+                            }
                         }
                     }
-                    (did, errs, ports)
+                    (did, errs, ports, checked)
                 })
             }
         });
     let runs: Vec<_> = runs.collect();
-    for (did, errs, p) in futures::future::join_all(runs).await {
+    for (did, errs, p, checked) in futures::future::join_all(runs).await {
         acted |= did;
         errors.extend(errs);
         ports.extend(p);
+        verified.record(checked);
     }
     acted |= store_ports(core, oid, &current, &ports).await?;
     for e in &errors {
@@ -434,4 +532,27 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
     };
     set_status::<RouterCluster>(core, oid, next, &reason).await?;
     Ok(Outcome::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_changed_since_its_verification_is_observed_again() {
+        let mut v = Verified::default();
+        let key = ("n1".to_owned(), "g_0".to_owned());
+        v.record(vec![(key.clone(), Some((100, 7, 10000)))]);
+        assert_eq!(v.port_if_current(&key, 100, 7), Some(10000));
+        assert_eq!(v.port_if_current(&key, 101, 7), None, "another process");
+        assert_eq!(
+            v.port_if_current(&key, 100, 8),
+            None,
+            "another desired state"
+        );
+        // The monitor changed something (or failed): the old verification no longer holds, even
+        // if the desired state later returns to what it was.
+        v.record(vec![(key.clone(), None)]);
+        assert_eq!(v.port_if_current(&key, 100, 7), None);
+    }
 }

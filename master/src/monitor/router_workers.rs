@@ -35,28 +35,45 @@ pub struct PeerWorker {
     pub port: u32,
 }
 
-/// The secret the group's links authenticate with, created once and kept in the store.
-pub async fn link_secret(core: &Core, cluster: &str, group: &str) -> Result<String, String> {
-    let key = keys::link_secret(cluster, group);
+/// The secrets the groups' links authenticate with, by group oid: created once (one
+/// transaction for every group that has none yet) and kept in the store.
+pub async fn link_secrets(
+    core: &Core,
+    cluster: &str,
+    groups: &[RouterWorkerGroup],
+) -> Result<BTreeMap<String, String>, String> {
     for _ in 0..3 {
-        if let Some(s) = core.store.load_str(&key).map_err(|e| e.to_string())? {
-            return Ok(s);
+        let mut secrets = BTreeMap::new();
+        let mut txn = Txn::new();
+        for g in groups {
+            let key = keys::link_secret(cluster, &g.oid);
+            match core.store.load_str(&key).map_err(|e| e.to_string())? {
+                Some(s) => {
+                    secrets.insert(g.oid.clone(), s);
+                }
+                None => {
+                    let secret = format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    txn = txn
+                        .absent(key.clone())
+                        .put(key, secret.clone().into_bytes());
+                    secrets.insert(g.oid.clone(), secret);
+                }
+            }
         }
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let txn = Txn::new()
-            .absent(key.clone())
-            .put(key.clone(), secret.clone().into_bytes());
+        if txn.puts.is_empty() {
+            return Ok(secrets);
+        }
         match core.store.commit(txn).await {
-            Ok(()) => return Ok(secret),
+            Ok(()) => return Ok(secrets),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.to_string()),
         }
     }
-    Err("cannot create the group's link secret".to_owned())
+    Err("cannot create the groups' link secrets".to_owned())
 }
 
 /// The desired links of `worker`: to every other peer, for every realm.
