@@ -79,6 +79,11 @@ pub fn agent_bin() -> PathBuf {
     bin_dir().join("switchyard-agent")
 }
 
+/// The `switchyard` CLI binary (built on first use).
+pub fn cli_bin() -> PathBuf {
+    bin_dir().join("switchyard")
+}
+
 /// A test tool installed by `scripts/test.sh` (`.venv/bin`, `.tools/node_modules/.bin`).
 /// A missing tool fails the test: tests never skip.
 pub fn tool(name: &str) -> PathBuf {

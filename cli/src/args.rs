@@ -1,0 +1,292 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Drive a Switchyard master: nodes, web clusters, router clusters, events, stats",
+    after_help = "After `switchyard-master dev`, export the two lines it prints and no flag is needed."
+)]
+pub struct Cli {
+    /// The master's address (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_MASTER",
+        default_value = "127.0.0.1:9700"
+    )]
+    pub master: String,
+    /// PKI directory with ca.pem, admin.pem and admin.key.
+    #[arg(long, global = true, env = "SWITCHYARD_PKI_DIR", conflicts_with_all = ["ca", "cert", "key"])]
+    pub pki_dir: Option<PathBuf>,
+    /// The CA certificate (with --cert and --key instead of --pki-dir).
+    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// The client certificate.
+    #[arg(long, global = true, requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client key.
+    #[arg(long, global = true, requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
+    /// The name the master's certificate is checked against.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub server_name: String,
+    /// Output: aligned tables for people, or JSON for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON (one document per result; one line per streamed item).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Nodes known to the master.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Web clusters.
+    #[command(subcommand)]
+    Webcluster(WebCmd),
+    /// Router clusters.
+    #[command(subcommand)]
+    Routercluster(RouterCmd),
+    /// Live events.
+    Watch {
+        /// Only these event types (e.g. on_webcluster_started; repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+    /// Live process stats of a node's agent ("controller", the default) or one of its workers.
+    Stats {
+        /// The node (authid or oid).
+        node: String,
+        /// "controller" or a worker id.
+        #[arg(default_value = "controller")]
+        process: String,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many samples (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// The SSH debug console of a process.
+    #[command(subcommand)]
+    Manhole(ManholeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Every node.
+    List,
+    /// One node.
+    Show {
+        /// The node's authid.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebCmd {
+    /// Create a web cluster (STOPPED).
+    Create(WebCreate),
+    /// Every web cluster.
+    List,
+    /// One web cluster.
+    Show { name: String },
+    /// Start it.
+    Start { name: String },
+    /// Stop it.
+    Stop { name: String },
+    /// Delete it (it must be stopped).
+    Delete { name: String },
+    /// Add a member node.
+    AddNode {
+        name: String,
+        node: String,
+        /// Web workers on this node.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
+        /// Run nothing until an active member is offline.
+        #[arg(long)]
+        standby: bool,
+    },
+    /// Remove a member node.
+    RemoveNode { name: String, node: String },
+    /// The member nodes.
+    Nodes { name: String },
+    /// Add a web service on a path.
+    AddService(AddService),
+    /// Remove the web service on a path.
+    RemoveService { name: String, path: String },
+    /// The web services.
+    Services { name: String },
+    /// The workers the monitor sees.
+    Workers { name: String },
+    /// Status, workers and their process stats.
+    Stat { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct WebCreate {
+    pub name: String,
+    /// The shared listening port.
+    #[arg(long)]
+    pub tcp_port: u32,
+    /// Interface to listen on (default all).
+    #[arg(long)]
+    pub tcp_interface: Option<String>,
+    /// Share the port between the workers of a node (SO_REUSEPORT; the default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_shared: bool,
+    /// TLS private key file (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS certificate file (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Send Strict-Transport-Security.
+    #[arg(long)]
+    pub http_hsts: bool,
+    /// A label.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// A web service type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceType {
+    /// Files from --directory.
+    Static,
+    /// The JSON --value.
+    Json,
+    /// A redirect to --url.
+    Redirect,
+    /// HTTP to --host:--port[--backend-path].
+    Reverseproxy,
+    /// Which node and worker answered.
+    Nodeinfo,
+    /// WebSocket to --host:--port, or over --routercluster's --workergroup.
+    WebsocketReverseproxy,
+}
+
+#[derive(Debug, Args)]
+pub struct AddService {
+    pub name: String,
+    /// The path (e.g. "/" or "/api").
+    pub path: String,
+    /// The service type.
+    #[arg(long = "type", value_enum)]
+    pub kind: ServiceType,
+    /// static: the directory.
+    #[arg(long)]
+    pub directory: Option<String>,
+    /// json: the value (JSON text).
+    #[arg(long)]
+    pub value: Option<String>,
+    /// redirect: the target URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// reverseproxy / websocket-reverseproxy: backend host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// reverseproxy / websocket-reverseproxy: backend port.
+    #[arg(long)]
+    pub port: Option<u32>,
+    /// reverseproxy / websocket-reverseproxy: path on the backend.
+    #[arg(long)]
+    pub backend_path: Option<String>,
+    /// websocket-reverseproxy: the router cluster to front.
+    #[arg(long, requires = "workergroup")]
+    pub routercluster: Option<String>,
+    /// websocket-reverseproxy: its worker group.
+    #[arg(long, requires = "routercluster")]
+    pub workergroup: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouterCmd {
+    /// Create a router cluster (STOPPED).
+    Create {
+        name: String,
+        /// A label.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Every router cluster.
+    List,
+    /// One router cluster.
+    Show { name: String },
+    /// Start it.
+    Start { name: String },
+    /// Stop it.
+    Stop { name: String },
+    /// Delete it (it must be stopped).
+    Delete { name: String },
+    /// Add a member node.
+    AddNode {
+        name: String,
+        node: String,
+        /// Preferred maximum of workers on this node.
+        #[arg(long)]
+        softlimit: Option<u32>,
+        /// Maximum of workers on this node.
+        #[arg(long)]
+        hardlimit: Option<u32>,
+    },
+    /// Remove a member node.
+    RemoveNode { name: String, node: String },
+    /// Add a worker group.
+    AddWorkergroup {
+        name: String,
+        group: String,
+        /// Router workers in the group (1..128).
+        #[arg(long, default_value_t = 1)]
+        scale: u32,
+        /// Realms served (repeatable; default realm1).
+        #[arg(long = "realm")]
+        realms: Vec<String>,
+    },
+    /// Remove a worker group.
+    RemoveWorkergroup { name: String, group: String },
+    /// Status, groups, placements and process stats.
+    Stat { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManholeCmd {
+    /// Start the SSH console of a process.
+    Start {
+        /// The node (authid or oid).
+        node: String,
+        /// "controller" or a worker id.
+        process: String,
+        /// The SSH port.
+        #[arg(long)]
+        port: u32,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// File holding the password (first line).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Interface to listen on (default 127.0.0.1).
+        #[arg(long)]
+        interface: Option<String>,
+    },
+    /// Stop it.
+    Stop { node: String, process: String },
+}
