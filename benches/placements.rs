@@ -71,6 +71,7 @@ async fn main() {
             advertise: None,
             labels: Default::default(),
             launcher: Launcher::Record,
+            metrics_listen: None,
         };
         tokio::spawn(serve(listener, options, shutdown.clone()));
     }

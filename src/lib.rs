@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod pb;
 pub mod pki;
 pub mod server;

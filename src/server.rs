@@ -40,6 +40,7 @@ pub async fn serve(
     policy: Policy,
     routes: Routes,
     services: &[&str],
+    rpc: std::sync::Arc<crate::metrics::RpcMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,6 +74,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let names = services.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     builder
+        .layer(crate::metrics::RpcMetricsLayer(rpc))
         .layer(layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -48,3 +48,40 @@ fn buf_lint_passes_standard_and_comments_rules() {
         stderr(&out)
     );
 }
+
+/// Issue 8: a Node.js client generated at test time from `proto/` (@grpc/proto-loader) creates
+/// and lists web clusters over mTLS with @grpc/grpc-js.
+#[tokio::test]
+async fn a_nodejs_client_generated_from_the_protos_creates_and_lists_clusters() {
+    let pki = common::Pki::new(&["node1"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = common::Proc::master(&pki, data.path());
+    let out = std::process::Command::new(common::system_tool("node"))
+        .arg(common::repo().join("tests/node/client.js"))
+        .arg(common::repo().join("proto"))
+        .arg(master.addr.to_string())
+        .arg(&pki.path)
+        .args(["from_node_a", "from_node_b"])
+        .env("NODE_PATH", common::repo().join(".tools/node_modules"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["created"][0]["name"], "from_node_a");
+    assert_eq!(r["created"][1]["status"], "CLUSTER_STATUS_STOPPED");
+    assert_eq!(r["created"][0]["oid"].as_str().unwrap().len(), 36);
+    let mut listed: Vec<&str> = r["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["from_node_a", "from_node_b"]);
+    assert_eq!(r["duplicate"]["code"], 6, "ALREADY_EXISTS: {r}");
+    assert_eq!(r["nodes"], serde_json::json!([]));
+}

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod events;
 pub mod heartbeat;
 pub mod manhole;
+pub mod metrics;
 pub mod process;
 pub mod system;
 pub mod wamp;
@@ -60,6 +61,8 @@ pub struct AgentOptions {
     pub labels: std::collections::HashMap<String, String>,
     /// How workers are run (benchmarks record instead of spawning).
     pub launcher: worker::Launcher,
+    /// Where `/metrics` is served (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the agent.
@@ -76,6 +79,14 @@ pub enum AgentError {
     /// Host statistics are unavailable.
     #[error("cannot read host statistics: {0}")]
     Host(#[from] sysinfo::Error),
+    /// The metrics port cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
@@ -156,6 +167,17 @@ pub async fn serve(
         workers.clone(),
         shutdown.clone(),
     ));
+    let rpc = Arc::new(switchyard::metrics::RpcMetrics::default());
+    if let Some(addr) = options.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::MetricsListen { addr, source })?;
+        tokio::spawn(switchyard::metrics::serve(
+            metrics_listener,
+            metrics::scrape(agent.clone(), rpc.clone()),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
     let served = server::serve(
         listener,
@@ -163,6 +185,7 @@ pub async fn serve(
         Policy::Agent,
         api::routes(agent),
         switchyard::pb::AGENT_SERVICES,
+        rpc,
         shutdown,
     )
     .await;

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::{MasterOptions, dev};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use switchyard::auth::Role;
+use switchyard::config;
 use switchyard::pki::{self, Identity, IssueRequest};
 use switchyard::server::Security;
 use switchyard::telemetry::{self, LogFormat};
@@ -31,28 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the master's gRPC API.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9700", env = "SWITCHYARD_LISTEN")]
-        listen: SocketAddr,
-        /// Directory of the master's database.
-        #[arg(long, env = "SWITCHYARD_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Directory with ca.pem, master.pem and master.key.
-        #[arg(long, env = "SWITCHYARD_PKI_DIR", required_unless_present = "insecure")]
-        pki_dir: Option<PathBuf>,
-        /// Serve plaintext without authentication (every caller is an admin). Never in production.
-        #[arg(long)]
-        insecure: bool,
-        /// Interval agents are asked to heartbeat at, milliseconds.
-        #[arg(long, default_value_t = 500, env = "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
-              value_parser = clap::value_parser!(u64).range(10..=60_000))]
-        heartbeat_interval_ms: u64,
-        /// A node is offline after this long without a heartbeat, milliseconds.
-        #[arg(long, default_value_t = 1500, env = "SWITCHYARD_HEARTBEAT_GRACE_MS",
-              value_parser = clap::value_parser!(u64).range(20..=600_000))]
-        heartbeat_grace_ms: u64,
-    },
+    Serve(Box<ServeArgs>),
     /// Manage the cluster CA and certificates.
     Ca {
         #[command(subcommand)]
@@ -73,6 +54,125 @@ enum Command {
         #[arg(long)]
         agent_exe: Option<PathBuf>,
     },
+}
+
+/// Options of `serve`. Each can also come from the environment (`SWITCHYARD_*`) or, below
+/// both, from the TOML file given with `--config` (same names with underscores).
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML file with any of these options (keys: listen, data_dir, pki_dir, insecure,
+    /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9700", env = "SWITCHYARD_LISTEN")]
+    listen: SocketAddr,
+    /// Directory of the master's database (required).
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory with ca.pem, master.pem and master.key (required unless --insecure).
+    #[arg(long, env = "SWITCHYARD_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+    /// Serve plaintext without authentication (every caller is an admin). Never in production.
+    #[arg(long, env = "SWITCHYARD_INSECURE")]
+    insecure: bool,
+    /// Interval agents are asked to heartbeat at, milliseconds (10..=60000).
+    #[arg(long, default_value_t = 500, env = "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    heartbeat_interval_ms: u64,
+    /// A node is offline after this long without a heartbeat, milliseconds (20..=600000).
+    #[arg(long, default_value_t = 1500, env = "SWITCHYARD_HEARTBEAT_GRACE_MS",
+          value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    heartbeat_grace_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: not served).
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// The master's configuration file, and the effective configuration `--print-config` shows.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    pki_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_grace_ms: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+}
+
+impl ServeFile {
+    /// Checks the ranges the flags check.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(v) = self.heartbeat_interval_ms
+            && !(10..=60_000).contains(&v)
+        {
+            return Err(format!("heartbeat_interval_ms: {v} is not in 10..=60000"));
+        }
+        if let Some(v) = self.heartbeat_grace_ms
+            && !(20..=600_000).contains(&v)
+        {
+            return Err(format!("heartbeat_grace_ms: {v} is not in 20..=600000"));
+        }
+        Ok(())
+    }
+}
+
+/// Merges file < environment < flags into the effective configuration.
+fn effective(
+    matches: &ArgMatches,
+    log_format: LogFormat,
+    args: ServeArgs,
+) -> Result<ServeFile, Failure> {
+    let serve = matches
+        .subcommand_matches("serve")
+        .ok_or_else(|| Failure::Config("not the serve command".into()))?;
+    let file: ServeFile = match &args.config {
+        Some(path) => config::read_file(path).map_err(Failure::Config)?,
+        None => ServeFile::default(),
+    };
+    file.validate()
+        .map_err(|e| Failure::Config(format!("invalid config file: {e}")))?;
+    Ok(ServeFile {
+        listen: Some(config::layered(serve, "listen", args.listen, file.listen)),
+        data_dir: config::layered_opt(serve, "data_dir", args.data_dir, file.data_dir),
+        pki_dir: config::layered_opt(serve, "pki_dir", args.pki_dir, file.pki_dir),
+        insecure: Some(config::layered(
+            serve,
+            "insecure",
+            args.insecure,
+            file.insecure,
+        )),
+        heartbeat_interval_ms: Some(config::layered(
+            serve,
+            "heartbeat_interval_ms",
+            args.heartbeat_interval_ms,
+            file.heartbeat_interval_ms,
+        )),
+        heartbeat_grace_ms: Some(config::layered(
+            serve,
+            "heartbeat_grace_ms",
+            args.heartbeat_grace_ms,
+            file.heartbeat_grace_ms,
+        )),
+        metrics_listen: config::layered_opt(
+            serve,
+            "metrics_listen",
+            args.metrics_listen,
+            file.metrics_listen,
+        ),
+        log_format: Some(config::layered(
+            matches,
+            "log_format",
+            log_format,
+            file.log_format,
+        )),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,9 +202,22 @@ enum CaCommand {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match run(cli.command) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            let print = args.print_config;
+            effective(&matches, cli.log_format, *args).and_then(|config| serve(config, print))
+        }
+        command => {
+            telemetry::init(cli.log_format);
+            run(command)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(message)) => {
             eprintln!("switchyard-master: {message}");
@@ -127,49 +240,7 @@ enum Failure {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Ca { command } => ca(command),
-        Command::Serve {
-            listen,
-            data_dir,
-            pki_dir,
-            insecure,
-            heartbeat_interval_ms,
-            heartbeat_grace_ms,
-        } => {
-            if heartbeat_grace_ms <= heartbeat_interval_ms {
-                return Err(Failure::Config(
-                    "--heartbeat-grace-ms must be longer than --heartbeat-interval-ms".into(),
-                ));
-            }
-            let heartbeat = crate::HeartbeatConfig {
-                interval: std::time::Duration::from_millis(heartbeat_interval_ms),
-                grace: std::time::Duration::from_millis(heartbeat_grace_ms),
-            };
-            let (security, identity) = match (insecure, pki_dir) {
-                (true, _) => (Security::Insecure, None),
-                (false, Some(dir)) => {
-                    let identity = Identity::load(&dir, "master")
-                        .map_err(|e| Failure::Config(e.to_string()))?;
-                    (Security::Mtls(identity.server_tls()), Some(identity))
-                }
-                (false, None) => return Err(Failure::Config("--pki-dir is required".into())),
-            };
-            runtime()?.block_on(async {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
-                let shutdown = switchyard::shutdown::on_signal();
-                let options = MasterOptions {
-                    data_dir,
-                    security,
-                    heartbeat,
-                    identity,
-                    monitor: Default::default(),
-                };
-                crate::serve(listener, options, shutdown)
-                    .await
-                    .map_err(|e| Failure::Runtime(e.into()))
-            })
-        }
+        Command::Serve(_) => Err(Failure::Config("serve is handled by main".into())),
         Command::Dev {
             dir,
             agents,
@@ -187,6 +258,67 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(Failure::Runtime)
         }),
     }
+}
+
+/// Runs the master with its effective configuration (or prints it).
+fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
+    if print {
+        let text = toml::to_string(&config).map_err(|e| Failure::Runtime(e.into()))?;
+        print!("{text}");
+        return Ok(());
+    }
+    telemetry::init(config.log_format.unwrap_or_default());
+    let (listen, interval, grace) = (
+        config
+            .listen
+            .unwrap_or_else(|| ([127, 0, 0, 1], 9700).into()),
+        config.heartbeat_interval_ms.unwrap_or(500),
+        config.heartbeat_grace_ms.unwrap_or(1500),
+    );
+    let data_dir = config.data_dir.ok_or_else(|| {
+        Failure::Config(
+            "data_dir is required (--data-dir, SWITCHYARD_DATA_DIR or data_dir in --config)".into(),
+        )
+    })?;
+    if grace <= interval {
+        return Err(Failure::Config(
+            "heartbeat_grace_ms must be longer than heartbeat_interval_ms".into(),
+        ));
+    }
+    let heartbeat = crate::HeartbeatConfig {
+        interval: std::time::Duration::from_millis(interval),
+        grace: std::time::Duration::from_millis(grace),
+    };
+    let (security, identity) = match (config.insecure.unwrap_or(false), config.pki_dir) {
+        (true, _) => (Security::Insecure, None),
+        (false, Some(dir)) => {
+            let identity =
+                Identity::load(&dir, "master").map_err(|e| Failure::Config(e.to_string()))?;
+            (Security::Mtls(identity.server_tls()), Some(identity))
+        }
+        (false, None) => {
+            return Err(Failure::Config(
+                "pki_dir is required (--pki-dir, SWITCHYARD_PKI_DIR or pki_dir in --config) unless --insecure".into(),
+            ));
+        }
+    };
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
+        let shutdown = switchyard::shutdown::on_signal();
+        let options = MasterOptions {
+            data_dir,
+            security,
+            heartbeat,
+            identity,
+            monitor: Default::default(),
+            metrics_listen: config.metrics_listen,
+        };
+        crate::serve(listener, options, shutdown)
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
+    })
 }
 
 fn ca(command: CaCommand) -> Result<(), Failure> {

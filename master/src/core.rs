@@ -46,6 +46,8 @@ pub struct Core {
     pub shutdown: CancellationToken,
     /// Clients of the agents.
     pub agents: Arc<Agents>,
+    /// Desired and running workers per cluster, as the monitors last saw them (for metrics).
+    pub gauges: crate::metrics::ClusterGauges,
 }
 
 impl Core {
@@ -63,6 +65,7 @@ impl Core {
             heartbeat,
             shutdown,
             agents,
+            gauges: Default::default(),
         }
     }
 }

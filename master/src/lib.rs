@@ -18,6 +18,7 @@ pub mod dev;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod metrics;
 pub mod monitor;
 pub mod nodes;
 pub mod router;
@@ -50,6 +51,8 @@ pub struct MasterOptions {
     pub identity: Option<switchyard::pki::Identity>,
     /// Monitor settings.
     pub monitor: monitor::MonitorConfig,
+    /// Where `/metrics` is served (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the master.
@@ -70,6 +73,14 @@ pub enum MasterError {
         path: PathBuf,
         /// The cause.
         source: store::StoreError,
+    },
+    /// The metrics port cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The gRPC server failed.
     #[error(transparent)]
@@ -101,7 +112,18 @@ pub async fn serve(
     ));
     tokio::spawn(expire_heartbeats(core.clone()));
     let supervisor = monitor::Supervisor::new(core.clone(), options.monitor);
-    tokio::spawn(supervisor.run());
+    tokio::spawn(supervisor.clone().run());
+    let rpc = Arc::new(switchyard::metrics::RpcMetrics::default());
+    if let Some(addr) = options.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| MasterError::MetricsListen { addr, source })?;
+        tokio::spawn(switchyard::metrics::serve(
+            metrics_listener,
+            metrics::scrape(core.clone(), supervisor.clone(), rpc.clone()),
+            shutdown.clone(),
+        ));
+    }
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -112,6 +134,7 @@ pub async fn serve(
         Policy::Master,
         api::routes(core),
         switchyard::pb::MASTER_SERVICES,
+        rpc,
         shutdown,
     )
     .await;

@@ -216,21 +216,50 @@ impl Proc {
 
     /// A master listening on `listen` (a fixed address, for restarts agents must find again).
     pub fn master_on(pki: &Pki, data_dir: &Path, listen: &str) -> Proc {
+        Proc::master_with(pki, data_dir, listen, &[])
+    }
+
+    /// A master with extra command-line arguments.
+    pub fn master_with(pki: &Pki, data_dir: &Path, listen: &str, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(master_bin());
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .arg("--pki-dir")
-            .arg(&pki.path);
+            .arg(&pki.path)
+            .args(extra);
         Proc::spawn(cmd)
     }
 
     /// An agent named `name` reporting to `master`.
     pub fn agent(pki: &Pki, name: &str, master: SocketAddr) -> Proc {
+        Proc::agent_with(pki, name, master, &[])
+    }
+
+    /// An agent with extra command-line arguments.
+    pub fn agent_with(pki: &Pki, name: &str, master: SocketAddr, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(agent_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--name", name])
             .args(["--master", &master.to_string(), "--pki-dir"])
-            .arg(&pki.path);
+            .arg(&pki.path)
+            .args(extra);
         Proc::spawn(cmd)
+    }
+
+    /// The address of the metrics endpoint, once its start-up line is logged.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        eventually("the metrics endpoint", Duration::from_secs(10), || {
+            self.logs()
+                .lines()
+                .filter(|l| l.contains("metrics endpoint ready"))
+                .find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    let s = v["fields"]["metrics_listen"].as_str()?;
+                    s.trim_start_matches("Some(")
+                        .trim_end_matches(')')
+                        .parse()
+                        .ok()
+                })
+        })
     }
 
     pub fn logs(&self) -> String {

@@ -173,6 +173,8 @@ pub struct Workers {
     shutdown: CancellationToken,
     /// With [`Launcher::Record`]: the one channel every simulated worker's controls share.
     simulated: Option<Channel>,
+    /// Starts per worker id since the agent started (restarts = starts - 1).
+    starts: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// Validates a worker id: 1..64 of `[A-Za-z0-9_.-]`, not "controller".
@@ -229,6 +231,7 @@ impl Workers {
         };
         Ok(Workers {
             simulated,
+            starts: Arc::default(),
             config: Arc::new(config),
             workers: Arc::default(),
             events,
@@ -246,6 +249,16 @@ impl Workers {
             .get(id)
             .cloned()
             .ok_or_else(|| no_such_worker(id))
+    }
+
+    /// How often worker `id` was started since the agent started.
+    pub fn starts(&self, id: &str) -> u64 {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every worker, sorted by id.
@@ -310,6 +323,12 @@ impl Workers {
             }
             map.insert(id.to_owned(), worker.clone());
         }
+        *self
+            .starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default() += 1;
         if record {
             worker.state.send_modify(|s| {
                 s.status = WorkerStatus::Started;

@@ -229,7 +229,10 @@ impl Supervisor {
                 }
             };
             match outcome {
-                Ok(Outcome::Done) => return,
+                Ok(Outcome::Done) => {
+                    self.core.gauges.remove(oid);
+                    return;
+                }
                 Ok(Outcome::Continue) => {}
                 Ok(Outcome::Again) => notify.notify_one(),
                 Err(error) => {

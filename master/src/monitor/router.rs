@@ -389,6 +389,10 @@ pub async fn reconcile(
                     .filter(|((n, id), _)| *n == node.oid && !running.contains(id))
                     .map(|((_, id), g)| (id.clone(), g.clone()))
                     .collect();
+                let up = wanted
+                    .keys()
+                    .filter(|(n, id)| *n == node.oid && running.contains(id))
+                    .count() as u64;
                 let here: Vec<(String, String)> = wanted
                     .iter()
                     .filter(|((n, _), _)| *n == node.oid)
@@ -471,18 +475,27 @@ pub async fn reconcile(
                             }
                         }
                     }
-                    (did, errs, ports, checked)
+                    (did, errs, ports, checked, up)
                 })
             }
         });
     let runs: Vec<_> = runs.collect();
-    for (did, errs, p, checked) in futures::future::join_all(runs).await {
+    let mut up_total = 0;
+    for (did, errs, p, checked, up) in futures::future::join_all(runs).await {
+        up_total += up;
         acted |= did;
         errors.extend(errs);
         ports.extend(p);
         verified.record(checked);
     }
     acted |= store_ports(core, oid, &current, &ports).await?;
+    core.gauges.set(
+        oid,
+        crate::metrics::WorkerCounts {
+            desired: placed.slots.len() as u64,
+            running: up_total,
+        },
+    );
     for e in &errors {
         tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
     }

@@ -317,6 +317,17 @@ pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcom
             .collect(),
     };
     let actions = plan(&desired, &observed);
+    core.gauges.set(
+        oid,
+        crate::metrics::WorkerCounts {
+            desired: desired.nodes.values().map(|n| u64::from(*n)).sum(),
+            running: observed
+                .values()
+                .flat_map(|ws| ws.values())
+                .filter(|w| w.status == WorkerStatus::Started)
+                .count() as u64,
+        },
+    );
 
     let mut by_node: BTreeMap<String, Vec<Action>> = BTreeMap::new();
     for a in &actions {

@@ -1,0 +1,120 @@
+//! The agent's `/metrics`: per-process CPU seconds, resident memory, fds and threads of the agent
+//! ("controller") and each live worker, worker restarts, workers by status, and RPC counts and
+//! latencies.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use switchyard::metrics::{RpcMetrics, Scrape};
+use switchyard::pb::agent::v1::{WorkerStatus, WorkerType};
+
+use crate::Agent;
+use crate::process::stats;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    worker: String,
+    r#type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+/// The agent's scrape.
+pub fn scrape(agent: Arc<Agent>, rpc: Arc<RpcMetrics>) -> Scrape {
+    Arc::new(move || {
+        let (agent, rpc) = (agent.clone(), rpc.clone());
+        Box::pin(async move { registry(&agent, &rpc) })
+    })
+}
+
+fn registry(agent: &Agent, rpc: &RpcMetrics) -> Registry {
+    let mut r = Registry::default();
+    rpc.register(&mut r);
+    let cpu = Family::<ProcessLabels, Counter<f64>>::default();
+    let rss = Family::<ProcessLabels, Gauge>::default();
+    let fds = Family::<ProcessLabels, Gauge>::default();
+    let threads = Family::<ProcessLabels, Gauge>::default();
+    let restarts = Family::<ProcessLabels, Counter>::default();
+    let by_status = Family::<StatusLabels, Gauge>::default();
+
+    let mut processes = vec![(
+        crate::controller::CONTROLLER.to_owned(),
+        "agent".to_owned(),
+        std::process::id(),
+    )];
+    for w in agent.workers.list() {
+        let status = w.status();
+        by_status
+            .get_or_create(&StatusLabels {
+                status: status
+                    .as_str_name()
+                    .trim_start_matches("WORKER_STATUS_")
+                    .to_ascii_lowercase(),
+            })
+            .inc();
+        let kind = match w.kind() {
+            WorkerType::Web => "web",
+            WorkerType::Router => "router",
+            WorkerType::Unspecified => "unknown",
+        };
+        let labels = ProcessLabels {
+            worker: w.id().to_owned(),
+            r#type: kind.to_owned(),
+        };
+        restarts
+            .get_or_create(&labels)
+            .inc_by(agent.workers.starts(w.id()).saturating_sub(1));
+        if status == WorkerStatus::Started && w.pid() != 0 {
+            processes.push((w.id().to_owned(), kind.to_owned(), w.pid()));
+        }
+    }
+    for (worker, kind, pid) in processes {
+        let Ok(s) = stats::read(pid) else { continue };
+        let labels = ProcessLabels {
+            worker,
+            r#type: kind,
+        };
+        cpu.get_or_create(&labels).inc_by(s.user + s.system);
+        rss.get_or_create(&labels).set(s.resident as i64);
+        fds.get_or_create(&labels).set(i64::from(s.fds));
+        threads.get_or_create(&labels).set(i64::from(s.threads));
+    }
+    r.register(
+        "switchyard_process_cpu_seconds",
+        "CPU time (user + system) of the agent (worker=\"controller\") and each running worker",
+        cpu,
+    );
+    r.register(
+        "switchyard_process_resident_bytes",
+        "Resident memory of the agent and each running worker",
+        rss,
+    );
+    r.register(
+        "switchyard_process_fds",
+        "Open file descriptors of the agent and each running worker",
+        fds,
+    );
+    r.register(
+        "switchyard_process_threads",
+        "Threads of the agent and each running worker",
+        threads,
+    );
+    r.register(
+        "switchyard_worker_restarts",
+        "Times a worker id was started again since the agent started",
+        restarts,
+    );
+    r.register(
+        "switchyard_workers",
+        "Workers known to the agent, by status",
+        by_status,
+    );
+    r
+}

@@ -1,0 +1,86 @@
+//! Configuration layers of the daemons: an optional TOML file (`--config`), overridden by the
+//! environment (`SWITCHYARD_*`), overridden by flags. clap handles flags and environment and
+//! reports which one a value came from; a file value applies only where neither set it.
+
+use std::path::Path;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::de::DeserializeOwned;
+
+/// Reads a TOML configuration file; unknown keys and invalid values are errors naming the key.
+pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "invalid config file {}: {}",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })
+}
+
+/// The value of argument `id`: from the command line or environment if set there, else from
+/// the file, else clap's default (`parsed`).
+pub fn layered<T>(matches: &ArgMatches, id: &str, parsed: T, file: Option<T>) -> T {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable) => parsed,
+        _ => file.unwrap_or(parsed),
+    }
+}
+
+/// Like [`layered`] for optional values.
+pub fn layered_opt<T>(
+    matches: &ArgMatches,
+    id: &str,
+    parsed: Option<T>,
+    file: Option<T>,
+) -> Option<T> {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable) => parsed,
+        _ => file.or(parsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Arg, Command};
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        port: Option<u16>,
+    }
+
+    fn cmd() -> Command {
+        Command::new("t").arg(
+            Arg::new("port")
+                .long("port")
+                .env("SWITCHYARD_TEST_CONFIG_PORT")
+                .default_value("1")
+                .value_parser(clap::value_parser!(u16)),
+        )
+    }
+
+    #[test]
+    fn the_file_fills_only_what_flags_and_environment_left_unset() {
+        let m = cmd().get_matches_from(["t"]);
+        assert_eq!(layered(&m, "port", 1u16, Some(7)), 7);
+        let m = cmd().get_matches_from(["t", "--port", "9"]);
+        assert_eq!(layered(&m, "port", 9u16, Some(7)), 9);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::write(&dir, "prot = 3\n").unwrap();
+        let e = read_file::<File>(&dir).unwrap_err();
+        assert!(e.contains("unknown field `prot`"), "{e}");
+        std::fs::write(&dir, "port = \"x\"\n").unwrap();
+        let e = read_file::<File>(&dir).unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let _ = std::fs::remove_file(&dir);
+    }
+}

@@ -1,0 +1,249 @@
+//! Prometheus metrics shared by master and agent: the RPC metrics layer of every gRPC server,
+//! and the `/metrics` HTTP endpoint (`--metrics-listen`), whose registry is built at each scrape
+//! from the process's live state plus the long-lived counters.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Labels of an RPC count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `/package.Service/Method`.
+    pub method: String,
+    /// The gRPC status code name (`OK`, `NOT_FOUND`, ...).
+    pub code: String,
+}
+
+/// Labels of an RPC latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// `/package.Service/Method`.
+    pub method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+}
+
+/// RPC counts by method and code, and latencies by method.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    requests: Family<RpcLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        RpcMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Adds the RPC families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "switchyard_grpc_requests",
+            "gRPC requests served, by method and status code",
+            self.requests.clone(),
+        );
+        registry.register(
+            "switchyard_grpc_request_duration_seconds",
+            "Time to the response headers of gRPC requests (the whole call for unary RPCs)",
+            self.latency.clone(),
+        );
+    }
+
+    fn record(&self, method: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RpcLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// The gRPC status code name of a numeric code.
+pub fn code_name(code: i32) -> &'static str {
+    match tonic::Code::from(code) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A tower layer recording [`RpcMetrics`] for every request of a gRPC server. The code is
+/// the `grpc-status` of the response headers (errors are trailers-only responses), else `OK`.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer(pub Arc<RpcMetrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<RpcMetrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", code_name),
+                Err(_) => "INTERNAL",
+            };
+            metrics.record(&method, code, started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// Builds the registry for one scrape.
+pub type Scrape = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Registry> + Send>> + Send + Sync>;
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: CancellationToken) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(metrics_listen = ?addr, "metrics endpoint ready");
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let scrape = scrape.clone();
+                async move {
+                    let response = if req.uri().path() != "/metrics" {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    } else {
+                        let registry = scrape().await;
+                        let mut text = String::new();
+                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                            Ok(()) => hyper::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(text))),
+                            Err(_) => hyper::Response::builder()
+                                .status(500)
+                                .body(Full::new(Bytes::from_static(b"encoding failed\n"))),
+                        }
+                    };
+                    response
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_metrics_encode_with_method_and_code() {
+        let m = RpcMetrics::default();
+        m.record("/switchyard.master.v1.NodeService/ListNodes", "OK", 0.002);
+        m.record(
+            "/switchyard.master.v1.NodeService/GetNode",
+            "NOT_FOUND",
+            0.001,
+        );
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(text.contains(
+            r#"switchyard_grpc_requests_total{method="/switchyard.master.v1.NodeService/GetNode",code="NOT_FOUND"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains("switchyard_grpc_request_duration_seconds_count"),
+            "{text}"
+        );
+    }
+}
