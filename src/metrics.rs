@@ -192,7 +192,7 @@ pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: Cancellation
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let scrape = scrape.clone();
                 async move {
-                    let response = if req.uri().path() != "/metrics" {
+                    if req.uri().path() != "/metrics" {
                         hyper::Response::builder()
                             .status(404)
                             .body(Full::new(Bytes::from_static(b"see /metrics\n")))
@@ -210,8 +210,7 @@ pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: Cancellation
                                 .status(500)
                                 .body(Full::new(Bytes::from_static(b"encoding failed\n"))),
                         }
-                    };
-                    response
+                    }
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
