@@ -75,6 +75,8 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::write(&dir, "port = 3\n").unwrap();
+        assert_eq!(read_file::<File>(&dir).unwrap().port, Some(3));
         std::fs::write(&dir, "prot = 3\n").unwrap();
         let e = read_file::<File>(&dir).unwrap_err();
         assert!(e.contains("unknown field `prot`"), "{e}");
