@@ -114,6 +114,7 @@ fn the_cli_drives_a_web_cluster_life_cycle() {
         &port,
         "--tcp-interface",
         "127.0.0.1",
+        "--tcp-shared",
     ]);
     assert_eq!(lines_with(&out, &["name", "site"]).len(), 1, "{out}");
     assert_eq!(lines_with(&out, &["status", "STOPPED"]).len(), 1, "{out}");

@@ -188,9 +188,9 @@ async fn a_router_worker_serves_wamp_to_autobahn() {
     let e = nc.start_router_link(link("realm1", "")).await.unwrap_err();
     assert!(e.message().contains("link.peer_host"), "{e:?}");
 
-    // Autobahn, with JSON and with the serializer it prefers among ours (MessagePack).
+    // Autobahn, with each serializer, and with none named (it offers CBOR first).
     let url = format!("ws://127.0.0.1:{}/ws", t.port);
-    for serializer in [Some("json"), None] {
+    for serializer in [Some("json"), Some("msgpack"), Some("cbor"), None] {
         let mut args = vec!["basic", url.as_str()];
         if let Some(s) = serializer {
             args.extend(["--serializer", s]);
@@ -198,7 +198,7 @@ async fn a_router_worker_serves_wamp_to_autobahn() {
         let r = wamp_check(&args);
         assert_eq!(
             r["serializer"],
-            serializer.unwrap_or("msgpack"),
+            serializer.unwrap_or("cbor"),
             "negotiated serializer"
         );
         assert_eq!(

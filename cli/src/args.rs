@@ -76,8 +76,8 @@ pub enum Command {
         /// "controller" or a worker id.
         #[arg(default_value = "controller")]
         process: String,
-        /// Seconds between samples.
-        #[arg(long, default_value_t = 1.0)]
+        /// Time between samples: "1s", "500ms", or seconds ("0.5").
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: f64,
         /// Stop after this many samples (default: until interrupted).
         #[arg(long)]
@@ -149,9 +149,12 @@ pub struct WebCreate {
     /// Interface to listen on (default all).
     #[arg(long)]
     pub tcp_interface: Option<String>,
-    /// Share the port between the workers of a node (SO_REUSEPORT; the default).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Share the port between the workers of a node (SO_REUSEPORT; the master's default).
+    #[arg(long, conflicts_with = "no_tcp_shared")]
     pub tcp_shared: bool,
+    /// One worker per node owns the port (no SO_REUSEPORT).
+    #[arg(long)]
+    pub no_tcp_shared: bool,
     /// TLS private key file (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
@@ -289,4 +292,43 @@ pub enum ManholeCmd {
     },
     /// Stop it.
     Stop { node: String, process: String },
+}
+
+/// "1s", "500ms", "2m" or plain seconds, as seconds (above 0, at most an hour).
+pub fn parse_interval(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let seconds = number
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 1s, 500ms)"))?
+        * scale;
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0 {
+        Ok(seconds)
+    } else {
+        Err(format!("'{text}' is not between 0 and 1h"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+
+    #[test]
+    fn intervals_read_like_durations() {
+        assert_eq!(parse_interval("1s"), Ok(1.0));
+        assert_eq!(parse_interval("500ms"), Ok(0.5));
+        assert_eq!(parse_interval("0.2"), Ok(0.2));
+        assert_eq!(parse_interval("2m"), Ok(120.0));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
 }

@@ -470,7 +470,11 @@ async fn create_web(
         label: a.label.unwrap_or_default(),
         tcp_port: a.tcp_port,
         tcp_interface: a.tcp_interface,
-        tcp_shared: Some(a.tcp_shared),
+        tcp_shared: match (a.tcp_shared, a.no_tcp_shared) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         tls_key: a.tls_key.as_deref().map(read).transpose()?,
         tls_certificate: a.tls_cert.as_deref().map(read).transpose()?,
         http_hsts: a.http_hsts.then_some(true),
@@ -974,9 +978,6 @@ async fn stats(
     interval: f64,
     count: Option<u64>,
 ) -> R {
-    if !(interval.is_finite() && interval > 0.0) {
-        return Err(Failure::Config("--interval must be above 0".to_owned()));
-    }
     let mut stream = NativeProcessServiceClient::new(ch)
         .stream_process_stats(on_node(
             node,

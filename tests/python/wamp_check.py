@@ -19,7 +19,7 @@ import uuid
 
 from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
 from autobahn.wamp.exception import ApplicationError
-from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
+from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.wamp.types import PublishOptions
 
 
@@ -41,6 +41,7 @@ async def join(url, realm="realm1", serializer=None):
         None: None,
         "json": [JsonSerializer()],
         "msgpack": [MsgPackSerializer()],
+        "cbor": [CBORSerializer()],
     }[serializer]
     runner = ApplicationRunner(url, realm, serializers=serializers)
     await runner.run(Session, start_loop=False)
@@ -159,7 +160,7 @@ def main():
     sub = p.add_subparsers(dest="mode", required=True)
     b = sub.add_parser("basic")
     b.add_argument("url")
-    b.add_argument("--serializer", choices=["json", "msgpack"])
+    b.add_argument("--serializer", choices=["json", "msgpack", "cbor"])
     f = sub.add_parser("fabric")
     f.add_argument("--publisher", required=True)
     f.add_argument("--subscriber", action="append", required=True)

@@ -1,4 +1,4 @@
-//! WAMP messages: codes, the two serializers (`wamp.2.json`, `wamp.2.msgpack`) and the frames
+//! WAMP messages: codes, the serializers (`wamp.2.json`, `wamp.2.msgpack`, `wamp.2.cbor`) and the frames
 //! the router sends (encoded at most once per serializer however many peers receive them).
 
 use std::sync::{Arc, OnceLock};
@@ -57,17 +57,20 @@ pub enum Serializer {
     Json,
     /// `wamp.2.msgpack`: binary frames.
     MsgPack,
+    /// `wamp.2.cbor`: binary frames.
+    Cbor,
 }
 
 impl Serializer {
     /// Every subprotocol offered, in the router's order of preference.
-    pub const ALL: [Serializer; 2] = [Serializer::Json, Serializer::MsgPack];
+    pub const ALL: [Serializer; 3] = [Serializer::Json, Serializer::MsgPack, Serializer::Cbor];
 
     /// The subprotocol name.
     pub fn subprotocol(self) -> &'static str {
         match self {
             Serializer::Json => "wamp.2.json",
             Serializer::MsgPack => "wamp.2.msgpack",
+            Serializer::Cbor => "wamp.2.cbor",
         }
     }
 
@@ -92,6 +95,11 @@ impl Serializer {
                     .map_err(|e| format!("bad MessagePack: {e}"))?;
                 from_msgpack(v)
             }
+            (Serializer::Cbor, Message::Binary(b)) => {
+                let v: ciborium::Value =
+                    ciborium::from_reader(&b[..]).map_err(|e| format!("bad CBOR: {e}"))?;
+                from_cbor(v)
+            }
             _ => return Err("frame type does not match the serializer".to_owned()),
         };
         match value {
@@ -107,6 +115,7 @@ pub struct Frame {
     value: Value,
     json: OnceLock<String>,
     msgpack: OnceLock<Bytes>,
+    cbor: OnceLock<Bytes>,
 }
 
 impl Frame {
@@ -116,6 +125,7 @@ impl Frame {
             value,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            cbor: OnceLock::new(),
         })
     }
 
@@ -143,7 +153,49 @@ impl Frame {
                     })
                     .clone(),
             ),
+            Serializer::Cbor => Message::binary(
+                self.cbor
+                    .get_or_init(|| {
+                        let mut buf = Vec::new();
+                        // Writing a JSON value into a Vec cannot fail.
+                        let _ = ciborium::into_writer(&self.value, &mut buf);
+                        Bytes::from(buf)
+                    })
+                    .clone(),
+            ),
         }
+    }
+}
+
+fn from_cbor(v: ciborium::Value) -> Value {
+    use ciborium::Value as C;
+    match v {
+        C::Null => Value::Null,
+        C::Bool(b) => Value::Bool(b),
+        C::Integer(i) => {
+            let i = i128::from(i);
+            u64::try_from(i)
+                .map(Value::from)
+                .or_else(|_| i64::try_from(i).map(Value::from))
+                .unwrap_or(Value::Null)
+        }
+        C::Float(f) => json!(f),
+        C::Text(s) => Value::String(s),
+        C::Bytes(b) => Value::Array(b.into_iter().map(Value::from).collect()),
+        C::Array(a) => Value::Array(a.into_iter().map(from_cbor).collect()),
+        C::Map(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        C::Text(s) => s,
+                        other => format!("{other:?}"),
+                    };
+                    (k, from_cbor(v))
+                })
+                .collect::<Map<String, Value>>(),
+        ),
+        C::Tag(_, inner) => from_cbor(*inner),
+        _ => Value::Null,
     }
 }
 
@@ -305,7 +357,7 @@ mod tests {
     #[test]
     fn negotiates_the_first_spoken_subprotocol() {
         assert_eq!(
-            Serializer::negotiate(["wamp.2.cbor, wamp.2.msgpack", "wamp.2.json"].into_iter()),
+            Serializer::negotiate(["wamp.2.ubjson, wamp.2.msgpack", "wamp.2.json"].into_iter()),
             Some(Serializer::MsgPack)
         );
         assert_eq!(Serializer::negotiate(["mqtt"].into_iter()), None);
@@ -317,6 +369,16 @@ mod tests {
         let frame = Frame::new(v.clone());
         let decoded = Serializer::MsgPack
             .decode(&frame.encode(Serializer::MsgPack))
+            .unwrap();
+        assert_eq!(Value::Array(decoded), v);
+    }
+
+    #[test]
+    fn cbor_round_trips_a_message() {
+        let v = json!([36, 1, 2, {}, [1, -2, 1.5, "x", null, true], {"k": {"n": [1]}}]);
+        let frame = Frame::new(v.clone());
+        let decoded = Serializer::Cbor
+            .decode(&frame.encode(Serializer::Cbor))
             .unwrap();
         assert_eq!(Value::Array(decoded), v);
     }

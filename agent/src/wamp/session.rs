@@ -56,7 +56,7 @@ pub async fn serve(router: Arc<Router>, stream: TcpStream, shutdown: Cancellatio
         let Some(chosen) = Serializer::negotiate(offered) else {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
-                "no supported WebSocket subprotocol (wamp.2.json, wamp.2.msgpack)\n",
+                "no supported WebSocket subprotocol (wamp.2.json, wamp.2.msgpack, wamp.2.cbor)\n",
             ));
         };
         resp.headers_mut().insert(
