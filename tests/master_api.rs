@@ -589,7 +589,27 @@ async fn grpcurl_drives_both_life_cycles_and_every_error() {
         "AddRouterClusterWorkerGroup",
         json!({"routerclusterOid": r2, "workergroup": {"name": "grp"}}),
     );
+    // Worker ids are `<group>_<n>` on every node: a group name taken by another cluster is
+    // refused, and free again once its cluster is gone.
+    let e = a.fails(
+        "AddRouterClusterWorkerGroup",
+        json!({"routerclusterOid": r2, "workergroup": {"name": "mygroup1"}}),
+        "AlreadyExists",
+        "ALREADY_EXISTS",
+    );
+    assert!(e.contains("another router cluster"), "{e}");
     a.ok("DeleteRouterCluster", json!({"routerclusterOid": r2}));
+    let r3 = a.ok(
+        "CreateRouterCluster",
+        json!({"routercluster": {"name": "router3"}}),
+    )["routercluster"]["oid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.ok(
+        "AddRouterClusterWorkerGroup",
+        json!({"routerclusterOid": r3, "workergroup": {"name": "grp"}}),
+    );
     a.fails(
         "GetRouterClusterWorkerGroupByName",
         json!({"routerclusterName": "router2", "workergroupName": "grp"}),

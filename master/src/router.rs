@@ -148,7 +148,8 @@ impl Core {
         {
             txn = txn
                 .delete(keys::workergroup(&oid, &g.oid))
-                .delete(keys::workergroup_name(&oid, &g.name));
+                .delete(keys::workergroup_name(&oid, &g.name))
+                .delete(keys::workergroup_global(&g.name));
         }
         self.store
             .commit(txn)
@@ -399,12 +400,30 @@ impl Core {
             port_range: Some(range),
         };
         let name_key = keys::workergroup_name(&cluster_oid, &group.name);
+        let global_key = keys::workergroup_global(&group.name);
+        if let Some(owner) = self.store.load_str(&global_key)?
+            && !owner.starts_with(&cluster_oid)
+        {
+            return Err(Error::domain(
+                Reason::AlreadyExists,
+                format!(
+                    "another router cluster has a worker group named '{}' (worker ids are \
+                     <group>_<n> on every node, so group names are unique across clusters)",
+                    group.name
+                ),
+            ));
+        }
         let added = self
             .store
             .commit(
                 Txn::new()
                     .absent(name_key.clone())
+                    .absent(global_key.clone())
                     .put(name_key, group.oid.clone().into_bytes())
+                    .put(
+                        global_key,
+                        format!("{cluster_oid}/{}", group.oid).into_bytes(),
+                    )
                     .put(
                         keys::workergroup(&cluster_oid, &group.oid),
                         codec::encode(&group),
@@ -413,7 +432,7 @@ impl Core {
             )
             .await;
         if let Err(StoreError::Conflict(k)) = &added
-            && k.starts_with("wgname/")
+            && (k.starts_with("wgname/") || k.starts_with("wgglobal/"))
         {
             return Err(Error::domain(
                 Reason::AlreadyExists,
@@ -451,6 +470,7 @@ impl Core {
         let mut txn = Txn::new()
             .delete(keys::workergroup(&group.cluster_oid, &group.oid))
             .delete(keys::workergroup_name(&group.cluster_oid, &group.name))
+            .delete(keys::workergroup_global(&group.name))
             .delete(keys::link_secret(&group.cluster_oid, &group.oid));
         for (k, _) in self
             .store

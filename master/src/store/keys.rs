@@ -73,6 +73,11 @@ pub fn placements(cluster: &str) -> Vec<u8> {
 pub fn group_placements(cluster: &str, group: &str) -> Vec<u8> {
     format!("pl/{cluster}/{group}/").into_bytes()
 }
+/// `wgglobal/<name>` → `<cluster oid>/<group oid>`: worker group names are unique across router
+/// clusters, because worker ids (`<group name>_<n>`) share one namespace on every node.
+pub fn workergroup_global(name: &str) -> Vec<u8> {
+    format!("wgglobal/{name}").into_bytes()
+}
 /// `wgsecret/<cluster>/<group>` → the worker group's router-link secret.
 pub fn link_secret(cluster: &str, group: &str) -> Vec<u8> {
     format!("wgsecret/{cluster}/{group}").into_bytes()
