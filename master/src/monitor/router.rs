@@ -157,6 +157,15 @@ fn fingerprint(group: &RouterWorkerGroup, secret: &str, worker: &str, peers: &[P
     h.finish()
 }
 
+/// Whether a call failed because the node did not answer: the node's remaining work is skipped
+/// this iteration, so one partitioned node delays the others by at most one deadline.
+pub(super) fn unreachable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+    )
+}
+
 /// The address peers and web workers reach a node's router workers at.
 fn node_host(n: &Node) -> String {
     if n.cluster_ip.is_empty() {
@@ -415,7 +424,10 @@ pub async fn reconcile(
                                 }
                             }
                             Err(s) => {
-                                errs.push(format!("{} stop {id}: {}", node.authid, s.message()))
+                                errs.push(format!("{} stop {id}: {}", node.authid, s.message()));
+                                if unreachable(&s) {
+                                    return (did, errs, Vec::new(), Vec::new(), up);
+                                }
                             }
                         }
                     }
@@ -439,7 +451,10 @@ pub async fn reconcile(
                                 }
                             }
                             Err(s) => {
-                                errs.push(format!("{} start {id}: {}", node.authid, s.message()))
+                                errs.push(format!("{} start {id}: {}", node.authid, s.message()));
+                                if unreachable(&s) {
+                                    return (did, errs, Vec::new(), Vec::new(), up);
+                                }
                             }
                         }
                     }
@@ -471,7 +486,10 @@ pub async fn reconcile(
                             }
                             Err(e) => {
                                 checked.push((key, None));
-                                errs.push(format!("{}: {e}", node.authid));
+                                errs.push(format!("{}: {}", node.authid, e.message));
+                                if e.unreachable {
+                                    break;
+                                }
                             }
                         }
                     }

@@ -11,7 +11,7 @@ use switchyard::pb::agent::v1::{self as apb};
 use switchyard::pb::master::v1::RouterWorkerGroup;
 use tonic::transport::Channel;
 
-use crate::agents::{act, call};
+use crate::agents::call;
 use crate::core::Core;
 use crate::store::{StoreError, StoreExt, Txn, keys};
 
@@ -102,6 +102,16 @@ pub fn desired_links(
     links
 }
 
+/// Why [`configure`] failed.
+#[derive(Debug)]
+pub struct ConfigureError {
+    /// What failed.
+    pub message: String,
+    /// The node did not answer in time (or at all): its other workers are skipped this
+    /// iteration, so that one partitioned node delays nobody by more than one deadline.
+    pub unreachable: bool,
+}
+
 /// What [`configure`] found and did.
 #[derive(Debug, Default)]
 pub struct Configured {
@@ -111,15 +121,19 @@ pub struct Configured {
     pub acted: bool,
 }
 
-/// Brings router worker `worker` in line with `group` and its `peers`.
+/// Brings router worker `worker` in line with `group` and its `peers`. The router controls
+/// answer at once inside the worker, so every call has the observation deadline.
 pub async fn configure(
     nc: &mut NodeControllerServiceClient<Channel>,
     worker: &str,
     group: &RouterWorkerGroup,
     secret: &str,
     peers: &[PeerWorker],
-) -> Result<Configured, String> {
-    let fail = |what: &str, s: tonic::Status| format!("{worker}: {what}: {}", s.message());
+) -> Result<Configured, ConfigureError> {
+    let fail = |what: &str, s: tonic::Status| ConfigureError {
+        message: format!("{worker}: {what}: {}", s.message()),
+        unreachable: super::router::unreachable(&s),
+    };
     let mut acted = false;
     let port = match call(nc.get_router_transport(apb::GetRouterTransportRequest {
         worker_id: worker.to_owned(),
@@ -130,7 +144,7 @@ pub async fn configure(
         Err(s) if reason_of(&s).as_deref() == Some("NOT_STARTED") => {
             acted = true;
             let range = group.port_range.unwrap_or_default();
-            act(nc.start_router_transport(apb::StartRouterTransportRequest {
+            call(nc.start_router_transport(apb::StartRouterTransportRequest {
                 worker_id: worker.to_owned(),
                 interface: String::new(),
                 port_range_start: range.start,
@@ -158,7 +172,7 @@ pub async fn configure(
         .filter(|r| !running.iter().any(|x| &x.name == *r))
     {
         acted = true;
-        act(nc.start_router_realm(apb::StartRouterRealmRequest {
+        call(nc.start_router_realm(apb::StartRouterRealmRequest {
             worker_id: worker.to_owned(),
             realm: r.clone(),
         }))
@@ -167,7 +181,7 @@ pub async fn configure(
     }
     for r in running.iter().filter(|x| !wanted.contains(&x.name)) {
         acted = true;
-        act(nc.stop_router_realm(apb::StopRouterRealmRequest {
+        call(nc.stop_router_realm(apb::StopRouterRealmRequest {
             worker_id: worker.to_owned(),
             realm: r.name.clone(),
         }))
@@ -191,7 +205,7 @@ pub async fn configure(
         });
         if !desired.contains_key(&l.id) {
             acted = true;
-            act(nc.stop_router_link(apb::StopRouterLinkRequest {
+            call(nc.stop_router_link(apb::StopRouterLinkRequest {
                 worker_id: worker.to_owned(),
                 link_id: l.id.clone(),
             }))
@@ -200,7 +214,7 @@ pub async fn configure(
         } else if !same {
             // StartRouterLink re-points a link whose target changed.
             acted = true;
-            act(nc.start_router_link(apb::StartRouterLinkRequest {
+            call(nc.start_router_link(apb::StartRouterLinkRequest {
                 worker_id: worker.to_owned(),
                 link: desired.get(&l.id).cloned(),
             }))
@@ -211,7 +225,7 @@ pub async fn configure(
     for (id, d) in &desired {
         if !existing.iter().any(|l| &l.id == id) {
             acted = true;
-            act(nc.start_router_link(apb::StartRouterLinkRequest {
+            call(nc.start_router_link(apb::StartRouterLinkRequest {
                 worker_id: worker.to_owned(),
                 link: Some(d.clone()),
             }))
