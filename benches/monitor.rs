@@ -28,27 +28,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn online(pki: &Pki, master: std::net::SocketAddr, n: usize) {
-    let mut nodes =
-        pb::node_service_client::NodeServiceClient::new(channel(pki, "admin", master).await);
-    eventually_async("nodes online", Duration::from_secs(20), || {
-        let mut nodes = nodes.clone();
-        async move {
-            let l = nodes
-                .list_nodes(pb::ListNodesRequest {
-                    return_names: true,
-                    filter_by_status: pb::NodeStatus::Online as i32,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (l.items.len() == n).then_some(())
-        }
-    })
-    .await;
-    let _ = &mut nodes;
-}
-
 #[tokio::main]
 async fn main() {
     let runs: usize = std::env::var("BENCH_RUNS")
@@ -64,17 +43,13 @@ async fn main() {
         .iter()
         .map(|n| Proc::agent(&pki, n, master.addr))
         .collect();
-    online(&pki, master.addr, 3).await;
+    common::nodes_online(&pki, master.addr, 3, Duration::from_secs(20)).await;
     let ch = channel(&pki, "admin", master.addr).await;
     let mut web = WebClusterServiceClient::new(ch.clone());
     let mut router = RouterClusterServiceClient::new(ch);
 
     // 1. start → 8 web workers serving.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let oid = web
         .create_web_cluster(pb::CreateWebClusterRequest {
             webcluster: Some(pb::WebCluster {
@@ -256,7 +231,7 @@ async fn main() {
         .await;
         replace_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         agents[victim] = Proc::agent(&pki, names[victim], master.addr);
-        online(&pki, master.addr, 3).await;
+        common::nodes_online(&pki, master.addr, 3, Duration::from_secs(20)).await;
     }
 
     println!("monitor benchmark (real master and agents)");

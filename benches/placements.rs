@@ -76,23 +76,8 @@ async fn main() {
         tokio::spawn(serve(listener, options, shutdown.clone()));
     }
     let admin = channel(&pki, "admin", master.addr).await;
-    let mut router = RouterClusterServiceClient::new(admin.clone());
-    let nodes = pb::node_service_client::NodeServiceClient::new(admin);
-    eventually_async("every agent online", Duration::from_secs(60), || {
-        let mut nodes = nodes.clone();
-        async move {
-            let l = nodes
-                .list_nodes(pb::ListNodesRequest {
-                    return_names: true,
-                    filter_by_status: pb::NodeStatus::Online as i32,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (l.items.len() == agents).then_some(())
-        }
-    })
-    .await;
+    let mut router = RouterClusterServiceClient::new(admin);
+    common::nodes_online(&pki, master.addr, agents, Duration::from_secs(60)).await;
 
     let rc = router
         .create_router_cluster(pb::CreateRouterClusterRequest {

@@ -18,14 +18,6 @@ use switchyard::pb::agent::v1::{
     self as pb, WorkerType, node_controller_service_client::NodeControllerServiceClient,
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bench_python() -> PathBuf {
     let p = repo().join(".bench-venv/bin/python");
     assert!(
@@ -129,7 +121,7 @@ async fn main() {
     })
     .await
     .unwrap();
-    let port = free_port();
+    let port = common::free_port();
     nc.start_router_transport(pb::StartRouterTransportRequest {
         worker_id: "router".into(),
         interface: "127.0.0.1".into(),
@@ -147,7 +139,7 @@ async fn main() {
     .unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
-    let cb_port = free_port();
+    let cb_port = common::free_port();
     let crossbar = Crossbar::start(tmp.path(), cb_port);
 
     println!("Autobahn|Python clients, {serializer}, {secs} s per measurement, 64 in flight");

@@ -15,14 +15,6 @@ use switchyard::pb::agent::v1::{
     web_service::Service,
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// (requests/s, p99 ms) from `wrk --latency` output.
 fn wrk(url: &str, secs: u64) -> (f64, f64) {
     let out = Command::new(system_tool("wrk"))
@@ -72,7 +64,7 @@ async fn main() {
     std::fs::write(www.join("file.txt"), vec![b'x'; 1024]).unwrap();
 
     // nginx: 2 worker processes, same file.
-    let nginx_port = free_port();
+    let nginx_port = common::free_port();
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(
         &conf,
@@ -97,7 +89,7 @@ async fn main() {
     let pki = Pki::new(&["node1"]);
     let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
     let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
-    let port = free_port();
+    let port = common::free_port();
     for w in ["bench1", "bench2"] {
         nc.start_worker(pb::StartWorkerRequest {
             worker_id: w.into(),

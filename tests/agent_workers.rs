@@ -516,14 +516,6 @@ async fn trigger_gc_returns_freed_heap_to_the_os() {
     assert!(r.resident_before > 0);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ssh(
     port: u16,
     user: &str,
@@ -568,7 +560,7 @@ async fn manhole_is_an_ssh_console_for_exactly_the_configured_users() {
     assert!(out.status.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
 
-    let port = free_port();
+    let port = common::free_port();
     let config = pb::ManholeConfig {
         interface: "127.0.0.1".into(),
         port: u32::from(port),

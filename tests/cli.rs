@@ -58,14 +58,6 @@ fn lines_with<'a>(text: &'a str, words: &[&str]) -> Vec<&'a str> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_cli_drives_a_web_cluster_life_cycle() {
     let pki = Pki::new(&["node1"]);
@@ -105,7 +97,7 @@ fn the_cli_drives_a_web_cluster_life_cycle() {
 
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), "hello from the cli\n").unwrap();
-    let port = free_port().to_string();
+    let port = common::free_port().to_string();
     let out = env.ok(&[
         "webcluster",
         "create",
@@ -123,7 +115,7 @@ fn the_cli_drives_a_web_cluster_life_cycle() {
         match rx.recv_timeout(Duration::from_secs(2)) {
             Ok(line) => break serde_json::from_str(&line).unwrap(),
             Err(_) => {
-                let name = format!("probe{}", free_port());
+                let name = format!("probe{}", common::free_port());
                 env.ok(&["webcluster", "create", &name, "--tcp-port", "1"]);
                 env.ok(&["webcluster", "delete", &name]);
             }

@@ -281,11 +281,7 @@ async fn cluster_stats_stream_survives_node_loss_and_return() {
     }
     let ch = channel(&pki, "admin", master.addr).await;
     let mut web = WebClusterServiceClient::new(ch.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let oid = web
         .create_web_cluster(pb::CreateWebClusterRequest {
             webcluster: Some(pb::WebCluster {

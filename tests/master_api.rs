@@ -141,11 +141,7 @@ async fn grpcurl_drives_both_life_cycles_and_every_error() {
 
     // Web cluster life cycle.
     // This cluster is started: its monitor really listens, so on a free loopback port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let c = a.ok("CreateWebCluster", json!({"webcluster": {"name": "cluster1", "tcpPort": port, "tcpInterface": "127.0.0.1", "label": "L", "tags": ["a"],
         "tlsKey": "-----BEGIN PRIVATE KEY-----\nMC4\n-----END PRIVATE KEY-----", "tlsCertificate": "-----BEGIN CERTIFICATE-----\nMI\n-----END CERTIFICATE-----"}}))["webcluster"].clone();
     let oid = c["oid"].as_str().unwrap().to_owned();
@@ -628,11 +624,7 @@ fn python_stubs_drive_both_life_cycles() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(wait_online(&pki, master.addr, "node1"));
     // The started cluster's monitor really listens: on a free loopback port.
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = common::free_port();
     let out = Command::new(tool("python"))
         .arg(repo().join("tests/python/lifecycle.py"))
         .arg(stubs.path())
@@ -693,13 +685,7 @@ async fn watch_delivers_a_scripted_sequence_in_order() {
             webcluster: Some(pb::WebCluster {
                 name: "evt".into(),
                 // Started below: its monitor really listens, so on a free loopback port.
-                tcp_port: u32::from(
-                    std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port(),
-                ),
+                tcp_port: u32::from(common::free_port()),
                 tcp_interface: Some("127.0.0.1".into()),
                 ..Default::default()
             }),

@@ -151,14 +151,6 @@ impl Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn curl(url: &str, extra: &[&str]) -> String {
     let out = Command::new(system_tool("curl"))
         .args(["-s", "--max-time", "5"])
@@ -247,7 +239,7 @@ async fn a_web_cluster_runs_serves_converges_and_stops() {
     let c = Cluster::new(&["node1", "node2"]).await;
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("file.txt"), "served by the cluster").unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let oid = create_web(&c, "site", port, Default::default()).await;
     let prefix = format!("cpw-{}-", &oid[..8]);
     add_node(&c, &oid, "node1", 2, false).await;
@@ -410,7 +402,7 @@ async fn a_web_cluster_runs_serves_converges_and_stops() {
 #[tokio::test]
 async fn a_standby_member_takes_over_and_hands_back() {
     let mut c = Cluster::new(&["node1", "node2", "node3"]).await;
-    let oid = create_web(&c, "standby", free_port(), Default::default()).await;
+    let oid = create_web(&c, "standby", common::free_port(), Default::default()).await;
     let prefix = format!("cpw-{}-", &oid[..8]);
     add_node(&c, &oid, "node1", 1, false).await;
     add_node(&c, &oid, "node2", 1, false).await;
@@ -579,7 +571,7 @@ async fn router_workers_are_placed_within_limits_and_re_placed_on_node_loss() {
 #[tokio::test]
 async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
     let mut c = Cluster::new(&["node1"]).await;
-    let oid = create_web(&c, "resume", free_port(), Default::default()).await;
+    let oid = create_web(&c, "resume", common::free_port(), Default::default()).await;
     let prefix = format!("cpw-{}-", &oid[..8]);
     add_node(&c, &oid, "node1", 2, false).await;
     add_service(&c, &oid, "/", Service::Nodeinfo(Default::default())).await;
@@ -641,7 +633,7 @@ async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
 async fn reference_bugs_stay_fixed() {
     let c = Cluster::new(&["node1"]).await;
     // ERROR: nothing can run without members.
-    let lonely = create_web(&c, "lonely", free_port(), Default::default()).await;
+    let lonely = create_web(&c, "lonely", common::free_port(), Default::default()).await;
     c.web
         .clone()
         .start_web_cluster(pb::StartWebClusterRequest {
@@ -716,7 +708,7 @@ async fn reference_bugs_stay_fixed() {
     // TLS fields are applied by the workers; two clusters on one node see only their own services.
     c.pki.issue("node", "sitecert");
     let read = |f: &str| std::fs::read_to_string(c.pki.path.join(f)).unwrap();
-    let tls_port = free_port();
+    let tls_port = common::free_port();
     let a = create_web(
         &c,
         "tlssite",
@@ -728,7 +720,7 @@ async fn reference_bugs_stay_fixed() {
         },
     )
     .await;
-    let b = create_web(&c, "other", free_port(), Default::default()).await;
+    let b = create_web(&c, "other", common::free_port(), Default::default()).await;
     for (oid, path) in [(&a, "/only-a"), (&b, "/only-b")] {
         add_node(&c, oid, "node1", 1, false).await;
         add_service(&c, oid, path, Service::Nodeinfo(Default::default())).await;
@@ -787,7 +779,7 @@ async fn reference_bugs_stay_fixed() {
 #[tokio::test]
 async fn workers_of_a_cluster_stopped_while_a_node_was_away_stop_when_it_returns() {
     let c = Cluster::new(&["node1", "node2"]).await;
-    let oid = create_web(&c, "away", free_port(), Default::default()).await;
+    let oid = create_web(&c, "away", common::free_port(), Default::default()).await;
     let prefix = format!("cpw-{}-", &oid[..8]);
     add_node(&c, &oid, "node1", 1, false).await;
     add_node(&c, &oid, "node2", 1, false).await;

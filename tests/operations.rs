@@ -242,11 +242,7 @@ async fn metrics_are_scraped_and_parse() {
         &["--metrics-listen", "127.0.0.1:0"],
     );
     let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let oid = web
         .create_web_cluster(pb::CreateWebClusterRequest {
             webcluster: Some(pb::WebCluster {
@@ -400,7 +396,10 @@ async fn metrics_are_scraped_and_parse() {
             &[("worker", w)],
         )
         .unwrap_or_else(|| panic!("cpu of {w}"));
-        assert!(cpu >= 0.0);
+        if w == "controller" {
+            // The agent has been serving RPCs and heartbeats for seconds: it used CPU.
+            assert!(cpu > 0.0, "controller cpu {cpu}");
+        }
         let rss = sample(
             &a,
             "switchyard_process_resident_bytes",

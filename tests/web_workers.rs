@@ -18,14 +18,6 @@ use switchyard::pb::agent::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn curl(args: &[&str]) -> Output {
     Command::new(system_tool("curl"))
         .args(["-s", "--max-time", "10"])
@@ -156,7 +148,7 @@ async fn two_web_workers_share_a_port_and_serve_every_service_type() {
     let http_backend = backend("http", tmp.path());
     let ws_backend = backend("ws", tmp.path());
 
-    let port = free_port();
+    let port = common::free_port();
     let transport = pb::WebTransport {
         tcp_port: u32::from(port),
         tcp_shared: Some(true),
@@ -223,7 +215,7 @@ async fn two_web_workers_share_a_port_and_serve_every_service_type() {
             .unwrap();
         let dead = pb::ReverseProxyService {
             host: "127.0.0.1".into(),
-            port: u32::from(free_port()),
+            port: u32::from(common::free_port()),
             ..Default::default()
         };
         add(&mut nc, w, "/dead", Service::Reverseproxy(dead))
@@ -510,7 +502,7 @@ async fn tls_transport_with_hsts() {
     let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
     let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
     start_web_worker(&mut nc, "tls1").await;
-    let port = free_port();
+    let port = common::free_port();
     let read = |f: &str| std::fs::read_to_string(pki.path.join(f)).unwrap();
     let transport = pb::WebTransport {
         tcp_port: u32::from(port),
@@ -573,7 +565,7 @@ async fn tls_transport_with_hsts() {
         (
             pb::WebTransport {
                 tls_ciphers: Some("TLS_NOT_A_CIPHER".into()),
-                tcp_port: u32::from(free_port()),
+                tcp_port: u32::from(common::free_port()),
                 ..transport.clone()
             },
             "tls_ciphers",
@@ -591,7 +583,7 @@ async fn tls_transport_with_hsts() {
     }
     let cipher = pb::WebTransport {
         tls_ciphers: Some("TLS13_CHACHA20_POLY1305_SHA256".into()),
-        tcp_port: u32::from(free_port()),
+        tcp_port: u32::from(common::free_port()),
         ..transport
     };
     nc.start_web_transport(pb::StartWebTransportRequest {

@@ -17,7 +17,9 @@ use crate::args::{
     AddService, Cli, Command, Format, ManholeCmd, NodeCmd, RouterCmd, ServiceType, WebCmd,
     WebCreate,
 };
-use crate::output::{Table, enum_name, mib, print_fields, print_json, print_json_line, ts};
+use crate::output::{
+    Table, enum_name, mib, print_fields, print_json, print_json_line, print_json_list, ts,
+};
 
 type R = Result<(), Failure>;
 
@@ -82,15 +84,7 @@ async fn node(ch: Channel, f: Format, c: NodeCmd) -> R {
             }
             nodes.sort_by(|a, b| a.authid.cmp(&b.authid));
             if f == Format::Json {
-                let list: Result<Vec<_>, _> = nodes
-                    .iter()
-                    .map(|n| crate::output::to_json("switchyard.master.v1.Node", n))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list?).unwrap_or_default()
-                );
-                return Ok(());
+                return print_json_list("switchyard.master.v1.Node", &nodes);
             }
             let mut t = Table::new(&[
                 "NAME",
@@ -202,15 +196,7 @@ async fn web(ch: Channel, f: Format, c: WebCmd) -> R {
             }
             clusters.sort_by(|a, b| a.name.cmp(&b.name));
             if f == Format::Json {
-                let list: Result<Vec<_>, _> = clusters
-                    .iter()
-                    .map(|c| crate::output::to_json("switchyard.master.v1.WebCluster", c))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list?).unwrap_or_default()
-                );
-                return Ok(());
+                return print_json_list("switchyard.master.v1.WebCluster", &clusters);
             }
             let mut t = Table::new(&["NAME", "STATUS", "PORT", "OID"]);
             for c in &clusters {
@@ -579,15 +565,7 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
 
 fn print_membership(f: Format, members: &[pb::WebClusterNode]) -> R {
     if f == Format::Json {
-        let list: Result<Vec<_>, _> = members
-            .iter()
-            .map(|m| crate::output::to_json("switchyard.master.v1.WebClusterNode", m))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list?).unwrap_or_default()
-        );
-        return Ok(());
+        return print_json_list("switchyard.master.v1.WebClusterNode", members);
     }
     let mut t = Table::new(&["NODE", "PARALLEL", "STANDBY"]);
     for m in members {
@@ -604,15 +582,7 @@ fn print_membership(f: Format, members: &[pb::WebClusterNode]) -> R {
 fn print_services(f: Format, services: &[pb::WebService]) -> R {
     use pb::web_service::Service;
     if f == Format::Json {
-        let list: Result<Vec<_>, _> = services
-            .iter()
-            .map(|s| crate::output::to_json("switchyard.master.v1.WebService", s))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list?).unwrap_or_default()
-        );
-        return Ok(());
+        return print_json_list("switchyard.master.v1.WebService", services);
     }
     let mut t = Table::new(&["PATH", "TYPE", "TARGET"]);
     for s in services {
@@ -719,15 +689,7 @@ async fn router(ch: Channel, f: Format, c: RouterCmd) -> R {
             }
             clusters.sort_by(|a, b| a.name.cmp(&b.name));
             if f == Format::Json {
-                let list: Result<Vec<_>, _> = clusters
-                    .iter()
-                    .map(|c| crate::output::to_json("switchyard.master.v1.RouterCluster", c))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list?).unwrap_or_default()
-                );
-                return Ok(());
+                return print_json_list("switchyard.master.v1.RouterCluster", &clusters);
             }
             let mut t = Table::new(&["NAME", "STATUS", "OID"]);
             for c in &clusters {

@@ -36,6 +36,19 @@ pub fn print_json<M: prost::Message>(full_name: &str, message: &M) -> Result<(),
     Ok(())
 }
 
+/// Prints `items` (each of protobuf type `full_name`) as one pretty JSON array.
+pub fn print_json_list<M: prost::Message>(full_name: &str, items: &[M]) -> Result<(), Failure> {
+    let list = items
+        .iter()
+        .map(|m| to_json(full_name, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&list).unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Prints `message` as one JSON line (streams).
 pub fn print_json_line<M: prost::Message>(full_name: &str, message: &M) -> Result<(), Failure> {
     let v = to_json(full_name, message)?;

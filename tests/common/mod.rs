@@ -394,6 +394,36 @@ pub fn python_stubs() -> tempfile::TempDir {
     stubs
 }
 
+/// Waits until the master at `master` lists `n` nodes online (within `within`).
+pub async fn nodes_online(pki: &Pki, master: SocketAddr, n: usize, within: Duration) {
+    use switchyard::pb::master::v1::{self as pb, node_service_client::NodeServiceClient};
+    let nodes = NodeServiceClient::new(channel(pki, "admin", master).await);
+    eventually_async(&format!("{n} nodes online"), within, || {
+        let mut nodes = nodes.clone();
+        async move {
+            let l = nodes
+                .list_nodes(pb::ListNodesRequest {
+                    return_names: true,
+                    filter_by_status: pb::NodeStatus::Online as i32,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (l.items.len() == n).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A loopback port free right now (for servers started by the test, which bind it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A free loopback port outside the kernel's ephemeral range, for a server that restarts on the
 /// same address: clients reconnecting to an ephemeral port while nothing listens can get that
 /// very port as their source (a TCP self-connect) and keep it taken.

@@ -306,12 +306,9 @@ impl Workers {
             .0,
             stop_requested: false.into(),
             log: LogRing::new(self.config.log_lines),
+            // Both services of the worker share one connection to its control socket.
             client: NativeProcessServiceClient::new(channel.clone()),
-            controls: NodeControllerServiceClient::new(
-                self.simulated
-                    .clone()
-                    .unwrap_or_else(|| control::channel(socket.clone())),
-            ),
+            controls: NodeControllerServiceClient::new(channel),
         });
         {
             let mut map = self.map();
