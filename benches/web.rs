@@ -82,6 +82,7 @@ async fn main() {
     let mut nginx = Command::new(system_tool("nginx"))
         .arg("-c")
         .arg(&conf)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
 
@@ -150,7 +151,11 @@ async fn main() {
     let (ngx_rps, ngx_p99) = wrk(&format!("http://127.0.0.1:{nginx_port}/file.txt"), secs);
     let (sy_rps, sy_p99) = wrk(&format!("http://127.0.0.1:{port}/file.txt"), secs);
     let (json_rps, json_p99) = wrk(&format!("http://127.0.0.1:{port}/json"), secs);
-    let _ = nginx.kill();
+    // SIGQUIT: nginx's master stops its workers and exits (SIGKILL would orphan the workers,
+    // which keep the port and this benchmark's output pipe open).
+    let _ = Command::new("kill")
+        .args(["-QUIT", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
     drop(agent);
 

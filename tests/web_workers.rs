@@ -319,6 +319,45 @@ async fn two_web_workers_share_a_port_and_serve_every_service_type() {
         assert!(!text.contains("root:"), "{path} leaked /etc/passwd");
     }
 
+    // Small files are served from memory, but never stale and never from outside after a swap:
+    // warm both workers' caches (fresh connections spread over them), then change the file,
+    // swap its directory for a symlink out of the root, and remove it.
+    let page = format!("{base}/sub/page.txt");
+    let fetch_all =
+        |times: usize| -> Vec<String> { (0..times).map(|_| body(&curl(&["-i", &page]))).collect() };
+    assert!(
+        fetch_all(16)
+            .iter()
+            .all(|r| r.ends_with("\r\n\r\nsub page"))
+    );
+    std::fs::write(www.join("sub/page.txt"), "sub page, edited").unwrap();
+    for r in fetch_all(16) {
+        assert!(
+            r.ends_with("\r\n\r\nsub page, edited"),
+            "stale file served: {r}"
+        );
+    }
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("page.txt"), "outside the root").unwrap();
+    std::fs::rename(www.join("sub"), www.join("sub_moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, www.join("sub")).unwrap();
+    for r in fetch_all(16) {
+        assert!(r.starts_with("HTTP/1.1 403"), "symlinked directory: {r}");
+        assert!(
+            !r.contains("outside the root"),
+            "served a file outside the root: {r}"
+        );
+    }
+    std::fs::remove_file(www.join("sub")).unwrap();
+    std::fs::rename(www.join("sub_moved"), www.join("sub")).unwrap();
+    assert!(fetch_all(4).iter().all(|r| r.ends_with("sub page, edited")));
+    std::fs::remove_file(www.join("sub/page.txt")).unwrap();
+    for r in fetch_all(16) {
+        assert!(r.starts_with("HTTP/1.1 404"), "removed file: {r}");
+    }
+    std::fs::write(www.join("sub/page.txt"), "sub page").unwrap();
+
     // json, with CORS.
     let out = body(&curl(&["-i", &format!("{base}/settings")]));
     assert!(

@@ -195,3 +195,9 @@ pub async fn serve(
     tracing::info!("agent stopped");
     Ok(())
 }
+
+/// Locks `m`, carrying on past a panic of another holder (every guarded value here stays
+/// consistent between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

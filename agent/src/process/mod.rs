@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::events::{EventBus, EventStream, async_stream};
+use crate::lock;
 use crate::manhole::{self, ManholeError, RunningManhole};
 
 /// Metadata key carrying the original caller's principal on forwarded calls.
@@ -118,10 +119,6 @@ impl LocalProcess {
             .events
             .publish(kind, &self.inner.name, who, details);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn manhole_status(e: ManholeError) -> Status {

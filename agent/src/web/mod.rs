@@ -247,9 +247,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
     let mut response = match shared.routes.lookup(&path) {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
         Some((route, rest)) => match &route.handler {
-            Handler::Static { root, options } => {
-                static_files::serve(root, options, &rest, req).await
-            }
+            Handler::Static(site) => site.serve(&rest, req).await,
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(

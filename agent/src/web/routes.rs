@@ -4,7 +4,6 @@
 //! on other paths.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
@@ -32,12 +31,7 @@ fn err(field: &str, message: impl Into<String>) -> ServiceError {
 #[derive(Debug)]
 pub enum Handler {
     /// Files under a canonical root directory.
-    Static {
-        /// The canonicalised directory.
-        root: PathBuf,
-        /// The service's options.
-        options: pb::StaticOptions,
-    },
+    Static(super::static_files::Site),
     /// A pre-rendered JSON body.
     Json {
         /// The body.
@@ -115,10 +109,10 @@ pub fn prepare(mut spec: pb::WebService) -> Result<Route, ServiceError> {
                     format!("{} is not a directory", s.directory),
                 ));
             }
-            Handler::Static {
+            Handler::Static(super::static_files::Site::new(
                 root,
-                options: s.options.unwrap_or_default(),
-            }
+                s.options.unwrap_or_default(),
+            ))
         }
         Some(Service::Json(j)) => {
             let value = j
