@@ -34,6 +34,18 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
     ((utime + stime) / ticks, rss_pages * 4096)
 }
 
+/// Anonymous (private, unreclaimable) resident bytes of `pid`; the rest of its RSS is clean
+/// file pages (the executable's code and read-only data, libc), shared with every worker.
+fn anonymous(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -55,6 +67,7 @@ async fn main() {
     nc.get_status(pb::GetStatusRequest {}).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, idle_rss) = cpu_and_rss(pid);
+    let idle_anonymous = anonymous(pid);
 
     let began = Instant::now();
     for i in 0..WORKERS {
@@ -104,6 +117,10 @@ async fn main() {
     println!(
         "  idle RSS                         {:>8.2} MiB   (target <= 10 MiB)",
         mib(idle_rss)
+    );
+    println!(
+        "    of which anonymous             {:>8.2} MiB   (the rest: code and read-only pages of the executable and libc)",
+        mib(idle_anonymous)
     );
     println!(
         "  start {WORKERS} workers                 {:>8.2} s     ({:.0} workers/s)",
