@@ -311,3 +311,118 @@ fn unusable_start_up_files_exit_64_naming_the_path() {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-pki"), "{}", stderr(&out));
 }
+
+/// docs/security.md's CA rotation, step by step, with a master and an agent restarted one at a
+/// time: trust both CAs (bundle), move every leaf to the new CA, drop the old CA. At each step an
+/// admin calls the master, the agent heartbeats to it (node online), and the master calls the
+/// agent (a gateway call); at the end a certificate of the old CA is refused.
+#[test]
+fn the_ca_rotation_procedure_keeps_the_cluster_talking() {
+    let live = Pki::new(&["node1"]); // the files the processes read, rotated in place
+    let next = Pki::new(&["node1"]); // the new CA and its certificates, issued elsewhere
+    let old = tempfile::tempdir().unwrap(); // the old CA's admin certificate, kept aside
+    for f in ["ca.pem", "admin.pem", "admin.key"] {
+        std::fs::copy(live.path.join(f), old.path().join(f)).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::stable_port())
+        .parse()
+        .unwrap();
+    let listen = addr.to_string();
+    let tls = |ca: &std::path::Path, dir: &std::path::Path| -> Vec<String> {
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        vec![
+            "-cacert".into(),
+            ca.to_string_lossy().into_owned(),
+            "-cert".into(),
+            p("admin.pem"),
+            "-key".into(),
+            p("admin.key"),
+        ]
+    };
+    let ca = live.path.join("ca.pem");
+    // An admin call to the master, and a call the master forwards to node1 over its own mTLS.
+    let cluster_works = |admin: &std::path::Path, what: &str| {
+        common::eventually(what, Duration::from_secs(20), || {
+            let list = grpcurl(
+                &tls(&ca, admin),
+                &[
+                    "-d",
+                    r#"{"return_names": true, "filter_by_status": "NODE_STATUS_ONLINE"}"#,
+                    &listen,
+                    "switchyard.master.v1.NodeService/ListNodes",
+                ],
+            );
+            if !(list.status.success() && stdout(&list).contains("\"node1\"")) {
+                return None;
+            }
+            let status = grpcurl(
+                &tls(&ca, admin),
+                &[
+                    "-H",
+                    "switchyard-node: node1",
+                    &listen,
+                    "switchyard.agent.v1.NodeControllerService/GetStatus",
+                ],
+            );
+            (status.status.success() && stdout(&status).contains("\"authid\": \"node1\""))
+                .then_some(())
+        })
+    };
+    let restart = |master: &mut Proc, agent: &mut Proc| {
+        master.kill9();
+        *master = Proc::master_on(&live, data.path(), &listen);
+        agent.kill9();
+        *agent = Proc::agent(&live, "node1", addr);
+    };
+    let mut master = Proc::master_on(&live, data.path(), &listen);
+    let mut agent = Proc::agent(&live, "node1", addr);
+    cluster_works(old.path(), "the cluster on the old CA");
+    assert!(
+        !grpcurl(&tls(&ca, &next.path), &[&listen, "list"])
+            .status
+            .success(),
+        "a certificate of the new CA is not trusted yet"
+    );
+
+    // 1. Trust both: ca.pem becomes old + new; restart one by one.
+    let bundle = format!(
+        "{}{}",
+        std::fs::read_to_string(&ca).unwrap(),
+        std::fs::read_to_string(next.path.join("ca.pem")).unwrap()
+    );
+    std::fs::write(&ca, bundle).unwrap();
+    restart(&mut master, &mut agent);
+    cluster_works(old.path(), "old certificates under the bundle");
+    cluster_works(&next.path, "new certificates under the bundle");
+
+    // 2. Every leaf from the new CA.
+    for f in ["master", "node1", "admin"] {
+        for ext in ["pem", "key"] {
+            let name = format!("{f}.{ext}");
+            std::fs::copy(next.path.join(&name), live.path.join(&name)).unwrap();
+        }
+    }
+    restart(&mut master, &mut agent);
+    cluster_works(&live.path, "new leaves under the bundle");
+
+    // 3. Drop the old CA.
+    std::fs::copy(next.path.join("ca.pem"), &ca).unwrap();
+    restart(&mut master, &mut agent);
+    cluster_works(&live.path, "the cluster on the new CA alone");
+    let refused = grpcurl(&tls(&ca, old.path()), &[&listen, "list"]);
+    assert!(
+        !refused.status.success(),
+        "a certificate of the removed CA was accepted: {}",
+        stdout(&refused)
+    );
+    assert!(
+        !grpcurl(
+            &tls(&old.path().join("ca.pem"), old.path()),
+            &[&listen, "list"]
+        )
+        .status
+        .success(),
+        "a client trusting only the old CA accepted the new master certificate"
+    );
+}
