@@ -2,10 +2,11 @@
 //! and the `/metrics` HTTP endpoint (`--metrics-listen`), whose registry is built at each scrape
 //! from the process's live state plus the long-lived counters.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -43,10 +44,28 @@ fn latency_histogram() -> Histogram {
 }
 
 /// RPC counts by method and code, and latencies by method.
+///
+/// Label values are bounded: a method is labelled with its path only if some service of ours
+/// (or health, reflection) defines it, else [`OTHER_METHOD`], so callers cannot grow the
+/// families with made-up paths. Each known method's OK counter and histogram are resolved once,
+/// so a call records without allocating or hashing labels.
 #[derive(Debug, Clone)]
 pub struct RpcMetrics {
     requests: Family<RpcLabels, Counter>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    methods: Arc<HashMap<&'static str, OnceLock<Arc<MethodMetrics>>>>,
+    other: Arc<OnceLock<Arc<MethodMetrics>>>,
+}
+
+/// The method label of calls to paths no service defines.
+pub const OTHER_METHOD: &str = "other";
+
+/// One method's handles into the families.
+#[derive(Debug)]
+pub struct MethodMetrics {
+    method: &'static str,
+    ok: Counter,
+    latency: Histogram,
 }
 
 impl Default for RpcMetrics {
@@ -54,8 +73,43 @@ impl Default for RpcMetrics {
         RpcMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            methods: Arc::new(
+                known_methods()
+                    .iter()
+                    .map(|m| (m.as_str(), OnceLock::new()))
+                    .collect(),
+            ),
+            other: Arc::default(),
         }
     }
+}
+
+/// `/package.Service/Method` of every RPC in the descriptor sets our servers serve.
+fn known_methods() -> &'static [String] {
+    static KNOWN: OnceLock<Vec<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let sets = [
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut out = Vec::new();
+        for set in sets {
+            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(set) else {
+                continue;
+            };
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        out.push(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        out
+    })
 }
 
 impl RpcMetrics {
@@ -73,18 +127,45 @@ impl RpcMetrics {
         );
     }
 
-    fn record(&self, method: &str, code: &str, seconds: f64) {
-        self.requests
-            .get_or_create(&RpcLabels {
-                method: method.to_owned(),
-                code: code.to_owned(),
+    /// The handles of the method at `path` (or of [`OTHER_METHOD`]).
+    pub fn method(&self, path: &str) -> Arc<MethodMetrics> {
+        let (method, slot) = match self.methods.get_key_value(path) {
+            Some((method, slot)) => (*method, slot),
+            None => (OTHER_METHOD, &*self.other),
+        };
+        slot.get_or_init(|| {
+            Arc::new(MethodMetrics {
+                method,
+                ok: self
+                    .requests
+                    .get_or_create(&RpcLabels {
+                        method: method.to_owned(),
+                        code: "OK".to_owned(),
+                    })
+                    .clone(),
+                latency: self
+                    .latency
+                    .get_or_create(&MethodLabels {
+                        method: method.to_owned(),
+                    })
+                    .clone(),
             })
-            .inc();
-        self.latency
-            .get_or_create(&MethodLabels {
-                method: method.to_owned(),
-            })
-            .observe(seconds);
+        })
+        .clone()
+    }
+
+    fn record(&self, method: &MethodMetrics, code: &str, seconds: f64) {
+        if code == "OK" {
+            method.ok.inc();
+        } else {
+            self.requests
+                .get_or_create(&RpcLabels {
+                    method: method.method.to_owned(),
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
+        method.latency.observe(seconds);
     }
 }
 
@@ -148,7 +229,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        let method = self.metrics.method(req.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
@@ -227,12 +308,14 @@ mod tests {
     #[test]
     fn rpc_metrics_encode_with_method_and_code() {
         let m = RpcMetrics::default();
-        m.record("/switchyard.master.v1.NodeService/ListNodes", "OK", 0.002);
-        m.record(
-            "/switchyard.master.v1.NodeService/GetNode",
-            "NOT_FOUND",
-            0.001,
-        );
+        let list = m.method("/switchyard.master.v1.NodeService/ListNodes");
+        m.record(&list, "OK", 0.002);
+        m.record(&list, "OK", 0.003);
+        let get = m.method("/switchyard.master.v1.NodeService/GetNode");
+        m.record(&get, "NOT_FOUND", 0.001);
+        for made_up in ["/switchyard.master.v1.NodeService/Nope", "/x.Y/Z", "/"] {
+            m.record(&m.method(made_up), "UNIMPLEMENTED", 0.0);
+        }
         let mut r = Registry::default();
         m.register(&mut r);
         let mut text = String::new();
@@ -240,6 +323,16 @@ mod tests {
         assert!(text.contains(
             r#"switchyard_grpc_requests_total{method="/switchyard.master.v1.NodeService/GetNode",code="NOT_FOUND"} 1"#
         ), "{text}");
+        assert!(text.contains(
+            r#"switchyard_grpc_requests_total{method="/switchyard.master.v1.NodeService/ListNodes",code="OK"} 2"#
+        ), "{text}");
+        assert!(
+            text.contains(
+                r#"switchyard_grpc_requests_total{method="other",code="UNIMPLEMENTED"} 3"#
+            ),
+            "made-up paths share one label: {text}"
+        );
+        assert!(!text.contains("Nope"), "{text}");
         assert!(
             text.contains("switchyard_grpc_request_duration_seconds_count"),
             "{text}"
