@@ -50,21 +50,7 @@ async fn main() {
 
     // 1. start → 8 web workers serving.
     let port = common::free_port();
-    let oid = web
-        .create_web_cluster(pb::CreateWebClusterRequest {
-            webcluster: Some(pb::WebCluster {
-                name: "bench".into(),
-                tcp_port: u32::from(port),
-                tcp_interface: Some("127.0.0.1".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .webcluster
-        .unwrap()
-        .oid;
+    let oid = common::create_web_cluster(&mut web, "bench", port).await;
     web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
         webcluster_oid: oid.clone(),
         node_oid: "node1".into(),
@@ -140,26 +126,9 @@ async fn main() {
     }
 
     // 2. kill -9 → router workers running elsewhere.
-    let rc = router
-        .create_router_cluster(pb::CreateRouterClusterRequest {
-            routercluster: Some(pb::RouterCluster {
-                name: "benchrc".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .routercluster
-        .unwrap()
-        .oid;
+    let rc = common::create_router_cluster(&mut router, "benchrc").await;
     for n in names {
-        router
-            .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
-                routercluster_oid: rc.clone(),
-                node_oid: n.into(),
-                config: None,
-            })
+        common::add_router_node(&mut router, &rc, n, None)
             .await
             .unwrap();
     }

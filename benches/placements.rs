@@ -79,29 +79,9 @@ async fn main() {
     let mut router = RouterClusterServiceClient::new(admin);
     common::nodes_online(&pki, master.addr, agents, Duration::from_secs(60)).await;
 
-    let rc = router
-        .create_router_cluster(pb::CreateRouterClusterRequest {
-            routercluster: Some(pb::RouterCluster {
-                name: "bench".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .routercluster
-        .unwrap()
-        .oid;
+    let rc = common::create_router_cluster(&mut router, "bench").await;
     for name in &names {
-        router
-            .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
-                routercluster_oid: rc.clone(),
-                node_oid: name.clone(),
-                config: Some(pb::RouterClusterNodeConfig {
-                    softlimit: None,
-                    hardlimit: Some(per_agent as u32),
-                }),
-            })
+        common::add_router_node(&mut router, &rc, name, Some(per_agent as u32))
             .await
             .unwrap();
     }

@@ -282,21 +282,7 @@ async fn cluster_stats_stream_survives_node_loss_and_return() {
     let ch = channel(&pki, "admin", master.addr).await;
     let mut web = WebClusterServiceClient::new(ch.clone());
     let port = common::free_port();
-    let oid = web
-        .create_web_cluster(pb::CreateWebClusterRequest {
-            webcluster: Some(pb::WebCluster {
-                name: "statsite".into(),
-                tcp_port: u32::from(port),
-                tcp_interface: Some("127.0.0.1".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .webcluster
-        .unwrap()
-        .oid;
+    let oid = common::create_web_cluster(&mut web, "statsite", port).await;
     for n in ["node1", "node2"] {
         web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
             webcluster_oid: oid.clone(),

@@ -462,32 +462,9 @@ async fn router_counts(c: &Cluster, nodes: &[&str]) -> BTreeMap<String, usize> {
 async fn router_workers_are_placed_within_limits_and_re_placed_on_node_loss() {
     let nodes = ["node1", "node2", "node3"];
     let mut c = Cluster::new(&nodes).await;
-    let rc = c
-        .router
-        .clone()
-        .create_router_cluster(pb::CreateRouterClusterRequest {
-            routercluster: Some(pb::RouterCluster {
-                name: "routers".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .routercluster
-        .unwrap()
-        .oid;
+    let rc = common::create_router_cluster(&mut c.router.clone(), "routers").await;
     for n in nodes {
-        c.router
-            .clone()
-            .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
-                routercluster_oid: rc.clone(),
-                node_oid: n.into(),
-                config: Some(pb::RouterClusterNodeConfig {
-                    softlimit: None,
-                    hardlimit: Some(2),
-                }),
-            })
+        common::add_router_node(&mut c.router.clone(), &rc, n, Some(2))
             .await
             .unwrap();
     }

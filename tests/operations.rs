@@ -243,21 +243,7 @@ async fn metrics_are_scraped_and_parse() {
     );
     let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
     let port = common::free_port();
-    let oid = web
-        .create_web_cluster(pb::CreateWebClusterRequest {
-            webcluster: Some(pb::WebCluster {
-                name: "site".into(),
-                tcp_port: port.into(),
-                tcp_interface: Some("127.0.0.1".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .webcluster
-        .unwrap()
-        .oid;
+    let oid = common::create_web_cluster(&mut web, "site", port).await;
     let _ = web
         .get_web_cluster_by_name(pb::GetWebClusterByNameRequest {
             webcluster_name: "nope".into(),

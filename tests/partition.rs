@@ -226,26 +226,9 @@ async fn a_partitioned_node_is_detected_within_grace_and_healed_without_duplicat
         .await;
     }
     let mut router = RouterClusterServiceClient::new(ch);
-    let rc = router
-        .create_router_cluster(pb::CreateRouterClusterRequest {
-            routercluster: Some(pb::RouterCluster {
-                name: "part".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .routercluster
-        .unwrap()
-        .oid;
+    let rc = common::create_router_cluster(&mut router, "part").await;
     for n in ["node1", "node2"] {
-        router
-            .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
-                routercluster_oid: rc.clone(),
-                node_oid: n.into(),
-                config: None,
-            })
+        common::add_router_node(&mut router, &rc, n, None)
             .await
             .unwrap();
     }

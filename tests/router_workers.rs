@@ -359,34 +359,13 @@ fn assert_fabric(r: &Value, subscribers: usize) {
 async fn a_router_group_routes_across_nodes_and_behind_a_web_cluster() {
     let nodes = ["node1", "node2"];
     let mut f = Fabric::new(&nodes).await;
-    let rc = f
-        .router
-        .create_router_cluster(pb::CreateRouterClusterRequest {
-            routercluster: Some(pb::RouterCluster {
-                name: "wamp".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .routercluster
-        .unwrap()
-        .oid;
+    let rc = common::create_router_cluster(&mut f.router, "wamp").await;
     for n in nodes {
         eventually_async("the node to register", Duration::from_secs(15), || {
             let mut router = f.router.clone();
             let rc = rc.clone();
             async move {
-                router
-                    .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
-                        routercluster_oid: rc,
-                        node_oid: n.into(),
-                        config: Some(pb::RouterClusterNodeConfig {
-                            softlimit: None,
-                            hardlimit: Some(2),
-                        }),
-                    })
+                common::add_router_node(&mut router, &rc, n, Some(2))
                     .await
                     .ok()
             }
@@ -460,22 +439,7 @@ async fn a_router_group_routes_across_nodes_and_behind_a_web_cluster() {
 
     // A web cluster on node1 fronts the group.
     let web_port = common::stable_port();
-    let wc = f
-        .web
-        .create_web_cluster(pb::CreateWebClusterRequest {
-            webcluster: Some(pb::WebCluster {
-                name: "front".into(),
-                tcp_port: web_port.into(),
-                tcp_interface: Some("127.0.0.1".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .webcluster
-        .unwrap()
-        .oid;
+    let wc = common::create_web_cluster(&mut f.web, "front", web_port).await;
     f.web
         .add_web_cluster_node(pb::AddWebClusterNodeRequest {
             webcluster_oid: wc.clone(),

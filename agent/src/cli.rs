@@ -43,23 +43,7 @@ enum Command {
     Serve(ServeArgs),
     /// Run as a worker process (started by the agent, not by hand).
     #[command(hide = true)]
-    Worker {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        node: String,
-        #[arg(long = "type", value_parser = ["web", "router"])]
-        kind: String,
-        #[arg(long)]
-        control: PathBuf,
-        #[arg(long)]
-        parent_pid: u32,
-        #[arg(long, value_delimiter = ',')]
-        cpu_affinity: Vec<u32>,
-        /// Test hook: allocate and free this many MiB at start (exercises TriggerGc).
-        #[arg(long, default_value_t = 0)]
-        ballast_mib: usize,
-    },
+    Worker(WorkerArgs),
 }
 
 /// Options of `serve`. Each can also come from the environment (`SWITCHYARD_*`) or, below
@@ -204,25 +188,9 @@ pub fn main() -> ExitCode {
                 Err(e) => config_error(&e),
             }
         }
-        Command::Worker {
-            id,
-            node,
-            kind,
-            control,
-            parent_pid,
-            cpu_affinity,
-            ballast_mib,
-        } => {
+        Command::Worker(args) => {
             telemetry::init(cli.log_format);
-            child::run(WorkerArgs {
-                id,
-                node,
-                kind,
-                control,
-                parent_pid,
-                cpu_affinity,
-                ballast_mib,
-            })
+            child::run(args)
         }
     }
 }

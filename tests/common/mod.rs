@@ -415,6 +415,77 @@ pub async fn nodes_online(pki: &Pki, master: SocketAddr, n: usize, within: Durat
     .await;
 }
 
+/// Creates the web cluster `name` listening on 127.0.0.1:`port`; returns its oid.
+pub async fn create_web_cluster(
+    web: &mut switchyard::pb::master::v1::web_cluster_service_client::WebClusterServiceClient<
+        tonic::transport::Channel,
+    >,
+    name: &str,
+    port: u16,
+) -> String {
+    use switchyard::pb::master::v1 as pb;
+    web.create_web_cluster(pb::CreateWebClusterRequest {
+        webcluster: Some(pb::WebCluster {
+            name: name.to_owned(),
+            tcp_port: port.into(),
+            tcp_interface: Some("127.0.0.1".into()),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .webcluster
+    .unwrap()
+    .oid
+}
+
+/// Creates the router cluster `name`; returns its oid.
+pub async fn create_router_cluster(
+    router: &mut switchyard::pb::master::v1::router_cluster_service_client::RouterClusterServiceClient<
+        tonic::transport::Channel,
+    >,
+    name: &str,
+) -> String {
+    use switchyard::pb::master::v1 as pb;
+    router
+        .create_router_cluster(pb::CreateRouterClusterRequest {
+            routercluster: Some(pb::RouterCluster {
+                name: name.to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .routercluster
+        .unwrap()
+        .oid
+}
+
+/// Adds `node` to the router cluster `rc`, at most `hardlimit` workers on it (`None`: no limit).
+pub async fn add_router_node(
+    router: &mut switchyard::pb::master::v1::router_cluster_service_client::RouterClusterServiceClient<
+        tonic::transport::Channel,
+    >,
+    rc: &str,
+    node: &str,
+    hardlimit: Option<u32>,
+) -> Result<(), tonic::Status> {
+    use switchyard::pb::master::v1 as pb;
+    router
+        .add_router_cluster_node(pb::AddRouterClusterNodeRequest {
+            routercluster_oid: rc.to_owned(),
+            node_oid: node.to_owned(),
+            config: hardlimit.map(|h| pb::RouterClusterNodeConfig {
+                softlimit: None,
+                hardlimit: Some(h),
+            }),
+        })
+        .await
+        .map(drop)
+}
+
 /// A loopback port free right now (for servers started by the test, which bind it at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

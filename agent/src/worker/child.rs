@@ -15,22 +15,29 @@ use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerSer
 use crate::events::EventBus;
 use crate::process::{LocalProcess, affinity, gc};
 
-/// What the agent passes to a worker on its command line.
-#[derive(Debug, Clone)]
+/// What the agent passes to a worker on its command line (the hidden `worker` subcommand).
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// The worker id.
+    #[arg(long)]
     pub id: String,
     /// The node's authid (for `nodeinfo`).
+    #[arg(long)]
     pub node: String,
     /// "web" or "router".
+    #[arg(long = "type", value_parser = ["web", "router"])]
     pub kind: String,
     /// The control socket to serve on.
+    #[arg(long)]
     pub control: PathBuf,
     /// The agent's pid: the only peer allowed on the control socket.
+    #[arg(long)]
     pub parent_pid: u32,
     /// CPUs to pin to before starting (empty: inherit).
+    #[arg(long, value_delimiter = ',')]
     pub cpu_affinity: Vec<u32>,
     /// Test hook: allocate and free this many MiB at start (see [`gc::ballast`]).
+    #[arg(long, default_value_t = 0)]
     pub ballast_mib: usize,
 }
 
