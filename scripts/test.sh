@@ -39,6 +39,17 @@ fi
 echo "== buf lint"
 .tools/node_modules/.bin/buf lint
 
+# A full test build needs a few GiB; say so plainly instead of failing in the linker.
+avail_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "== disk: $((avail_kib / 1024)) MiB free"
+if [ "$avail_kib" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: less than 4 GiB free; the build may run out of space" >&2
+fi
+# Incremental compilation caches only help repeated local builds; on CI they just fill the disk.
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
