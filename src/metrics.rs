@@ -96,20 +96,55 @@ fn known_methods() -> &'static [String] {
         ];
         let mut out = Vec::new();
         for set in sets {
-            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(set) else {
+            let Ok(set) = <names::FileDescriptorSet as prost::Message>::decode(set) else {
                 continue;
             };
             for file in &set.file {
-                let package = file.package();
                 for service in &file.service {
                     for method in &service.method {
-                        out.push(format!("/{package}.{}/{}", service.name(), method.name()));
+                        out.push(format!(
+                            "/{}.{}/{}",
+                            file.package, service.name, method.name
+                        ));
                     }
                 }
             }
         }
         out
     })
+}
+
+/// The names-only view of `google.protobuf.FileDescriptorSet` (same field numbers): decoding
+/// it skips everything else, so finding the method names does not materialise the whole
+/// descriptor set with its source info (about 1 MiB of short-lived heap that stayed resident).
+mod names {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FileDescriptorSet {
+        #[prost(message, repeated, tag = "1")]
+        pub file: Vec<File>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct File {
+        #[prost(string, tag = "2")]
+        pub package: String,
+        #[prost(message, repeated, tag = "6")]
+        pub service: Vec<Service>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Service {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub method: Vec<Method>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Method {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
 }
 
 impl RpcMetrics {
@@ -304,6 +339,41 @@ pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: Cancellation
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_methods_are_every_method_of_the_served_descriptor_sets() {
+        // The names-only decode must agree with the full descriptor types.
+        let mut full = Vec::new();
+        for set in [
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(set).unwrap();
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        full.push(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        assert_eq!(known_methods(), full.as_slice());
+        for m in [
+            "/switchyard.master.v1.WebClusterService/CreateWebCluster",
+            "/switchyard.agent.v1.NativeProcessService/StreamProcessStats",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(known_methods().iter().any(|k| k == m), "{m} missing");
+        }
+    }
 
     #[test]
     fn rpc_metrics_encode_with_method_and_code() {

@@ -4,6 +4,7 @@
 //! buffer is ended with RESOURCE_EXHAUSTED instead of slowing anyone down.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
@@ -15,10 +16,12 @@ use tonic::Status;
 /// Events buffered per watcher before it is dropped.
 pub const WATCH_BUFFER: usize = 1024;
 
-/// A broadcast bus of process events.
+/// A broadcast bus of process events. Events travel as `Arc`s: the ring holds pointers, not
+/// whole events (a `ProcessEvent` is ~400 bytes, so 1024 inline slots cost ~400 KiB resident),
+/// and each watcher's receive is a reference-count bump instead of a deep copy.
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<ProcessEvent>,
+    tx: broadcast::Sender<Arc<ProcessEvent>>,
 }
 
 impl Default for EventBus {
@@ -49,7 +52,7 @@ impl EventBus {
 
     /// Publishes a ready-made event (relayed from a worker).
     pub fn send(&self, event: ProcessEvent) {
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Arc::new(event));
     }
 
     /// A filtered stream of events from now on, ending on `shutdown` or when the watcher lags.
@@ -78,7 +81,10 @@ impl EventBus {
                         let type_ok = filter.types.is_empty() || filter.types.contains(&e.r#type);
                         let proc_ok =
                             filter.processes.is_empty() || filter.processes.contains(&e.process);
-                        if type_ok && proc_ok && yield_.send(Ok(e)).await.is_err() {
+                        if type_ok
+                            && proc_ok
+                            && yield_.send(Ok(Arc::unwrap_or_clone(e))).await.is_err()
+                        {
                             return;
                         }
                     }

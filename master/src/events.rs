@@ -16,10 +16,12 @@ use crate::error::{Error, Result};
 /// Events buffered per watcher before it is dropped.
 pub const WATCH_BUFFER: usize = 4096;
 
-/// The master's event bus.
+/// The master's event bus. Events travel as `Arc`s: the ring holds pointers rather than whole
+/// events (4096 inline slots of a several-hundred-byte `Event` would be megabytes), and every
+/// receive (each watcher, the monitors' supervisor) is a reference-count bump, not a deep copy.
 #[derive(Debug, Clone)]
 pub struct Events {
-    tx: broadcast::Sender<Event>,
+    tx: broadcast::Sender<Arc<Event>>,
     seq: Arc<AtomicU64>,
 }
 
@@ -39,21 +41,21 @@ impl Events {
     }
 
     /// A receiver of every event from now on (for the monitors' supervisor).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }
 
     /// Publishes an event about `oid`.
     pub fn publish(&self, kind: EventType, oid: &str, who: Option<Who>, object: event::Object) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.tx.send(Event {
+        let _ = self.tx.send(Arc::new(Event {
             seq,
             r#type: kind as i32,
             ts: Some(SystemTime::now().into()),
             oid: oid.to_owned(),
             who,
             object: Some(object),
-        });
+        }));
     }
 
     /// A filtered stream of the events from now on.
@@ -87,7 +89,7 @@ impl Events {
                         if matches(&filter, &e)
                             && tx
                                 .send(Ok(switchyard::pb::master::v1::WatchResponse {
-                                    event: Some(e),
+                                    event: Some(Arc::unwrap_or_clone(e)),
                                 }))
                                 .await
                                 .is_err()
