@@ -12,8 +12,9 @@
 # heartbeating to a real master over mTLS, serving the calls the master's monitors and operators
 # make (GetStatus, ListWorkers, GetProcessStats, a web worker started, inspected and stopped).
 #
-# Run it after upgrading dependencies or the toolchain (symbol names carry crate hashes, so a stale
-# list silently loses its effect; it never breaks the build), then commit the new list.
+# Run it after upgrading dependencies or the toolchain (symbol names carry crate hashes; a stale
+# list loses its effect without breaking the build, and tests/symbol_order.rs then fails), then
+# commit the new list.
 # Needs valgrind (apt-get install valgrind) and grpcurl (scripts/test.sh puts it in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,10 @@ command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install 
 grpcurl=$root/.venv/bin/grpcurl
 [ -x "$grpcurl" ] || { echo "grpcurl not found: run scripts/test.sh once (it fills .venv)" >&2; exit 1; }
 
-cargo build --release -p switchyard-agent -p switchyard-master
+# The same invocation as `cargo build --release` at the root and as the tests and benchmarks use:
+# symbol names carry crate hashes that depend on the features unified across the packages built
+# together, so a list made from a `-p switchyard-agent` build would not match this one.
+cargo build --release --workspace --bins
 master_bin=$root/target/release/switchyard-master
 agent_bin=$root/target/release/switchyard-agent
 

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (the list grows with the features that need them).
-APT_PACKAGES=(ca-certificates curl iproute2 openssh-client sshpass systemd)
+APT_PACKAGES=(binutils ca-certificates curl iproute2 openssh-client sshpass systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -25,23 +25,6 @@ pub fn repo() -> PathBuf {
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        // Drop what cargo set for this test process, so the nested build sees the same
-        // environment as the outer one and reuses its artifacts instead of rebuilding them.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let set_for_tests = key == "OUT_DIR"
-                || key == "LD_LIBRARY_PATH"
-                || (key.starts_with("CARGO_")
-                    && !matches!(
-                        &*key,
-                        "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS"
-                    ));
-            if set_for_tests {
-                cmd.env_remove(&*key);
-            }
-        }
         // target/<profile>/deps/<test binary> -> target/<profile>
         let exe = std::env::current_exe().expect("test binary path");
         let profile_dir = exe
@@ -49,24 +32,51 @@ fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("profile dir")
             .to_owned();
-        cmd.current_dir(repo())
-            .args(["build", "--workspace", "--bins"]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release"); // benchmarks measure optimised binaries
-        }
-        let out = cmd.output().expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build --workspace --bins failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // target/<profile>/deps/<test binary> -> target/<profile>
-        let exe = std::env::current_exe().expect("test binary path");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("profile dir")
-            .to_owned()
+        // Benchmarks run from target/release and measure optimised binaries.
+        build_bins(profile_dir.ends_with("release"));
+        profile_dir
     })
+}
+
+/// `cargo build --workspace --bins [--release]` from the repository root, as a user would run
+/// it (`cargo build --release` at the root resolves features the same way); panics with cargo's
+/// output if the build fails. Returns the profile directory holding the binaries.
+pub fn build_bins(release: bool) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // Drop what cargo set for this test process, so the nested build sees the same
+    // environment as the outer one and reuses its artifacts instead of rebuilding them.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests = key == "OUT_DIR"
+            || key == "LD_LIBRARY_PATH"
+            || (key.starts_with("CARGO_")
+                && !matches!(
+                    &*key,
+                    "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS"
+                ));
+        if set_for_tests {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.current_dir(repo())
+        .args(["build", "--workspace", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build --workspace --bins failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir: target/<profile>/deps/<test binary>")
+        .to_owned();
+    target.join(if release { "release" } else { "debug" })
 }
 
 /// The `switchyard-master` binary (built on first use).
