@@ -579,3 +579,156 @@ impl Fabric {
         .await;
     }
 }
+
+/// The links of router worker `worker` on `nc`, by id: (connected, peer port).
+async fn links(
+    nc: &mut NodeControllerServiceClient<Channel>,
+    worker: &str,
+) -> Vec<apb::RouterLink> {
+    nc.list_router_links(apb::ListRouterLinksRequest {
+        worker_id: worker.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .links
+}
+
+/// How many times `worker`'s log says a router link came up.
+async fn link_ups(nc: &mut NodeControllerServiceClient<Channel>, worker: &str) -> usize {
+    nc.get_worker_log(apb::GetWorkerLogRequest {
+        worker_id: worker.into(),
+        limit: 1000,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .lines
+    .iter()
+    .filter(|l| l.line.contains("router link up"))
+    .count()
+}
+
+/// A router link whose peer freezes without closing its socket (SIGSTOP: the kernel still
+/// acknowledges TCP, nothing answers) is dropped after the link idle limit instead of holding
+/// on until TCP gives up, and reconnects when the peer is back; a healthy, idle link is kept
+/// alive by its pings and does not flap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_link_peer_is_dropped_and_the_link_recovers() {
+    let pki = Pki::new(&["node1"]);
+    let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
+    let (start, end) = port_range(2);
+    let mut ports = Vec::new();
+    for id in ["ra", "rb"] {
+        nc.start_worker(apb::StartWorkerRequest {
+            worker_id: id.into(),
+            worker_type: WorkerType::Router as i32,
+            options: None,
+        })
+        .await
+        .unwrap();
+        let t = nc
+            .start_router_transport(apb::StartRouterTransportRequest {
+                worker_id: id.into(),
+                interface: "127.0.0.1".into(),
+                port_range_start: start.into(),
+                port_range_end: end.into(),
+                link_secret: "s3cret".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transport
+            .unwrap();
+        ports.push(t.port);
+        nc.start_router_realm(apb::StartRouterRealmRequest {
+            worker_id: id.into(),
+            realm: "realm1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    nc.start_router_link(apb::StartRouterLinkRequest {
+        worker_id: "ra".into(),
+        link: Some(apb::RouterLink {
+            id: "to-rb".into(),
+            realm: "realm1".into(),
+            peer_host: "127.0.0.1".into(),
+            peer_port: ports[1],
+            peer_path: "/ws".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let probe = nc.clone();
+    let connected = move |want: bool| {
+        let nc = probe.clone();
+        move || {
+            let mut nc = nc.clone();
+            async move { (links(&mut nc, "ra").await[0].connected == want).then_some(()) }
+        }
+    };
+    eventually_async(
+        "the link to come up",
+        Duration::from_secs(20),
+        connected(true),
+    )
+    .await;
+
+    // Healthy and idle for longer than the idle limit (10 s) plus a ping interval: still the
+    // same connection, kept alive by pings and pongs.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(14) {
+        assert!(
+            links(&mut nc, "ra").await[0].connected,
+            "the idle link dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(link_ups(&mut nc, "ra").await, 1, "the healthy link flapped");
+
+    // Freeze the peer: the link is dropped within the idle limit (plus polling slack).
+    let rb_pid = nc
+        .get_worker(apb::GetWorkerRequest {
+            worker_id: "rb".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker
+        .unwrap()
+        .pid
+        .to_string();
+    let signal = |sig: &str| {
+        let out = Command::new("kill")
+            .args([sig, rb_pid.as_str()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kill {sig}: {out:?}");
+    };
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    eventually_async(
+        "the link to a frozen peer to drop",
+        Duration::from_secs(20),
+        connected(false),
+    )
+    .await;
+    let detected = frozen.elapsed();
+    signal("-CONT");
+    assert!(
+        detected >= Duration::from_secs(7),
+        "dropped after {detected:?}: sooner than the idle limit allows, so not by the idle check"
+    );
+
+    // The peer is back: the link reconnects by itself.
+    eventually_async(
+        "the link to come back",
+        Duration::from_secs(20),
+        connected(true),
+    )
+    .await;
+    assert_eq!(link_ups(&mut nc, "ra").await, 2);
+}

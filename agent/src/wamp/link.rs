@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Router;
 use super::message::{Fields, Frame, Serializer, code};
-use super::session::{LINK_AUTHID_PREFIX, QUEUE, next_message, write_frames};
+use super::session::{
+    LINK_AUTHID_PREFIX, LINK_IDLE, LINK_PING, QUEUE, next_message, next_message_within,
+    write_frames,
+};
 
 /// Where a link goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +113,7 @@ async fn connect(
     .map_err(|e| format!("{url}: {e}"))?;
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(QUEUE);
-    let writer = tokio::spawn(write_frames(sink, rx, Serializer::Json));
+    let writer = tokio::spawn(write_frames(sink, rx, Serializer::Json, Some(LINK_PING)));
     let serializer = Serializer::Json;
     let _ = tx
         .send(Frame::new(json!([code::HELLO, spec.realm, {
@@ -155,8 +158,8 @@ async fn connect(
     connected.store(true, Ordering::SeqCst);
     tracing::info!(link = %spec.id, realm = %spec.realm, peer = %url, "router link up");
     let result = loop {
-        match next_message(&mut stream, serializer).await {
-            None => break Err("the peer closed the link".to_owned()),
+        match next_message_within(&mut stream, serializer, Some(LINK_IDLE)).await {
+            None => break Err("the peer closed the link or fell silent".to_owned()),
             Some(Err(e)) => break Err(e),
             Some(Ok(m)) => {
                 let c = Fields(&m).code();

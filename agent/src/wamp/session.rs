@@ -27,6 +27,14 @@ const MAX_MESSAGE: usize = 16 << 20;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The authid prefix router links present.
 pub const LINK_AUTHID_PREFIX: &str = "rlink:";
+/// How often a router link's client side sends a WebSocket ping (the peer answers with a pong).
+pub const LINK_PING: Duration = Duration::from_secs(3);
+/// How long either end of a router link waits without receiving any frame (message, ping or
+/// pong) before it counts the peer as gone and drops the link: a peer that vanished without
+/// closing its socket (host frozen or cut off) would otherwise hold the link, and the
+/// subscriptions it carries, until TCP gives up minutes later. The link's client then
+/// reconnects with backoff.
+pub const LINK_IDLE: Duration = Duration::from_secs(10);
 
 fn reject(status: StatusCode, text: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(text.to_owned()));
@@ -82,15 +90,30 @@ pub async fn serve(router: Arc<Router>, stream: TcpStream, shutdown: Cancellatio
     run(router, ws, serializer, shutdown).await;
 }
 
-/// Sends every queued frame, batching what is ready into one flush.
+/// Sends every queued frame, batching what is ready into one flush; with `ping`, also a
+/// WebSocket ping at that interval.
 pub async fn write_frames<S>(
     mut sink: S,
     mut rx: mpsc::Receiver<Arc<Frame>>,
     serializer: Serializer,
+    ping: Option<Duration>,
 ) where
     S: futures::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    while let Some(frame) = rx.recv().await {
+    let mut ticker = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = ticker.tick(), if ping.is_some() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
         if sink.feed(frame.encode(serializer)).await.is_err() {
             return;
         }
@@ -114,8 +137,31 @@ pub async fn next_message<S>(
 where
     S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
+    next_message_within(stream, serializer, None).await
+}
+
+/// [`next_message`], but with `idle`, also `None` when no frame at all (pings and pongs count)
+/// arrives for that long: the peer is presumed gone.
+pub async fn next_message_within<S>(
+    stream: &mut S,
+    serializer: Serializer,
+    idle: Option<Duration>,
+) -> Option<Result<Vec<Value>, String>>
+where
+    S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
     loop {
-        match stream.next().await? {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::info!(?idle, "router link peer silent: dropping the link");
+                    return None;
+                }
+            },
+            None => stream.next().await,
+        };
+        match next? {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Some(serializer.decode(&m)),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
@@ -135,7 +181,7 @@ async fn run(
 ) {
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Arc<Frame>>(QUEUE);
-    let writer = tokio::spawn(write_frames(sink, rx, serializer));
+    let writer = tokio::spawn(write_frames(sink, rx, serializer, None));
 
     let hello =
         match tokio::time::timeout(HELLO_TIMEOUT, next_message(&mut stream, serializer)).await {
@@ -171,7 +217,7 @@ async fn run(
                 let _ = tx.try_send(Frame::new(json!([code::GOODBYE, {}, uri::SYSTEM_SHUTDOWN])));
                 break;
             }
-            m = next_message(&mut stream, serializer) => m,
+            m = next_message_within(&mut stream, serializer, link.then_some(LINK_IDLE)) => m,
         };
         match msg {
             None => break,
