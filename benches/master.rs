@@ -128,21 +128,7 @@ async fn main() {
 
     // GetWebCluster on the master.
     let web = WebClusterServiceClient::new(admin.clone());
-    let oid = web
-        .clone()
-        .create_web_cluster(pb::CreateWebClusterRequest {
-            webcluster: Some(pb::WebCluster {
-                name: "bench".into(),
-                tcp_port: 8080,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .webcluster
-        .unwrap()
-        .oid;
+    let oid = common::create_web_cluster(&mut web.clone(), "bench", 8080).await;
     let get = {
         let web = web.clone();
         move |_| {

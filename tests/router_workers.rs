@@ -580,7 +580,7 @@ impl Fabric {
     }
 }
 
-/// The links of router worker `worker` on `nc`, by id: (connected, peer port).
+/// The router links of worker `worker` on `nc`, sorted by id.
 async fn links(
     nc: &mut NodeControllerServiceClient<Channel>,
     worker: &str,

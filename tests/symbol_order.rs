@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::process::Command;
 
 #[test]
@@ -27,15 +27,26 @@ fn the_agent_symbol_order_list_matches_the_release_agent() {
 
     let agent = common::build_bins(true).join("switchyard-agent");
     let nm = Command::new("nm")
+        .arg("--defined-only")
         .arg(&agent)
         .output()
         .expect("run nm (Debian package binutils)");
     assert!(nm.status.success(), "nm {}: {nm:?}", agent.display());
-    let symbols: HashSet<String> = String::from_utf8_lossy(&nm.stdout)
+    // Function symbols (text section) and their addresses.
+    let address: HashMap<String, u64> = String::from_utf8_lossy(&nm.stdout)
         .lines()
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            matches!(kind, "t" | "T").then(|| (name.to_owned(), addr))
+        })
         .collect();
-    let missing: Vec<&String> = listed.iter().filter(|n| !symbols.contains(*n)).collect();
+    let missing: Vec<&String> = listed
+        .iter()
+        .filter(|n| !address.contains_key(*n))
+        .collect();
     let matched = listed.len() - missing.len();
     assert!(
         matched * 100 >= listed.len() * 95,
@@ -47,21 +58,6 @@ fn the_agent_symbol_order_list_matches_the_release_agent() {
 
     // The list is applied: the linker lays the listed functions out in the list's order, so
     // their addresses rise along it (in a binary linked without it, about half the steps would).
-    let nm = Command::new("nm")
-        .args(["--defined-only"])
-        .arg(&agent)
-        .output()
-        .expect("run nm --defined-only");
-    let address: std::collections::HashMap<String, u64> = String::from_utf8_lossy(&nm.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
-            let kind = f.next()?;
-            let name = f.next()?;
-            matches!(kind, "t" | "T").then(|| (name.to_owned(), addr))
-        })
-        .collect();
     let in_order: Vec<u64> = listed
         .iter()
         .filter_map(|n| address.get(n).copied())

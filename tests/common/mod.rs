@@ -25,16 +25,14 @@ pub fn repo() -> PathBuf {
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // target/<profile>/deps/<test binary> -> target/<profile>
+        // target/<profile>/deps/<test binary>: benchmarks run from target/release and measure
+        // optimised binaries.
         let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("profile dir")
-            .to_owned();
-        // Benchmarks run from target/release and measure optimised binaries.
-        build_bins(profile_dir.ends_with("release"));
-        profile_dir
+        build_bins(
+            exe.parent()
+                .and_then(Path::parent)
+                .is_some_and(|d| d.ends_with("release")),
+        )
     })
 }
 

@@ -100,13 +100,15 @@ pub async fn write_frames<S>(
 ) where
     S: futures::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let mut ticker = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
+    let mut ticker = ping.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
         let frame = tokio::select! {
             f = rx.recv() => f,
-            _ = ticker.tick(), if ping.is_some() => {
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     return;
                 }
@@ -155,7 +157,7 @@ where
             Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    tracing::info!(?idle, "router link peer silent: dropping the link");
+                    tracing::info!(?idle, "peer silent: dropping the connection");
                     return None;
                 }
             },
