@@ -1,4 +1,4 @@
-//! Who is calling, and may they (SPEC §2).
+//! Who is calling, and may they (docs/security.md, "Principals and roles").
 //!
 //! Every certificate of the cluster CA carries one URI SAN naming its principal:
 //! `spiffe://switchyard/master`, `spiffe://switchyard/node/<authid>` or
@@ -152,7 +152,7 @@ pub fn valid_name(name: &str) -> bool {
         })
 }
 
-/// Which callers a server admits to which methods (SPEC §2's table, in one place).
+/// Which callers a server admits to which methods (the table of docs/security.md, in one place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// The master's server: admin for everything but the node-facing heartbeat, which only

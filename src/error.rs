@@ -1,4 +1,4 @@
-//! The one mapping from Switchyard's error vocabulary to gRPC (SPEC §3.5).
+//! The one mapping from Switchyard's error vocabulary to gRPC (README, "Errors").
 //!
 //! The reference's WAMP error URIs become a gRPC code plus a `google.rpc.ErrorInfo` whose
 //! `reason` clients branch on (domain `switchyard`). Each crate keeps one

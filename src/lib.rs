@@ -4,9 +4,9 @@
 //!   encoded file descriptor set served by reflection.
 //! - [`pki`]: the cluster CA and certificate issuance (`ca init`, `ca issue`), key files 0600.
 //! - [`auth`]: principals from certificate URI SANs and the role policy, enforced by one tower
-//!   layer per server (SPEC §2).
+//!   layer per server (docs/security.md).
 //! - [`error`]: the single mapping of domain errors to gRPC status codes and `ErrorInfo` reasons
-//!   (SPEC §3.5).
+//!   (README, "Errors").
 //! - [`server`]: the common gRPC server: mTLS, role layer, reflection v1 + v1alpha, health,
 //!   graceful shutdown.
 //! - [`telemetry`], [`shutdown`]: tracing set-up and the one cancellation root of a process.

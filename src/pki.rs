@@ -1,4 +1,4 @@
-//! The cluster PKI: one CA, and certificates whose URI SAN names their principal (SPEC §2).
+//! The cluster PKI: one CA, and certificates whose URI SAN names their principal (docs/security.md).
 //!
 //! Layout of a PKI directory: `ca.pem`, `ca.key`, and per principal `NAME.pem` + `NAME.key`
 //! (the master's are `master.pem`/`master.key`). Private keys are written with mode 0600 and

@@ -1,6 +1,6 @@
 //! Issue 6 acceptance: a real master and real agents (separate processes); clusters started
 //! through the API run, converge, stop, and survive node loss and master restarts. Also the
-//! regression tests of SPEC §9 (what the reference gets wrong).
+//! regression tests of docs/crossbar.md (what the reference gets wrong).
 
 mod common;
 
@@ -604,7 +604,7 @@ async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
     let _ = &mut c;
 }
 
-/// SPEC §9: DEGRADED and ERROR are assigned with reasons; TLS fields reach the workers; each
+/// docs/crossbar.md: DEGRADED and ERROR are assigned with reasons; TLS fields reach the workers; each
 /// cluster sees exactly its own rows.
 #[tokio::test]
 async fn reference_bugs_stay_fixed() {

@@ -15,7 +15,7 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// A domain error with its SPEC §3.5 reason.
+    /// A domain error with its reason (the table in `src/error.rs`).
     #[error("{message}")]
     Domain {
         /// The reason clients branch on.

@@ -1,4 +1,4 @@
-//! The master as the one endpoint (SPEC §3.6): the master also serves the agents'
+//! The master as the one endpoint (README, "The master as the one endpoint"): the master also serves the agents'
 //! `NodeControllerService` and `NativeProcessService`, forwarding each call to the node named by
 //! the `switchyard-node` request metadata (authid or oid) over its pooled mTLS channel, unary and
 //! streaming alike, with the caller's deadline (`grpc-timeout`) and principal (`switchyard-who`,

@@ -1,5 +1,5 @@
 //! Web clusters (the reference's WebClusterManager): definitions, node memberships and web
-//! services, with the status transitions the admin API drives (SPEC §4).
+//! services, with the status transitions the admin API drives (docs/api.md, cluster life cycle).
 
 use switchyard::auth::Principal;
 use switchyard::error::Reason;
@@ -82,7 +82,7 @@ fn check_transport(c: &WebCluster) -> Result<()> {
     Ok(())
 }
 
-/// Validates a web service at Add time (SPEC §6.2): the error names the field.
+/// Validates a web service at Add time (docs/api.md, web services): the error names the field.
 fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
     s.path = validate::path("webservice.path", &s.path)?;
     use web_service::Service;
@@ -587,7 +587,7 @@ impl Core {
     }
 }
 
-/// The status after a start (`start`) or stop, if allowed from `from` (SPEC §4).
+/// The status after a start (`start`) or stop, if allowed from `from` (docs/api.md, cluster life cycle).
 pub fn transition(from: ClusterStatus, start: bool) -> Option<ClusterStatus> {
     use ClusterStatus::*;
     match (from, start) {

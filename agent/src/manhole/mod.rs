@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use console::Outcome;
 
-/// Manhole failures, mapped to SPEC §3.5 reasons by the API layer.
+/// Manhole failures, mapped to the reasons of `switchyard::error` by the API layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ManholeError {
     /// Invalid configuration; the message names the field.

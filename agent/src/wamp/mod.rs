@@ -1,4 +1,4 @@
-//! The WAMP router a `router` worker runs (SPEC §6.3): WebSocket at `/ws` and `/`, subprotocols
+//! The WAMP router a `router` worker runs (docs/architecture.md, "Router workers and links"): WebSocket at `/ws` and `/`, subprotocols
 //! `wamp.2.json`, `wamp.2.msgpack` and `wamp.2.cbor`, the Basic Profile (sessions, realms, pub/sub, RPC, error
 //! URIs) plus publisher exclusion, black/white listing and progressive call results, and
 //! router-to-router links that join the workers of a group into one routing fabric.

@@ -1,4 +1,4 @@
-//! Monitors: what makes started clusters run (SPEC §4, §5).
+//! Monitors: what makes started clusters run (docs/architecture.md, "Monitors").
 //!
 //! The [`Supervisor`] keeps one monitor task per cluster in STARTING/RUNNING/DEGRADED/STOPPING
 //! (resumed from the store at start). A monitor is an actor woken by a ticker and, at once, by
