@@ -311,7 +311,7 @@ async fn cluster_stats_stream_survives_node_loss_and_return() {
         .unwrap()
         .into_inner();
     let mut seen = BTreeSet::new();
-    let prefix = format!("cpw-{}-", &oid[..8]);
+    let prefix = format!("cpw-{oid}-");
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.len() < 4 {
         let left = deadline.saturating_duration_since(Instant::now());

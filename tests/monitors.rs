@@ -241,7 +241,7 @@ async fn a_web_cluster_runs_serves_converges_and_stops() {
     std::fs::write(tmp.path().join("file.txt"), "served by the cluster").unwrap();
     let port = common::free_port();
     let oid = create_web(&c, "site", port, Default::default()).await;
-    let prefix = format!("cpw-{}-", &oid[..8]);
+    let prefix = format!("cpw-{oid}-");
     add_node(&c, &oid, "node1", 2, false).await;
     add_node(&c, &oid, "node2", 2, false).await;
     add_service(
@@ -403,7 +403,7 @@ async fn a_web_cluster_runs_serves_converges_and_stops() {
 async fn a_standby_member_takes_over_and_hands_back() {
     let mut c = Cluster::new(&["node1", "node2", "node3"]).await;
     let oid = create_web(&c, "standby", common::free_port(), Default::default()).await;
-    let prefix = format!("cpw-{}-", &oid[..8]);
+    let prefix = format!("cpw-{oid}-");
     add_node(&c, &oid, "node1", 1, false).await;
     add_node(&c, &oid, "node2", 1, false).await;
     add_node(&c, &oid, "node3", 1, true).await;
@@ -545,11 +545,100 @@ async fn router_workers_are_placed_within_limits_and_re_placed_on_node_loss() {
     );
 }
 
+/// A worker group removed from a running router cluster leaves nothing running (its workers
+/// are recognised by the owner labels they carry, not by the group's deleted rows), and
+/// StopRouterCluster reports STOPPED only once no worker of the cluster runs on any node.
+#[tokio::test]
+async fn a_removed_worker_group_leaves_nothing_running_and_stop_reaches_stopped() {
+    let nodes = ["node1", "node2"];
+    let c = Cluster::new(&nodes).await;
+    let rc = common::create_router_cluster(&mut c.router.clone(), "routers").await;
+    for n in nodes {
+        common::add_router_node(&mut c.router.clone(), &rc, n, None)
+            .await
+            .unwrap();
+    }
+    let mut group_oids = BTreeMap::new();
+    for (name, scale) in [("grp1", 3), ("grp2", 1)] {
+        let g = c
+            .router
+            .clone()
+            .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
+                routercluster_oid: rc.clone(),
+                workergroup: Some(pb::RouterWorkerGroup {
+                    name: name.into(),
+                    scale,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workergroup
+            .unwrap();
+        group_oids.insert(name, g.oid);
+    }
+    grpcurl_start(
+        &c,
+        "RouterClusterService",
+        "StartRouterCluster",
+        "routerclusterOid",
+        &rc,
+    );
+    eventually_async("RUNNING", Duration::from_secs(15), || async {
+        (c.router_status(&rc).await.status == ClusterStatus::Running as i32).then_some(())
+    })
+    .await;
+    let running = |prefix: &'static str| {
+        let c = &c;
+        async move {
+            let mut ids = Vec::new();
+            for n in nodes {
+                ids.extend(c.workers(n, prefix).await.into_iter().map(|w| w.id));
+            }
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(running("grp2_").await, ["grp2_0"]);
+
+    c.router
+        .clone()
+        .remove_router_cluster_worker_group(pb::RemoveRouterClusterWorkerGroupRequest {
+            routercluster_oid: rc.clone(),
+            workergroup_oid: group_oids["grp2"].clone(),
+        })
+        .await
+        .unwrap();
+    eventually_async("grp2_0 to stop", Duration::from_secs(10), || async {
+        running("grp2_").await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(running("grp1_").await, ["grp1_0", "grp1_1", "grp1_2"]);
+
+    c.router
+        .clone()
+        .stop_router_cluster(pb::StopRouterClusterRequest {
+            routercluster_oid: rc.clone(),
+        })
+        .await
+        .unwrap();
+    eventually_async("STOPPED", Duration::from_secs(15), || async {
+        (c.router_status(&rc).await.status == ClusterStatus::Stopped as i32).then_some(())
+    })
+    .await;
+    assert!(
+        running("grp").await.is_empty(),
+        "{:?}",
+        running("grp").await
+    );
+}
+
 #[tokio::test]
 async fn a_restarted_master_resumes_monitors_without_restarting_workers() {
     let mut c = Cluster::new(&["node1"]).await;
     let oid = create_web(&c, "resume", common::free_port(), Default::default()).await;
-    let prefix = format!("cpw-{}-", &oid[..8]);
+    let prefix = format!("cpw-{oid}-");
     add_node(&c, &oid, "node1", 2, false).await;
     add_service(&c, &oid, "/", Service::Nodeinfo(Default::default())).await;
     c.web
@@ -722,18 +811,23 @@ async fn reference_bugs_stay_fixed() {
         "HTTPS with the cluster's certificate: {out}"
     );
     let mut nc = c.agent("node1").await;
-    let sa = nc
-        .list_web_services(apb::ListWebServicesRequest {
-            worker_id: format!("cpw-{}-0", &a[..8]),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .services;
-    assert_eq!(
-        sa.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
-        ["/only-a"]
-    );
+    // Both clusters are checked, so that the check holds whichever oid sorts first (the
+    // reference's unbounded scans leaked the rows of clusters sorting after the one scanned).
+    for (oid, path) in [(&a, "/only-a"), (&b, "/only-b")] {
+        let services = nc
+            .list_web_services(apb::ListWebServicesRequest {
+                worker_id: format!("cpw-{oid}-0"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .services;
+        assert_eq!(
+            services.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
+            [path],
+            "cluster {oid} serves only its own service"
+        );
+    }
     let all = nc
         .list_workers(apb::ListWorkersRequest {
             r#type: WorkerType::Web as i32,
@@ -757,7 +851,7 @@ async fn reference_bugs_stay_fixed() {
 async fn workers_of_a_cluster_stopped_while_a_node_was_away_stop_when_it_returns() {
     let c = Cluster::new(&["node1", "node2"]).await;
     let oid = create_web(&c, "away", common::free_port(), Default::default()).await;
-    let prefix = format!("cpw-{}-", &oid[..8]);
+    let prefix = format!("cpw-{oid}-");
     add_node(&c, &oid, "node1", 1, false).await;
     add_node(&c, &oid, "node2", 1, false).await;
     add_service(&c, &oid, "/", Service::Nodeinfo(Default::default())).await;

@@ -373,7 +373,7 @@ async fn metrics_are_scraped_and_parse() {
     );
 
     let a = scrape(agent.metrics_addr());
-    let worker = format!("cpw-{}-0", &oid[..8]);
+    let worker = format!("cpw-{oid}-0");
     for w in ["controller", worker.as_str()] {
         let cpu = sample(
             &a,

@@ -18,7 +18,7 @@ use tonic::codegen::BoxStream;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::monitor::web_monitor::prefix;
+use crate::monitor::owner::web_prefix;
 use crate::store::{StoreExt, keys};
 use crate::validate;
 
@@ -56,7 +56,7 @@ impl Core {
             .unwrap_or_default()
         {
             if running(c.status) && only.is_none_or(|o| o == c.oid) {
-                m.web.push((prefix(&c.oid), c.oid));
+                m.web.push((web_prefix(&c.oid), c.oid));
             }
         }
         for c in self

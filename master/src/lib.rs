@@ -111,8 +111,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tokio::spawn(expire_heartbeats(core.clone()));
-    let supervisor = monitor::Supervisor::new(core.clone(), options.monitor);
-    tokio::spawn(supervisor.clone().run());
+    let supervisor = monitor::Supervisor::new(core.clone(), agents.clone(), options.monitor);
+    let supervising = tokio::spawn(supervisor.clone().run());
     let rpc = Arc::new(switchyard::metrics::RpcMetrics::default());
     if let Some(addr) = options.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(addr)
@@ -135,9 +135,14 @@ pub async fn serve(
         api::routes(core),
         switchyard::pb::MASTER_SERVICES,
         rpc,
-        shutdown,
+        shutdown.clone(),
     )
     .await;
+    // The server stopped because `shutdown` was cancelled (or failed): let every monitor finish
+    // its iteration before the final flush.
+    shutdown.cancel();
+    let _ = supervising.await;
+    supervisor.drain(std::time::Duration::from_secs(10)).await;
     if let Err(error) = sled.sync().await {
         tracing::error!(%error, "final flush failed");
     }

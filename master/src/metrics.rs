@@ -174,5 +174,12 @@ fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry 
         "Reconciliation iterations that failed (retried)",
         errors,
     );
+    let restarts = Counter::<u64>::default();
+    restarts.inc_by(supervisor.stats.restarts.load(Ordering::Relaxed));
+    r.register(
+        "switchyard_monitor_restarts",
+        "Monitors restarted after they ended unexpectedly (a panic; see the master's log)",
+        restarts,
+    );
     r
 }

@@ -12,8 +12,8 @@ use switchyard::pb::master::v1::{
 use crate::agents::call;
 use crate::core::Core;
 use crate::error::Result;
+use crate::monitor::owner::Owner;
 use crate::monitor::web::{Member, assign};
-use crate::monitor::web_monitor::prefix;
 use crate::store::{StoreExt, keys};
 use crate::validate;
 
@@ -26,12 +26,12 @@ impl Core {
             .collect())
     }
 
-    /// Workers on `node` of `kind` whose ids pass `keep`; nothing for an offline or unreachable node.
+    /// Workers on `node` of `kind` that pass `keep`; nothing for an offline or unreachable node.
     async fn workers_on(
         &self,
         node: &Node,
         kind: WorkerType,
-        keep: impl Fn(&str) -> bool,
+        keep: impl Fn(&apb::Worker) -> bool,
     ) -> Vec<ClusterWorker> {
         if node.status != NodeStatus::Online as i32 {
             return Vec::new();
@@ -49,7 +49,7 @@ impl Core {
         };
         list.workers
             .into_iter()
-            .filter(|w| keep(&w.id))
+            .filter(|w| keep(w))
             .map(|w| ClusterWorker {
                 node_oid: node.oid.clone(),
                 node_authid: node.authid.clone(),
@@ -104,7 +104,8 @@ impl Core {
         futures::future::join_all(stats).await
     }
 
-    /// The workers of a web cluster on its member nodes.
+    /// The workers of a web cluster, as its monitor sees them: on every online node, the web
+    /// workers labelled with the cluster (a removed member's workers too, until they stop).
     pub async fn list_webcluster_workers(
         &self,
         oid: &str,
@@ -113,20 +114,14 @@ impl Core {
         let oid = validate::oid("webcluster_oid", oid)?;
         self.get_webcluster(&oid)?;
         let nodes = self.nodes_by_oid()?;
-        let members: Vec<WebClusterNode> = self.store.list(&keys::webcluster_nodes(&oid))?;
-        let p = prefix(&oid);
+        let owner = Owner::web(&oid);
+        let ours = |w: &apb::Worker| Owner::of(w).as_ref() == Some(&owner);
         let mut out = Vec::new();
-        for m in members {
-            let Some(node) = nodes.get(&m.node_oid) else {
-                continue;
-            };
+        for node in nodes.values() {
             if online_only && node.status != NodeStatus::Online as i32 {
                 continue;
             }
-            out.extend(
-                self.workers_on(node, WorkerType::Web, |id| id.starts_with(&p))
-                    .await,
-            );
+            out.extend(self.workers_on(node, WorkerType::Web, ours).await);
         }
         Ok(out)
     }
@@ -197,7 +192,7 @@ impl Core {
         {
             if let Some(node) = nodes.get(node_oid) {
                 let mut ws = self
-                    .workers_on(node, WorkerType::Router, |id| names.contains(&id))
+                    .workers_on(node, WorkerType::Router, |w| names.contains(&w.id.as_str()))
                     .await;
                 for w in &mut ws {
                     w.workergroup_oid = group.oid.clone();

@@ -1,30 +1,48 @@
 //! Monitors: what makes started clusters run (docs/architecture.md, "Monitors").
 //!
-//! The [`Supervisor`] keeps one monitor task per cluster in STARTING/RUNNING/DEGRADED/STOPPING
-//! (resumed from the store at start). A monitor is an actor woken by a ticker and, at once, by
-//! any event about its cluster and by node status changes. Each iteration observes the member
-//! nodes over mTLS (concurrently, with deadlines), computes a plan with the pure functions of
-//! [`web`] and [`placement`], executes it, and sets the cluster's status with a reason. It never
-//! exits on an error: it logs, counts and retries on the next wake-up.
+//! The [`Supervisor`] keeps one monitor task per cluster in STARTING/RUNNING/DEGRADED/STOPPING/
+//! ERROR (resumed from the store at start), tracks every task it spawns, and restarts a monitor
+//! that ends unexpectedly. A monitor is an actor woken by a ticker and, at once, by any event
+//! about its cluster and by node status changes. Each iteration has the same shape for both
+//! kinds of cluster:
+//!
+//! 1. observe every online node over the [`agent::AgentApi`] seam (concurrently, deadlines);
+//!    workers are recognised by the owner labels they carry ([`owner`]), never by store rows;
+//! 2. plan with a pure function: [`web::plan`], or [`placement::place`] then [`router::plan`];
+//! 3. execute the actions ([`execute`]: concurrent across nodes, ordered within one);
+//! 4. decide the status with the pure [`status::decide`] and write it.
+//!
+//! A monitor never exits on an error: it logs, counts and retries on the next wake-up.
 
+pub mod agent;
+pub mod owner;
 pub mod placement;
 pub mod router;
-pub mod router_workers;
+pub mod router_monitor;
 pub mod status;
 pub mod web;
 pub mod web_monitor;
 
-use std::collections::HashMap;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use switchyard::pb::master::v1::{ClusterStatus, EventType, RouterCluster, WebCluster, event};
+use futures::future::BoxFuture;
+use switchyard::pb::agent::v1 as apb;
+use switchyard::pb::master::v1::{
+    ClusterStatus, ClusterWorker, EventType, Node, NodeStatus, RouterCluster, WebCluster, event,
+};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
-use crate::agents::Agents;
 use crate::core::Core;
-use crate::store::{StoreExt, keys};
+use crate::store::{StoreError, StoreExt, keys};
+use agent::{AgentApi, unreachable};
+use owner::{Owner, live};
 
 /// Which kind of cluster a monitor runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,25 +75,50 @@ pub struct Stats {
     pub iterations: AtomicU64,
     /// Iterations that hit an error.
     pub errors: AtomicU64,
+    /// Monitors restarted after they ended unexpectedly (a panic).
+    pub restarts: AtomicU64,
 }
 
-/// Starts, wakes and resumes monitors.
+/// Why an iteration failed; the monitor logs it, counts it and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// Reading or writing the store failed (a conflict means someone changed the cluster
+    /// meanwhile: the iteration is retried at once).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A read through the master's core failed.
+    #[error(transparent)]
+    Core(#[from] crate::error::Error),
+}
+
+impl MonitorError {
+    /// Whether to retry at once rather than on the next tick.
+    fn retry_now(&self) -> bool {
+        matches!(self, MonitorError::Store(StoreError::Conflict(_)))
+    }
+}
+
+/// Starts, wakes and resumes monitors, and restarts one that ends unexpectedly.
 #[derive(Debug)]
 pub struct Supervisor {
     core: Arc<Core>,
+    agents: Arc<dyn AgentApi>,
     config: MonitorConfig,
     monitors: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
+    tasks: TaskTracker,
     /// Counters.
     pub stats: Stats,
 }
 
 impl Supervisor {
-    /// A supervisor; call [`Supervisor::run`] to start it.
-    pub fn new(core: Arc<Core>, config: MonitorConfig) -> Arc<Self> {
+    /// A supervisor whose monitors call `agents`; call [`Supervisor::run`] to start it.
+    pub fn new(core: Arc<Core>, agents: Arc<dyn AgentApi>, config: MonitorConfig) -> Arc<Self> {
         Arc::new(Supervisor {
             core,
+            agents,
             config,
             monitors: Default::default(),
+            tasks: TaskTracker::new(),
             stats: Stats::default(),
         })
     }
@@ -90,35 +133,8 @@ impl Supervisor {
             _ = self.core.shutdown.cancelled() => return,
             _ = tokio::time::sleep(self.core.heartbeat.grace) => {}
         }
-        let active = |s: i32| {
-            matches!(
-                ClusterStatus::try_from(s),
-                Ok(ClusterStatus::Starting
-                    | ClusterStatus::Running
-                    | ClusterStatus::Degraded
-                    | ClusterStatus::Stopping
-                    | ClusterStatus::Error)
-            )
-        };
-        for c in self
-            .core
-            .store
-            .list::<WebCluster>(keys::WEBCLUSTERS)
-            .unwrap_or_default()
-        {
-            if active(c.status) {
-                self.ensure(Kind::Web, &c.oid);
-            }
-        }
-        for c in self
-            .core
-            .store
-            .list::<RouterCluster>(keys::ROUTERCLUSTERS)
-            .unwrap_or_default()
-        {
-            if active(c.status) {
-                self.ensure(Kind::Router, &c.oid);
-            }
+        if !self.resume().await {
+            return;
         }
         loop {
             let event = tokio::select! {
@@ -133,28 +149,65 @@ impl Supervisor {
                 }
                 Err(_) => return,
             };
-            use EventType as E;
-            let kind = EventType::try_from(event.r#type).unwrap_or(E::Unspecified);
-            match (kind, &event.object) {
-                (E::OnNodeReady, Some(event::Object::Node(node))) => {
-                    self.wake_all();
-                    tokio::spawn(sweep(
-                        self.core.clone(),
-                        self.core.agents.clone(),
-                        node.clone(),
-                    ));
+            self.dispatch(&event);
+        }
+    }
+
+    /// Waits (at most `grace`) for every monitor and sweep to finish its iteration after
+    /// shutdown was signalled.
+    pub async fn drain(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(tasks = self.tasks.len(), "monitors still busy at shutdown");
+        }
+    }
+
+    /// Starts the monitors of the active clusters in the store, retrying until it can read
+    /// them; false on shutdown.
+    async fn resume(self: &Arc<Self>) -> bool {
+        loop {
+            match active_clusters(&self.core) {
+                Ok(active) => {
+                    for (kind, oid) in active {
+                        self.ensure(kind, &oid);
+                    }
+                    return true;
                 }
-                (E::OnNodeReady | E::OnNodeShutdown | E::OnNodeRemoved, _) => self.wake_all(),
-                (E::OnWebclusterStarting, _) => self.ensure(Kind::Web, &event.oid),
-                (E::OnRouterclusterStarting, _) => self.ensure(Kind::Router, &event.oid),
-                (_, Some(event::Object::Webcluster(c))) => self.wake(&c.oid),
-                (_, Some(event::Object::WebclusterNode(m))) => self.wake(&m.cluster_oid),
-                (_, Some(event::Object::Webservice(s))) => self.wake(&s.webcluster_oid),
-                (_, Some(event::Object::Routercluster(c))) => self.wake(&c.oid),
-                (_, Some(event::Object::RouterclusterNode(m))) => self.wake(&m.cluster_oid),
-                (_, Some(event::Object::Workergroup(g))) => self.wake(&g.cluster_oid),
-                _ => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the clusters to resume; retrying");
+                    tokio::select! {
+                        _ = self.core.shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(self.config.period) => {}
+                    }
+                }
             }
+        }
+    }
+
+    /// Wakes or starts the monitors an event concerns.
+    fn dispatch(self: &Arc<Self>, event: &switchyard::pb::master::v1::Event) {
+        use EventType as E;
+        let kind = EventType::try_from(event.r#type).unwrap_or(E::Unspecified);
+        match (kind, &event.object) {
+            (E::OnNodeReady, Some(event::Object::Node(node))) => {
+                self.wake_all();
+                let (core, agents, node) = (self.core.clone(), self.agents.clone(), node.clone());
+                let period = self.config.period;
+                self.tasks.spawn(sweep(core, agents, node, period));
+            }
+            (E::OnNodeReady | E::OnNodeShutdown | E::OnNodeRemoved, _) => self.wake_all(),
+            (E::OnWebclusterStarting, _) => self.ensure(Kind::Web, &event.oid),
+            (E::OnRouterclusterStarting, _) => self.ensure(Kind::Router, &event.oid),
+            (_, Some(event::Object::Webcluster(c))) => self.wake(&c.oid),
+            (_, Some(event::Object::WebclusterNode(m))) => self.wake(&m.cluster_oid),
+            (_, Some(event::Object::Webservice(s))) => self.wake(&s.webcluster_oid),
+            (_, Some(event::Object::Routercluster(c))) => self.wake(&c.oid),
+            (_, Some(event::Object::RouterclusterNode(m))) => self.wake(&m.cluster_oid),
+            (_, Some(event::Object::Workergroup(g))) => self.wake(&g.cluster_oid),
+            _ => {}
         }
     }
 
@@ -192,27 +245,51 @@ impl Supervisor {
             monitors.insert(oid.to_owned(), n.clone());
             n
         };
+        let span = tracing::info_span!("monitor", cluster = %oid, ?kind);
         let this = self.clone();
         let oid = oid.to_owned();
-        tokio::spawn(async move {
-            tracing::info!(cluster = %oid, ?kind, "monitor started");
-            loop {
-                this.clone().monitor(kind, &oid, notify.clone()).await;
-                // Deregister under the lock, unless the cluster was started again meanwhile
-                // (its start event found this monitor registered and only woke it).
-                let mut monitors = this.monitors.lock().unwrap_or_else(|p| p.into_inner());
-                if this.core.shutdown.is_cancelled() || !is_active(&this.core, kind, &oid) {
-                    monitors.remove(&oid);
-                    break;
-                }
-            }
-            tracing::info!(cluster = %oid, "monitor ended");
-        });
+        self.tasks.spawn(tracing::Instrument::instrument(
+            async move { this.supervise(kind, oid, notify).await },
+            span,
+        ));
     }
 
-    /// The monitor loop of one cluster; returns once the cluster is STOPPED or deleted.
-    async fn monitor(self: Arc<Self>, kind: Kind, oid: &str, notify: Arc<Notify>) {
-        let mut verified = router::Verified::default();
+    /// Runs the monitor of `oid` until its cluster is STOPPED or gone, restarting it (after one
+    /// period) when it ends unexpectedly; then deregisters it.
+    async fn supervise(self: Arc<Self>, kind: Kind, oid: String, notify: Arc<Notify>) {
+        tracing::info!("monitor started");
+        loop {
+            let run = tokio::spawn(tracing::Instrument::in_current_span(self.clone().monitor(
+                kind,
+                oid.clone(),
+                notify.clone(),
+            )));
+            if let Err(e) = run.await {
+                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "monitor ended unexpectedly; restarting it");
+                tokio::select! {
+                    _ = self.core.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(self.config.period) => {}
+                }
+            }
+            // Deregister under the lock, unless the cluster was started again meanwhile
+            // (its start event found this monitor registered and only woke it). A store that
+            // cannot tell keeps the monitor.
+            let mut monitors = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+            if self.core.shutdown.is_cancelled()
+                || matches!(is_active(&self.core, kind, &oid), Ok(false))
+            {
+                monitors.remove(&oid);
+                break;
+            }
+        }
+        tracing::info!("monitor ended");
+    }
+
+    /// The monitor loop of one cluster; returns once the cluster is STOPPED or deleted, or on
+    /// shutdown.
+    async fn monitor(self: Arc<Self>, kind: Kind, oid: String, notify: Arc<Notify>) {
+        let mut verified = router_monitor::Verified::default();
         let mut ticker = tokio::time::interval(self.config.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -222,108 +299,127 @@ impl Supervisor {
                 _ = notify.notified() => {}
             }
             self.stats.iterations.fetch_add(1, Ordering::Relaxed);
+            let agents = &*self.agents;
             let outcome = match kind {
-                Kind::Web => web_monitor::reconcile(&self.core, &self.core.agents, oid).await,
+                Kind::Web => web_monitor::reconcile(&self.core, agents, &oid).await,
                 Kind::Router => {
-                    router::reconcile(&self.core, &self.core.agents, oid, &mut verified).await
+                    router_monitor::reconcile(&self.core, agents, &oid, &mut verified).await
                 }
             };
             match outcome {
                 Ok(Outcome::Done) => {
-                    self.core.gauges.remove(oid);
+                    self.core.gauges.remove(&oid);
                     return;
                 }
                 Ok(Outcome::Continue) => {}
                 Ok(Outcome::Again) => notify.notify_one(),
                 Err(error) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(cluster = %oid, %error, "reconciliation failed; retrying");
+                    tracing::warn!(%error, "reconciliation failed; retrying");
+                    if error.retry_now() {
+                        notify.notify_one();
+                    }
                 }
             }
         }
     }
 }
 
+/// Whether a stored cluster's status needs a monitor.
+fn needs_monitor(status: i32) -> bool {
+    matches!(
+        ClusterStatus::try_from(status),
+        Ok(ClusterStatus::Starting
+            | ClusterStatus::Running
+            | ClusterStatus::Degraded
+            | ClusterStatus::Stopping
+            | ClusterStatus::Error)
+    )
+}
+
+/// Every stored cluster that needs a monitor.
+fn active_clusters(core: &Core) -> Result<Vec<(Kind, String)>, StoreError> {
+    let webs = core.store.list::<WebCluster>(keys::WEBCLUSTERS)?;
+    let routers = core.store.list::<RouterCluster>(keys::ROUTERCLUSTERS)?;
+    let web = webs
+        .into_iter()
+        .filter(|c| needs_monitor(c.status))
+        .map(|c| (Kind::Web, c.oid));
+    let router = routers
+        .into_iter()
+        .filter(|c| needs_monitor(c.status))
+        .map(|c| (Kind::Router, c.oid));
+    Ok(web.chain(router).collect())
+}
+
 /// Whether cluster `oid` is in a status that needs a monitor.
-fn is_active(core: &Core, kind: Kind, oid: &str) -> bool {
+fn is_active(core: &Core, kind: Kind, oid: &str) -> Result<bool, StoreError> {
     let status = match kind {
         Kind::Web => core
             .store
-            .load::<WebCluster>(&keys::webcluster(oid))
-            .ok()
-            .flatten()
+            .load::<WebCluster>(&keys::webcluster(oid))?
             .map(|(c, _)| c.status),
         Kind::Router => core
             .store
-            .load::<RouterCluster>(&keys::routercluster(oid))
-            .ok()
-            .flatten()
+            .load::<RouterCluster>(&keys::routercluster(oid))?
             .map(|(c, _)| c.status),
     };
-    status.is_some_and(|s| s != ClusterStatus::Stopped as i32)
+    Ok(status.is_some_and(|s| s != ClusterStatus::Stopped as i32))
 }
 
-/// A node came (back) online: stop its workers that belong to no active cluster (a cluster
-/// stopped or deleted while the node was unreachable). Active clusters' monitors handle the rest.
-async fn sweep(core: Arc<Core>, agents: Arc<Agents>, node: switchyard::pb::master::v1::Node) {
-    use switchyard::pb::agent::v1 as apb;
-    let Ok(mut nc) = agents.node_controller(&node) else {
-        return;
-    };
-    let Ok(list) = crate::agents::call(nc.list_workers(apb::ListWorkersRequest::default())).await
-    else {
-        return;
-    };
-    let webs = core
-        .store
-        .list::<WebCluster>(keys::WEBCLUSTERS)
-        .unwrap_or_default();
-    let routers = core
-        .store
-        .list::<RouterCluster>(keys::ROUTERCLUSTERS)
-        .unwrap_or_default();
-    let active_web: Vec<String> = webs
-        .iter()
-        .filter(|c| c.status != ClusterStatus::Stopped as i32)
-        .map(|c| web_monitor::prefix(&c.oid))
-        .collect();
-    let mut active_groups = std::collections::BTreeSet::new();
-    for c in routers
-        .iter()
-        .filter(|c| c.status != ClusterStatus::Stopped as i32)
-    {
-        for g in core
-            .store
-            .list::<switchyard::pb::master::v1::RouterWorkerGroup>(&keys::workergroups(&c.oid))
-            .unwrap_or_default()
-        {
-            active_groups.insert(g.name);
+/// Whether the cluster `oid` (web or router) exists and is not STOPPED.
+fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
+    Ok(is_active(core, Kind::Web, oid)? || is_active(core, Kind::Router, oid)?)
+}
+
+/// A node came (back) online: stop its workers whose cluster is stopped or gone (stopped or
+/// deleted while the node was unreachable), recognised by their owner labels. Running
+/// clusters' monitors handle the rest. Retried while the store cannot answer.
+async fn sweep(core: Arc<Core>, agents: Arc<dyn AgentApi>, node: Node, period: Duration) {
+    for _ in 0..10 {
+        match sweep_once(&core, &*agents, &node).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(node = %node.authid, %error, "sweep failed; retrying"),
+        }
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
         }
     }
-    for w in list.workers {
-        let live = matches!(
-            apb::WorkerStatus::try_from(w.status),
-            Ok(apb::WorkerStatus::Started | apb::WorkerStatus::Starting)
-        );
-        let stale = match apb::WorkerType::try_from(w.r#type) {
-            Ok(apb::WorkerType::Web) => {
-                w.id.starts_with("cpw-") && !active_web.iter().any(|p| w.id.starts_with(p))
-            }
-            Ok(apb::WorkerType::Router) => {
-                w.id.rsplit_once('_')
-                    .is_some_and(|(g, n)| n.parse::<u32>().is_ok() && !active_groups.contains(g))
-            }
-            _ => false,
+}
+
+async fn sweep_once(core: &Core, agents: &dyn AgentApi, node: &Node) -> Result<(), MonitorError> {
+    let list = apb::ListWorkersRequest::default();
+    let Ok(list) = agents.list_workers(node, list).await else {
+        return Ok(()); // gone again; its next return sweeps
+    };
+    let mut running: HashMap<String, bool> = HashMap::new();
+    for w in list.workers.into_iter().filter(|w| live(w.status)) {
+        let Some(owner) = Owner::of(&w) else { continue };
+        let keep = match running.get(&owner.cluster) {
+            Some(k) => *k,
+            None => *running
+                .entry(owner.cluster.clone())
+                .or_insert(cluster_running(core, &owner.cluster)?),
         };
-        if live && stale {
-            tracing::info!(node = %node.authid, worker = %w.id, "stopping a worker of no active cluster");
-            let _ = crate::agents::act(nc.stop_worker(apb::StopWorkerRequest {
-                worker_id: w.id,
+        if !keep {
+            tracing::info!(node = %node.authid, worker = %w.id, cluster = %owner.cluster, "stopping a worker of a stopped or deleted cluster");
+            let req = apb::StopWorkerRequest {
+                worker_id: w.id.clone(),
                 kill: false,
-            }))
-            .await;
+            };
+            if let Ok(r) = agents.stop_worker(node, req).await {
+                publish_worker(
+                    core,
+                    node,
+                    r.worker,
+                    &owner.group,
+                    EventType::OnWorkerStopped,
+                );
+            }
         }
     }
+    Ok(())
 }
 
 /// What a reconciliation iteration asks of its monitor.
@@ -335,4 +431,145 @@ pub enum Outcome {
     Continue,
     /// Actions ran: observe again at once.
     Again,
+}
+
+/// Every node by oid, with its liveness.
+fn nodes_by_oid(core: &Core) -> Result<BTreeMap<String, Node>, MonitorError> {
+    Ok(core
+        .list_nodes(None)?
+        .into_iter()
+        .map(|n| (n.oid.clone(), n))
+        .collect())
+}
+
+/// How long observing one node may take in all: each call has its own (shorter) deadline, and
+/// the first that fails ends the node's observation, so a frozen node costs one call deadline.
+const OBSERVE_NODE_TIMEOUT: Duration = crate::agents::ACT_TIMEOUT;
+
+/// Observes every online node concurrently with `observe`; returns what the nodes that
+/// answered hold, by node oid, and one line per node that did not.
+async fn observe_online<'a, T, F, Fut>(
+    nodes: &'a BTreeMap<String, Node>,
+    observe: F,
+) -> (BTreeMap<String, T>, Vec<String>)
+where
+    F: Fn(&'a Node) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let online: Vec<&Node> = nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Online as i32)
+        .collect();
+    let results = futures::future::join_all(online.iter().map(|n| async {
+        match tokio::time::timeout(OBSERVE_NODE_TIMEOUT, observe(n)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(s)) => Err(format!("{}: {}", n.authid, s.message())),
+            Err(_) => Err(format!("{}: observation timed out", n.authid)),
+        }
+    }))
+    .await;
+    let mut observed = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (node, result) in online.into_iter().zip(results) {
+        match result {
+            Ok(t) => {
+                observed.insert(node.oid.clone(), t);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    (observed, problems)
+}
+
+/// A planned action, as the generic executor sees it.
+trait Step: Send {
+    /// The node (oid) it runs on.
+    fn node(&self) -> &str;
+    /// The worker it is about.
+    fn worker(&self) -> &str;
+    /// Whether its failure makes the worker's later actions pointless (a start step).
+    fn blocks(&self) -> bool;
+    /// What it does, for error lines.
+    fn describe(&self) -> String;
+}
+
+/// Runs one action of a monitor against an agent.
+trait Executor: Sync {
+    /// The monitor's action type.
+    type Action: Step;
+    /// Runs `action` on `node`.
+    fn run<'s>(
+        &'s self,
+        node: &'s Node,
+        action: Self::Action,
+    ) -> BoxFuture<'s, Result<(), tonic::Status>>;
+}
+
+/// Executes `actions`: concurrently across nodes, in order within a node. A failed start step
+/// skips the worker's remaining actions; a node that does not answer has its remaining actions
+/// skipped. Returns one line per failure.
+async fn execute<E: Executor>(
+    exec: &E,
+    nodes: &BTreeMap<String, Node>,
+    actions: Vec<E::Action>,
+) -> Vec<String> {
+    let mut by_node: BTreeMap<String, Vec<E::Action>> = BTreeMap::new();
+    for a in actions {
+        by_node.entry(a.node().to_owned()).or_default().push(a);
+    }
+    let runs = by_node.into_iter().filter_map(|(oid, list)| {
+        let node = nodes.get(&oid)?;
+        Some(async move {
+            let mut failures = Vec::new();
+            let mut blocked = BTreeSet::new();
+            for action in list {
+                if blocked.contains(action.worker()) {
+                    continue;
+                }
+                let (what, worker, blocks) = (
+                    action.describe(),
+                    action.worker().to_owned(),
+                    action.blocks(),
+                );
+                if let Err(s) = exec.run(node, action).await {
+                    failures.push(format!("{} {what}: {}", node.authid, s.message()));
+                    if unreachable(&s) {
+                        break;
+                    }
+                    if blocks {
+                        blocked.insert(worker);
+                    }
+                }
+            }
+            failures
+        })
+    });
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Publishes `on_worker_started` / `on_worker_stopped` for a worker a monitor started/stopped.
+fn publish_worker(
+    core: &Core,
+    node: &Node,
+    worker: Option<apb::Worker>,
+    group: &str,
+    kind: EventType,
+) {
+    let Some(w) = worker else { return };
+    let cw = ClusterWorker {
+        node_oid: node.oid.clone(),
+        node_authid: node.authid.clone(),
+        worker_id: w.id,
+        pid: w.pid,
+        status: w.status,
+        observed: Some(std::time::SystemTime::now().into()),
+        workergroup_oid: group.to_owned(),
+        port: 0,
+    };
+    core.events
+        .publish(kind, &node.oid, None, event::Object::Worker(cw));
 }

@@ -1,173 +1,199 @@
-//! One reconciliation iteration of a router cluster: place ([`super::placement::place`]), store
-//! the placements, start placed workers, stop workers that are not placed where they run, bring
-//! each running worker's transport, realms and links in line ([`super::router_workers`]), record
-//! the ports, set the status.
+//! Router cluster reconciliation as pure functions: what every placed router worker should be
+//! ([`desired`]: its owner, realms, port range, link secret and a link to every other placed
+//! worker of its group), what runs ([`Observed`]), and the actions between them ([`plan`]).
+//! Placement itself is [`super::placement::place`]; the executor is `router_monitor.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard::pb::agent::v1::{self as apb, WorkerStatus, WorkerType};
-use switchyard::pb::master::v1::{
-    ClusterStatus, ClusterWorker, EventType, Node, NodeStatus, Placement, RouterCluster,
-    RouterClusterNode, RouterWorkerGroup, event,
-};
+use switchyard::pb::agent::v1::{self as apb, WorkerStatus};
+use switchyard::pb::master::v1::{Node, NodeStatus, Placement, RouterWorkerGroup};
 
-use super::Outcome;
-use super::placement::{self, Group, Member, Slot};
-use super::router_workers::{PeerWorker, configure, link_secrets};
-use super::status::set_status;
-use crate::agents::{Agents, act, call};
-use crate::core::{Core, new_oid, now_ns};
-use crate::store::{StoreExt, Txn, codec, keys};
+use super::owner::{Owner, live};
+use super::placement::Slot;
 
-/// Stores the new placements (one transaction) and publishes what changed.
-async fn store_placements(
-    core: &Core,
-    oid: &str,
-    old: &[Placement],
-    slots: &[Slot],
-    nodes: &BTreeMap<String, Node>,
-) -> Result<(), String> {
-    let old_by_worker: BTreeMap<(&str, &str), &Placement> = old
-        .iter()
-        .map(|p| ((p.workergroup_oid.as_str(), p.worker_name.as_str()), p))
-        .collect();
-    let new_keys: BTreeSet<(&str, &str)> = slots
-        .iter()
-        .map(|s| (s.group.as_str(), s.worker.as_str()))
-        .collect();
-    let mut txn = Txn::new();
-    let mut changed = Vec::new();
-    for p in old {
-        if !new_keys.contains(&(p.workergroup_oid.as_str(), p.worker_name.as_str())) {
-            txn = txn.delete(keys::placement(oid, &p.workergroup_oid, &p.oid));
-        }
-    }
-    for s in slots {
-        match old_by_worker.get(&(s.group.as_str(), s.worker.as_str())) {
-            Some(p) if p.node_oid == s.node => {}
-            existing => {
-                let placement = Placement {
-                    oid: existing.map_or_else(new_oid, |p| p.oid.clone()),
-                    cluster_oid: oid.to_owned(),
-                    workergroup_oid: s.group.clone(),
-                    node_oid: s.node.clone(),
-                    worker_name: s.worker.clone(),
-                    tcp_listening_port: 0,
-                    changed: now_ns(),
-                    node_authid: nodes
-                        .get(&s.node)
-                        .map(|n| n.authid.clone())
-                        .unwrap_or_default(),
-                };
-                txn = txn.put(
-                    keys::placement(oid, &s.group, &placement.oid),
-                    codec::encode(&placement),
-                );
-                changed.push(placement);
-            }
-        }
-    }
-    if txn.puts.is_empty() && txn.deletes.is_empty() {
-        return Ok(());
-    }
-    core.store.commit(txn).await.map_err(|e| e.to_string())?;
-    for p in changed {
-        tracing::info!(cluster = %oid, worker = %p.worker_name, node = %p.node_authid, "placed");
-        core.events.publish(
-            EventType::OnPlacementChanged,
-            oid,
-            None,
-            event::Object::Placement(p),
-        );
-    }
-    Ok(())
+/// What one router worker should be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    /// Its cluster and worker group.
+    pub owner: Owner,
+    /// The realms it serves.
+    pub realms: BTreeSet<String>,
+    /// The port range its WAMP listener takes a free port from.
+    pub port_range: (u32, u32),
+    /// The secret its group's links authenticate with.
+    pub secret: String,
+    /// Its links to the group's other workers, by link id.
+    pub links: BTreeMap<String, apb::RouterLink>,
 }
 
-/// (node oid, worker id).
-type WorkerKey = (String, String);
-/// (pid, fingerprint, port) a worker was verified at.
-type Checked = (u32, u64, u32);
+/// What a router cluster wants: node oid → worker id → worker.
+pub type Desired = BTreeMap<String, BTreeMap<String, WorkerSpec>>;
 
-/// What a monitor remembers between iterations: router workers found exactly as desired, by
-/// (node, worker), with the pid and desired-state fingerprint they were verified at. A worker
-/// whose pid and desired state are unchanged is not observed again until the memory expires
-/// (every [`Verified::TTL`]), so a steady cluster costs one ListWorkers per node per tick rather
-/// than three calls per worker.
-#[derive(Debug)]
-pub struct Verified {
-    entries: std::collections::HashMap<WorkerKey, Checked>,
-    since: std::time::Instant,
+/// What a running router worker serves, as observed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    /// Its WAMP port, if its listener runs.
+    pub port: Option<u32>,
+    /// Its realms.
+    pub realms: BTreeSet<String>,
+    /// Its links, by id.
+    pub links: BTreeMap<String, apb::RouterLink>,
 }
 
-impl Default for Verified {
-    fn default() -> Self {
-        Verified {
-            entries: Default::default(),
-            since: std::time::Instant::now(),
+/// How much of a worker's configuration the executor looked at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Config {
+    /// Found exactly as desired earlier, and neither its process nor its desired state changed
+    /// since: not observed again.
+    Verified {
+        /// Its WAMP port.
+        port: u32,
+    },
+    /// Observed now.
+    Seen(Seen),
+}
+
+/// One observed router worker of a node (any owner).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerObs {
+    /// Its status.
+    pub status: WorkerStatus,
+    /// Its process id.
+    pub pid: u32,
+    /// Who started it, from its labels (none: not started by a monitor).
+    pub owner: Option<Owner>,
+    /// Its configuration, for the started workers the cluster wants where they run.
+    pub config: Option<Config>,
+}
+
+/// What runs: node oid → worker id → worker (only nodes that answered are present).
+pub type Observed = BTreeMap<String, BTreeMap<String, WorkerObs>>;
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Stop worker `id`.
+    StopWorker { node: String, id: String },
+    /// Start worker `id`, labelled with its owner.
+    StartWorker {
+        node: String,
+        id: String,
+        owner: Owner,
+    },
+    /// Start the WAMP listener of worker `id`.
+    StartTransport {
+        node: String,
+        id: String,
+        group: String,
+        port_range: (u32, u32),
+        secret: String,
+    },
+    /// Start realm `realm` on worker `id`.
+    StartRealm {
+        node: String,
+        id: String,
+        realm: String,
+    },
+    /// Stop realm `realm` of worker `id`.
+    StopRealm {
+        node: String,
+        id: String,
+        realm: String,
+    },
+    /// Start (or re-point) a link of worker `id`.
+    StartLink {
+        node: String,
+        id: String,
+        link: apb::RouterLink,
+    },
+    /// Stop link `link` of worker `id`.
+    StopLink {
+        node: String,
+        id: String,
+        link: String,
+    },
+}
+
+impl Action {
+    /// The node the action runs on.
+    pub fn node(&self) -> &str {
+        self.target().0
+    }
+
+    /// The worker the action is about.
+    pub fn worker(&self) -> &str {
+        self.target().1
+    }
+
+    fn target(&self) -> (&str, &str) {
+        match self {
+            Action::StopWorker { node, id }
+            | Action::StartWorker { node, id, .. }
+            | Action::StartTransport { node, id, .. }
+            | Action::StartRealm { node, id, .. }
+            | Action::StopRealm { node, id, .. }
+            | Action::StartLink { node, id, .. }
+            | Action::StopLink { node, id, .. } => (node, id),
         }
     }
 }
 
-impl Verified {
-    /// How long a verification is trusted.
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// The outcome of [`plan`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// The actions, in per-node execution order.
+    pub actions: Vec<Action>,
+    /// Wanted workers whose id is held on their node by a live worker the cluster does not
+    /// own (another cluster's, or one an operator started): they start once it is gone.
+    pub blocked: Vec<String>,
+}
 
-    fn expire(&mut self) {
-        if self.since.elapsed() > Self::TTL {
-            self.entries.clear();
-            self.since = std::time::Instant::now();
-        }
-    }
-
-    fn port_if_current(&self, key: &WorkerKey, pid: u32, fp: u64) -> Option<u32> {
-        self.entries
-            .get(key)
-            .filter(|(p, f, _)| *p == pid && *f == fp)
-            .map(|(_, _, port)| *port)
-    }
-
-    fn record(&mut self, checked: Vec<(WorkerKey, Option<Checked>)>) {
-        for (key, fresh) in checked {
-            match fresh {
-                Some(c) => {
-                    self.entries.insert(key, c);
-                }
-                None => {
-                    self.entries.remove(&key);
-                }
-            }
-        }
+/// The realms of a group (default `realm1`).
+pub fn realms(group: &RouterWorkerGroup) -> BTreeSet<String> {
+    if group.realms.is_empty() {
+        BTreeSet::from(["realm1".to_owned()])
+    } else {
+        group.realms.iter().cloned().collect()
     }
 }
 
-/// A digest of everything a router worker is configured from.
-fn fingerprint(group: &RouterWorkerGroup, secret: &str, worker: &str, peers: &[PeerWorker]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    group.realms.hash(&mut h);
-    group.port_range.map(|r| (r.start, r.end)).hash(&mut h);
-    secret.hash(&mut h);
-    worker.hash(&mut h);
-    let mut p: Vec<(&str, &str, u32)> = peers
-        .iter()
-        .map(|p| (p.worker.as_str(), p.host.as_str(), p.port))
-        .collect();
-    p.sort();
-    p.hash(&mut h);
-    h.finish()
+/// A placed worker of a group whose port is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerWorker {
+    /// Its worker id.
+    pub worker: String,
+    /// Its node's address.
+    pub host: String,
+    /// Its WAMP port.
+    pub port: u32,
 }
 
-/// Whether a call failed because the node did not answer: the node's remaining work is skipped
-/// this iteration, so one partitioned node delays the others by at most one deadline.
-pub(super) fn unreachable(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
-    )
+/// The desired links of `worker`: to every other peer, for every realm.
+pub fn desired_links(
+    worker: &str,
+    realms: &BTreeSet<String>,
+    peers: &[PeerWorker],
+) -> BTreeMap<String, apb::RouterLink> {
+    let mut links = BTreeMap::new();
+    for p in peers.iter().filter(|p| p.worker != worker) {
+        for r in realms {
+            let id = format!("{}@{}", p.worker, r);
+            let link = apb::RouterLink {
+                id: id.clone(),
+                realm: r.clone(),
+                peer_host: p.host.clone(),
+                peer_port: p.port,
+                peer_path: "/ws".to_owned(),
+                connected: false,
+            };
+            links.insert(id, link);
+        }
+    }
+    links
 }
 
 /// The address peers and web workers reach a node's router workers at.
-fn node_host(n: &Node) -> String {
+pub fn node_host(n: &Node) -> String {
     if n.cluster_ip.is_empty() {
         "127.0.0.1".to_owned()
     } else {
@@ -175,170 +201,22 @@ fn node_host(n: &Node) -> String {
     }
 }
 
-/// Records the WAMP port each placed worker listens on; true when a port changed.
-async fn store_ports(
-    core: &Core,
-    oid: &str,
-    current: &[Placement],
-    ports: &[(String, String, u32)],
-) -> Result<bool, String> {
-    let mut txn = Txn::new();
-    let mut changed = Vec::new();
-    for (group, worker, port) in ports {
-        if let Some(p) = current
-            .iter()
-            .find(|p| &p.workergroup_oid == group && &p.worker_name == worker)
-            .filter(|p| p.tcp_listening_port != *port && *port != 0)
-        {
-            let mut p = p.clone();
-            p.tcp_listening_port = *port;
-            p.changed = now_ns();
-            txn = txn.put(
-                keys::placement(oid, &p.workergroup_oid, &p.oid),
-                codec::encode(&p),
-            );
-            changed.push(p);
-        }
-    }
-    if changed.is_empty() {
-        return Ok(false);
-    }
-    core.store.commit(txn).await.map_err(|e| e.to_string())?;
-    for p in changed {
-        tracing::info!(cluster = %oid, worker = %p.worker_name, port = p.tcp_listening_port, "router worker listening");
-        core.events.publish(
-            EventType::OnPlacementChanged,
-            oid,
-            None,
-            event::Object::Placement(p),
-        );
-    }
-    Ok(true)
-}
-
-fn publish_worker(core: &Core, node: &Node, w: &apb::Worker, group: &str, kind: EventType) {
-    let cw = ClusterWorker {
-        node_oid: node.oid.clone(),
-        node_authid: node.authid.clone(),
-        worker_id: w.id.clone(),
-        pid: w.pid,
-        status: w.status,
-        observed: Some(std::time::SystemTime::now().into()),
-        workergroup_oid: group.to_owned(),
-        port: 0,
-    };
-    core.events
-        .publish(kind, &node.oid, None, event::Object::Worker(cw));
-}
-
-/// One iteration for router cluster `oid`.
-pub async fn reconcile(
-    core: &Core,
-    agents: &Agents,
-    oid: &str,
-    verified: &mut Verified,
-) -> Result<Outcome, String> {
-    verified.expire();
-    let Some((cluster, _)) = core
-        .store
-        .load::<RouterCluster>(&keys::routercluster(oid))
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(Outcome::Done);
-    };
-    let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
-    if status == ClusterStatus::Stopped {
-        return Ok(Outcome::Done);
-    }
-    let stopping = status == ClusterStatus::Stopping;
-    let members: Vec<RouterClusterNode> = core
-        .store
-        .list(&keys::routercluster_nodes(oid))
-        .map_err(|e| e.to_string())?;
-    let groups: Vec<RouterWorkerGroup> = core
-        .store
-        .list(&keys::workergroups(oid))
-        .map_err(|e| e.to_string())?;
-    let nodes: BTreeMap<String, Node> = core
-        .list_nodes(None)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|n| (n.oid.clone(), n))
-        .collect();
-    let online: Vec<&Node> = nodes
-        .values()
-        .filter(|n| n.status == NodeStatus::Online as i32)
-        .collect();
-    let old: Vec<Placement> = core
-        .store
-        .list(&keys::placements(oid))
-        .map_err(|e| e.to_string())?;
-
-    // Placement (nothing is placed while stopping).
-    let member_facts: Vec<Member> = members
-        .iter()
-        .map(|m| Member {
-            node: m.node_oid.clone(),
-            authid: m.node_authid.clone(),
-            softlimit: m.softlimit,
-            hardlimit: m.hardlimit,
-            online: nodes
-                .get(&m.node_oid)
-                .is_some_and(|n| n.status == NodeStatus::Online as i32),
-        })
-        .collect();
-    let group_facts: Vec<Group> = if stopping {
-        Vec::new()
-    } else {
-        groups
-            .iter()
-            .map(|g| Group {
-                oid: g.oid.clone(),
-                name: g.name.clone(),
-                scale: g.scale.max(1),
-            })
-            .collect()
-    };
-    let existing: Vec<Slot> = old
-        .iter()
-        .map(|p| Slot {
-            group: p.workergroup_oid.clone(),
-            worker: p.worker_name.clone(),
-            node: p.node_oid.clone(),
-        })
-        .collect();
-    let placed = placement::place(&group_facts, &member_facts, &existing);
-    store_placements(core, oid, &old, &placed.slots, &nodes).await?;
-
-    // Workers of this cluster: ids `<group name>_<n>` of its (current or just removed) groups.
-    let names: BTreeSet<String> = groups.iter().map(|g| g.name.clone()).collect();
-    let ours = |id: &str| {
-        id.rsplit_once('_')
-            .is_some_and(|(g, n)| names.contains(g) && n.parse::<u32>().is_ok())
-    };
-    let wanted: BTreeMap<(String, String), String> = placed
-        .slots
-        .iter()
-        .map(|s| ((s.node.clone(), s.worker.clone()), s.group.clone()))
-        .collect();
-    // What each running worker serves: its group, the group's secret and its placed peers.
-    let current: Vec<Placement> = core
-        .store
-        .list(&keys::placements(oid))
-        .map_err(|e| e.to_string())?;
-    let group_by_oid: BTreeMap<&str, &RouterWorkerGroup> =
-        groups.iter().map(|g| (g.oid.as_str(), g)).collect();
-    let secrets = if stopping {
-        BTreeMap::new()
-    } else {
-        link_secrets(core, oid, &groups).await?
-    };
+/// What every placed worker of cluster `cluster` should be. `placements` are the stored ones
+/// (their ports make the peers, on online nodes only); `secrets` are by group oid.
+pub fn desired(
+    cluster: &str,
+    groups: &[RouterWorkerGroup],
+    slots: &[Slot],
+    placements: &[Placement],
+    nodes: &BTreeMap<String, Node>,
+    secrets: &BTreeMap<String, String>,
+) -> Desired {
     let mut peers: BTreeMap<&str, Vec<PeerWorker>> = BTreeMap::new();
-    for p in current.iter().filter(|p| p.tcp_listening_port != 0) {
-        if let Some(n) = nodes
+    for p in placements.iter().filter(|p| p.tcp_listening_port != 0) {
+        let online = nodes
             .get(&p.node_oid)
-            .filter(|n| n.status == NodeStatus::Online as i32)
-        {
+            .filter(|n| n.status == NodeStatus::Online as i32);
+        if let Some(n) = online {
             peers
                 .entry(p.workergroup_oid.as_str())
                 .or_default()
@@ -349,241 +227,389 @@ pub async fn reconcile(
                 });
         }
     }
-    let (group_by_oid, secrets, peers) = (&group_by_oid, &secrets, &peers);
-    let known = &*verified;
-
-    let mut problems = Vec::new();
-    let mut acted = false;
-    let mut errors = Vec::new();
-    let mut ports: Vec<(String, String, u32)> = Vec::new();
-    let observations = futures::future::join_all(online.iter().map(|node| async move {
-        let mut nc = agents.node_controller(node)?;
-        let ws = call(nc.list_workers(apb::ListWorkersRequest {
-            r#type: WorkerType::Router as i32,
-            status: 0,
-        }))
-        .await
-        .map_err(|s| format!("{}: ListWorkers: {}", node.authid, s.message()))?;
-        Ok::<_, String>((nc, ws.workers))
-    }))
-    .await;
-    let runs = online
-        .iter()
-        .zip(observations)
-        .filter_map(|(node, obs)| match obs {
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-            Ok((mut nc, workers)) => {
-                let pids: BTreeMap<String, u32> =
-                    workers.iter().map(|w| (w.id.clone(), w.pid)).collect();
-                let running: BTreeSet<String> = workers
-                    .iter()
-                    .filter(|w| {
-                        w.status == WorkerStatus::Started as i32
-                            || w.status == WorkerStatus::Starting as i32
-                    })
-                    .map(|w| w.id.clone())
-                    .collect();
-                let to_stop: Vec<String> = running
-                    .iter()
-                    .filter(|id| {
-                        ours(id) && !wanted.contains_key(&(node.oid.clone(), (*id).clone()))
-                    })
-                    .cloned()
-                    .collect();
-                let to_start: Vec<(String, String)> = wanted
-                    .iter()
-                    .filter(|((n, id), _)| *n == node.oid && !running.contains(id))
-                    .map(|((_, id), g)| (id.clone(), g.clone()))
-                    .collect();
-                let up = wanted
-                    .keys()
-                    .filter(|(n, id)| *n == node.oid && running.contains(id))
-                    .count() as u64;
-                let here: Vec<(String, String)> = wanted
-                    .iter()
-                    .filter(|((n, _), _)| *n == node.oid)
-                    .map(|((_, id), g)| (id.clone(), g.clone()))
-                    .collect();
-                Some(async move {
-                    let mut errs = Vec::new();
-                    let mut did = false;
-                    for id in to_stop {
-                        did = true;
-                        match act(nc.stop_worker(apb::StopWorkerRequest {
-                            worker_id: id.clone(),
-                            kill: false,
-                        }))
-                        .await
-                        {
-                            Ok(r) => {
-                                if let Some(w) = r.worker {
-                                    publish_worker(core, node, &w, "", EventType::OnWorkerStopped);
-                                }
-                            }
-                            Err(s) => {
-                                errs.push(format!("{} stop {id}: {}", node.authid, s.message()));
-                                if unreachable(&s) {
-                                    return (did, errs, Vec::new(), Vec::new(), up);
-                                }
-                            }
-                        }
-                    }
-                    for (id, group) in to_start {
-                        did = true;
-                        let req = apb::StartWorkerRequest {
-                            worker_id: id.clone(),
-                            worker_type: WorkerType::Router as i32,
-                            options: None,
-                        };
-                        match act(nc.start_worker(req)).await {
-                            Ok(r) => {
-                                if let Some(w) = r.worker {
-                                    publish_worker(
-                                        core,
-                                        node,
-                                        &w,
-                                        &group,
-                                        EventType::OnWorkerStarted,
-                                    );
-                                }
-                            }
-                            Err(s) => {
-                                errs.push(format!("{} start {id}: {}", node.authid, s.message()));
-                                if unreachable(&s) {
-                                    return (did, errs, Vec::new(), Vec::new(), up);
-                                }
-                            }
-                        }
-                    }
-                    let mut ports = Vec::new();
-                    let mut checked = Vec::new();
-                    for (id, group_oid) in here {
-                        let (Some(group), Some(secret)) = (
-                            group_by_oid.get(group_oid.as_str()),
-                            secrets.get(&group_oid),
-                        ) else {
-                            continue;
-                        };
-                        let group_peers = peers.get(group_oid.as_str()).map_or(&[][..], |v| v);
-                        let pid = pids.get(&id).copied().unwrap_or(0);
-                        let fp = fingerprint(group, secret, &id, group_peers);
-                        let key = (node.oid.clone(), id.clone());
-                        if let Some(port) = known.port_if_current(&key, pid, fp) {
-                            ports.push((group_oid, id, port));
-                            continue;
-                        }
-                        match configure(&mut nc, &id, group, secret, group_peers).await {
-                            Ok(c) => {
-                                did |= c.acted;
-                                // Remembered only when found exactly as desired; anything
-                                // changed is verified again next time.
-                                let fresh = (!c.acted && pid != 0).then_some((pid, fp, c.port));
-                                checked.push((key, fresh));
-                                ports.push((group_oid, id, c.port));
-                            }
-                            Err(e) => {
-                                checked.push((key, None));
-                                errs.push(format!("{}: {}", node.authid, e.message));
-                                if e.unreachable {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    (did, errs, ports, checked, up)
-                })
-            }
-        });
-    let runs: Vec<_> = runs.collect();
-    let mut up_total = 0;
-    for (did, errs, p, checked, up) in futures::future::join_all(runs).await {
-        up_total += up;
-        acted |= did;
-        errors.extend(errs);
-        ports.extend(p);
-        verified.record(checked);
+    let mut out = Desired::new();
+    for s in slots {
+        let (Some(g), Some(secret)) = (
+            groups.iter().find(|g| g.oid == s.group),
+            secrets.get(&s.group),
+        ) else {
+            continue;
+        };
+        let realms = realms(g);
+        let range = g.port_range.unwrap_or_default();
+        let group_peers = peers.get(s.group.as_str()).map_or(&[][..], Vec::as_slice);
+        let spec = WorkerSpec {
+            owner: Owner::router(cluster, &g.oid),
+            links: desired_links(&s.worker, &realms, group_peers),
+            realms,
+            port_range: (range.start, range.end),
+            secret: secret.clone(),
+        };
+        out.entry(s.node.clone())
+            .or_default()
+            .insert(s.worker.clone(), spec);
     }
-    acted |= store_ports(core, oid, &current, &ports).await?;
-    core.gauges.set(
-        oid,
-        crate::metrics::WorkerCounts {
-            desired: placed.slots.len() as u64,
-            running: up_total,
-        },
-    );
-    for e in &errors {
-        tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
-    }
+    out
+}
 
-    if stopping {
-        if !acted && problems.is_empty() {
-            set_status::<RouterCluster>(core, oid, ClusterStatus::Stopped, "").await?;
-            return Ok(Outcome::Done);
+/// The actions that take `observed` to `desired` for cluster `cluster`. On each node that
+/// answered: live workers the cluster owns that are not wanted there (or are wanted for
+/// another group) stop; wanted workers that are not running start, fully configured; running
+/// wanted workers get what differs. Unreachable nodes get nothing.
+pub fn plan(cluster: &str, desired: &Desired, observed: &Observed) -> Plan {
+    let none = BTreeMap::new();
+    let mut out = Plan::default();
+    for (node, workers) in observed {
+        let wanted = desired.get(node).unwrap_or(&none);
+        for (id, w) in workers {
+            let ours = w.owner.as_ref().is_some_and(|o| o.cluster == cluster);
+            let right = wanted.get(id).map(|s| &s.owner) == w.owner.as_ref();
+            if ours && !right && live(w.status as i32) {
+                out.actions.push(Action::StopWorker {
+                    node: node.clone(),
+                    id: id.clone(),
+                });
+            }
         }
-        return Ok(if errors.is_empty() {
-            Outcome::Again
-        } else {
-            Outcome::Continue
+        for (id, spec) in wanted {
+            let current = workers.get(id);
+            match current {
+                Some(w) if w.owner.as_ref() == Some(&spec.owner) && live(w.status as i32) => {
+                    if let Some(Config::Seen(seen)) = &w.config {
+                        configure(&mut out.actions, node, id, spec, seen);
+                    }
+                }
+                Some(w)
+                    if live(w.status as i32)
+                        && w.owner.as_ref().is_none_or(|o| o.cluster != cluster) =>
+                {
+                    out.blocked
+                        .push(format!("{id} (held by another worker on its node)"));
+                }
+                _ => {
+                    out.actions.push(Action::StartWorker {
+                        node: node.clone(),
+                        id: id.clone(),
+                        owner: spec.owner.clone(),
+                    });
+                    configure(&mut out.actions, node, id, spec, &Seen::default());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The actions that bring a running (or just started) worker from `seen` to `spec`.
+fn configure(actions: &mut Vec<Action>, node: &str, id: &str, spec: &WorkerSpec, seen: &Seen) {
+    let (node, id) = (node.to_owned(), id.to_owned());
+    if seen.port.is_none() {
+        actions.push(Action::StartTransport {
+            node: node.clone(),
+            id: id.clone(),
+            group: spec.owner.group.clone(),
+            port_range: spec.port_range,
+            secret: spec.secret.clone(),
         });
     }
-    let placed_on_online = placed
-        .slots
-        .iter()
-        .all(|s| online.iter().any(|n| n.oid == s.node));
-    let (next, reason) = if members.is_empty() {
-        (
-            ClusterStatus::Error,
-            "the cluster has no member nodes".to_owned(),
-        )
-    } else if member_facts.iter().all(|m| !m.online) {
-        (ClusterStatus::Error, "no member node is online".to_owned())
-    } else if !errors.is_empty() {
-        (
-            ClusterStatus::Degraded,
-            format!("{} action(s) failed: {}", errors.len(), errors[0]),
-        )
-    } else if acted {
-        return Ok(Outcome::Again);
-    } else if !placed.unplaced.is_empty() {
-        (
-            ClusterStatus::Degraded,
-            format!(
-                "{} worker(s) cannot be placed within the members' hardlimits: {}",
-                placed.unplaced.len(),
-                placed.unplaced.join(", ")
-            ),
-        )
-    } else if !placed_on_online {
-        return Ok(Outcome::Again);
-    } else {
-        (ClusterStatus::Running, String::new())
-    };
-    set_status::<RouterCluster>(core, oid, next, &reason).await?;
-    Ok(Outcome::Continue)
+    for realm in spec.realms.difference(&seen.realms) {
+        let (node, id, realm) = (node.clone(), id.clone(), realm.clone());
+        actions.push(Action::StartRealm { node, id, realm });
+    }
+    for realm in seen.realms.difference(&spec.realms) {
+        let (node, id, realm) = (node.clone(), id.clone(), realm.clone());
+        actions.push(Action::StopRealm { node, id, realm });
+    }
+    for link in seen.links.keys().filter(|l| !spec.links.contains_key(*l)) {
+        let (node, id, link) = (node.clone(), id.clone(), link.clone());
+        actions.push(Action::StopLink { node, id, link });
+    }
+    for (link_id, link) in &spec.links {
+        // A missing link starts; one whose target changed is re-pointed by starting it again.
+        let same = seen.links.get(link_id).is_some_and(|l| {
+            l.realm == link.realm
+                && l.peer_host == link.peer_host
+                && l.peer_port == link.peer_port
+                && l.peer_path == link.peer_path
+        });
+        if !same {
+            let (node, id, link) = (node.clone(), id.clone(), link.clone());
+            actions.push(Action::StartLink { node, id, link });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const C: &str = "cluster-1";
+
+    fn spec(group: &str, peers: &[(&str, u32)]) -> WorkerSpec {
+        let realms = BTreeSet::from(["realm1".to_owned()]);
+        let peers: Vec<PeerWorker> = peers
+            .iter()
+            .map(|(w, port)| PeerWorker {
+                worker: (*w).into(),
+                host: "10.0.0.1".into(),
+                port: *port,
+            })
+            .collect();
+        WorkerSpec {
+            owner: Owner::router(C, group),
+            links: desired_links("self", &realms, &peers),
+            realms,
+            port_range: (10000, 10100),
+            secret: "s".into(),
+        }
+    }
+
+    fn running(owner: Owner, spec: &WorkerSpec) -> WorkerObs {
+        WorkerObs {
+            status: WorkerStatus::Started,
+            pid: 100,
+            owner: Some(owner),
+            config: Some(Config::Seen(Seen {
+                port: Some(10000),
+                realms: spec.realms.clone(),
+                links: spec.links.clone(),
+            })),
+        }
+    }
+
+    fn desired_on(node: &str, workers: &[(&str, WorkerSpec)]) -> Desired {
+        let ws = workers.iter().map(|(id, s)| ((*id).to_owned(), s.clone()));
+        [(node.to_owned(), ws.collect())].into()
+    }
+
+    fn stop(node: &str, id: &str) -> Action {
+        Action::StopWorker {
+            node: node.into(),
+            id: id.into(),
+        }
+    }
+
     #[test]
-    fn a_worker_changed_since_its_verification_is_observed_again() {
-        let mut v = Verified::default();
-        let key = ("n1".to_owned(), "g_0".to_owned());
-        v.record(vec![(key.clone(), Some((100, 7, 10000)))]);
-        assert_eq!(v.port_if_current(&key, 100, 7), Some(10000));
-        assert_eq!(v.port_if_current(&key, 101, 7), None, "another process");
+    fn a_converged_cluster_needs_nothing_and_a_verified_worker_is_not_reconfigured() {
+        let s = spec("g", &[("g_1", 10001)]);
+        let d = desired_on("n1", &[("g_0", s.clone())]);
+        let o: Observed = [(
+            "n1".into(),
+            [("g_0".into(), running(s.owner.clone(), &s))].into(),
+        )]
+        .into();
+        assert_eq!(plan(C, &d, &o), Plan::default());
+        let mut verified = running(s.owner.clone(), &s);
+        verified.config = Some(Config::Verified { port: 10000 });
+        let o: Observed = [("n1".into(), [("g_0".into(), verified)].into())].into();
+        assert_eq!(plan(C, &d, &o), Plan::default());
+    }
+
+    #[test]
+    fn a_new_worker_starts_fully_configured() {
+        let s = spec("g", &[("g_1", 10001)]);
+        let d = desired_on("n1", &[("g_0", s.clone())]);
+        let o: Observed = [("n1".into(), BTreeMap::new())].into();
+        let p = plan(C, &d, &o);
+        let kinds: Vec<&str> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::StartWorker { .. } => "worker",
+                Action::StartTransport { .. } => "transport",
+                Action::StartRealm { .. } => "realm",
+                Action::StartLink { .. } => "link",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["worker", "transport", "realm", "link"]);
         assert_eq!(
-            v.port_if_current(&key, 100, 8),
-            None,
-            "another desired state"
+            p.actions[0],
+            Action::StartWorker {
+                node: "n1".into(),
+                id: "g_0".into(),
+                owner: Owner::router(C, "g")
+            }
         );
-        // The monitor changed something (or failed): the old verification no longer holds, even
-        // if the desired state later returns to what it was.
-        v.record(vec![(key.clone(), None)]);
-        assert_eq!(v.port_if_current(&key, 100, 7), None);
+    }
+
+    #[test]
+    fn a_placement_change_stops_the_old_worker_and_starts_the_new_one() {
+        let s = spec("g", &[]);
+        let d = desired_on("n2", &[("g_0", s.clone())]);
+        let o: Observed = [
+            (
+                "n1".into(),
+                [("g_0".into(), running(s.owner.clone(), &s))].into(),
+            ),
+            ("n2".into(), BTreeMap::new()),
+        ]
+        .into();
+        let p = plan(C, &d, &o);
+        assert_eq!(p.actions[0], stop("n1", "g_0"));
+        assert!(matches!(&p.actions[1], Action::StartWorker { node, .. } if node == "n2"));
+    }
+
+    #[test]
+    fn a_returned_node_s_worker_that_was_re_placed_is_stopped() {
+        // n1 came back with g_0, which was re-placed on n2 (running there) while n1 was away.
+        let s = spec("g", &[]);
+        let d = desired_on("n2", &[("g_0", s.clone())]);
+        let o: Observed = [
+            (
+                "n1".into(),
+                [("g_0".into(), running(s.owner.clone(), &s))].into(),
+            ),
+            (
+                "n2".into(),
+                [("g_0".into(), running(s.owner.clone(), &s))].into(),
+            ),
+        ]
+        .into();
+        assert_eq!(plan(C, &d, &o).actions, [stop("n1", "g_0")]);
+    }
+
+    #[test]
+    fn surplus_and_removed_groups_workers_stop_by_their_labels() {
+        let s = spec("g", &[]);
+        let d = desired_on("n1", &[("g_0", s.clone())]);
+        let removed = Owner::router(C, "removed-group");
+        let o: Observed = [(
+            "n1".into(),
+            [
+                ("g_0".into(), running(s.owner.clone(), &s)),
+                ("g_1".into(), running(s.owner.clone(), &s)), // scale lowered
+                ("old_0".into(), running(removed.clone(), &s)), // its group is gone
+            ]
+            .into(),
+        )]
+        .into();
+        assert_eq!(
+            plan(C, &d, &o).actions,
+            [stop("n1", "g_1"), stop("n1", "old_0")]
+        );
+    }
+
+    #[test]
+    fn a_worker_of_a_removed_group_with_a_reused_name_is_replaced() {
+        // Group "g" was removed and a new group "g" (another oid) added: same worker ids.
+        let s = spec("new-g", &[]);
+        let d = desired_on("n1", &[("g_0", s.clone())]);
+        let o: Observed = [(
+            "n1".into(),
+            [("g_0".into(), running(Owner::router(C, "old-g"), &s))].into(),
+        )]
+        .into();
+        let p = plan(C, &d, &o);
+        assert_eq!(p.actions[0], stop("n1", "g_0"));
+        assert!(
+            matches!(&p.actions[1], Action::StartWorker { owner, .. } if owner.group == "new-g")
+        );
+    }
+
+    #[test]
+    fn other_clusters_and_unlabelled_workers_are_never_touched() {
+        let s = spec("g", &[]);
+        let theirs = Owner::router("cluster-2", "h");
+        let o: Observed = [(
+            "n1".into(),
+            [
+                ("h_0".into(), running(theirs.clone(), &s)),
+                (
+                    "g_0".into(),
+                    WorkerObs {
+                        owner: None,
+                        ..running(theirs, &s)
+                    },
+                ),
+            ]
+            .into(),
+        )]
+        .into();
+        let p = plan(C, &Desired::new(), &o);
+        assert_eq!(p, Plan::default());
+        // ... and a wanted id held by someone else is reported, not fought over.
+        let d = desired_on("n1", &[("g_0", s)]);
+        let p = plan(C, &d, &o);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.blocked.len(), 1);
+    }
+
+    #[test]
+    fn links_are_re_pointed_when_a_peer_moves_and_dropped_when_it_leaves() {
+        let before = spec("g", &[("g_1", 10001), ("g_2", 10002)]);
+        let after = spec("g", &[("g_1", 10005)]); // g_1 moved, g_2 left
+        let d = desired_on("n1", &[("g_0", after.clone())]);
+        let o: Observed = [(
+            "n1".into(),
+            [("g_0".into(), running(before.owner.clone(), &before))].into(),
+        )]
+        .into();
+        let p = plan(C, &d, &o);
+        assert_eq!(
+            p.actions,
+            [
+                Action::StopLink {
+                    node: "n1".into(),
+                    id: "g_0".into(),
+                    link: "g_2@realm1".into()
+                },
+                Action::StartLink {
+                    node: "n1".into(),
+                    id: "g_0".into(),
+                    link: after.links["g_1@realm1"].clone()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn stopping_stops_every_worker_the_cluster_owns_and_nothing_else() {
+        let s = spec("g", &[]);
+        let o: Observed = [
+            (
+                "n1".into(),
+                [("g_0".into(), running(s.owner.clone(), &s))].into(),
+            ),
+            (
+                "n2".into(),
+                [
+                    ("g_1".into(), running(s.owner.clone(), &s)),
+                    ("h_0".into(), running(Owner::router("cluster-2", "h"), &s)),
+                ]
+                .into(),
+            ),
+        ]
+        .into();
+        assert_eq!(
+            plan(C, &Desired::new(), &o).actions,
+            [stop("n1", "g_0"), stop("n2", "g_1")]
+        );
+    }
+
+    #[test]
+    fn links_form_a_full_mesh_per_realm_without_self_links() {
+        let peer = |w: &str, port| PeerWorker {
+            worker: w.to_owned(),
+            host: "10.0.0.1".to_owned(),
+            port,
+        };
+        let peers = [peer("g_1", 10000), peer("g_2", 10001), peer("g_3", 10002)];
+        let realms = BTreeSet::from(["realm1".to_owned(), "realm2".to_owned()]);
+        let links = desired_links("g_2", &realms, &peers);
+        let ids: Vec<&str> = links.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            ["g_1@realm1", "g_1@realm2", "g_3@realm1", "g_3@realm2"]
+        );
+        assert_eq!(links["g_3@realm2"].peer_port, 10002);
+    }
+
+    #[test]
+    fn a_group_without_realms_serves_realm1() {
+        assert_eq!(
+            realms(&RouterWorkerGroup::default()),
+            BTreeSet::from(["realm1".to_owned()])
+        );
     }
 }

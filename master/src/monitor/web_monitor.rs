@@ -1,51 +1,287 @@
-//! One reconciliation iteration of a web cluster: observe, plan ([`super::web::plan`]), execute,
-//! set the status.
+//! One reconciliation iteration of a web cluster: observe the cluster's workers on every online
+//! node, plan ([`super::web::plan`]), execute, decide the status ([`super::status::decide`]).
 
 use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
 use switchyard::pb::agent::v1::{self as apb, WorkerStatus, WorkerType};
 use switchyard::pb::master::v1::{
-    ClusterStatus, ClusterWorker, EventType, Node, NodeStatus, Placement, WebCluster,
-    WebClusterNode, WebService, event, web_service,
+    ClusterStatus, EventType, Node, NodeStatus, Placement, WebCluster, WebClusterNode, WebService,
+    web_service,
 };
 
-use super::Outcome;
-use super::status::set_status;
-use super::web::{Action, Desired, Member, Observed, WorkerObs, assign, plan};
-use crate::agents::{Agents, act, call};
+use super::agent::AgentApi;
+use super::owner::{Owner, web_prefix};
+use super::status::{Findings, apply, decide};
+use super::web::{Action, Desired, Member, WorkerObs, assign, plan};
+use super::{Executor, MonitorError, Outcome, Step, execute, nodes_by_oid, observe_online};
 use crate::core::Core;
-use crate::store::{StoreExt, keys};
+use crate::store::{StoreError, StoreExt, keys};
 
-/// The worker id prefix of a web cluster: `cpw-<oid 8>-`.
-pub fn prefix(oid: &str) -> String {
-    format!("cpw-{}-", &oid[..8.min(oid.len())])
+/// One iteration for web cluster `oid`.
+pub async fn reconcile(
+    core: &Core,
+    agents: &dyn AgentApi,
+    oid: &str,
+) -> Result<Outcome, MonitorError> {
+    let Some((cluster, _)) = core.store.load::<WebCluster>(&keys::webcluster(oid))? else {
+        return Ok(Outcome::Done);
+    };
+    let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
+    if status == ClusterStatus::Stopped {
+        return Ok(Outcome::Done);
+    }
+    let stopping = status == ClusterStatus::Stopping;
+    let members: Vec<WebClusterNode> = core.store.list(&keys::webcluster_nodes(oid))?;
+    let nodes = nodes_by_oid(core)?;
+
+    // Every online node, not only members: a removed member may still run workers of ours.
+    let owner = Owner::web(oid);
+    let (observed, unobserved) =
+        observe_online(&nodes, |node| observe_node(agents, node, &owner)).await;
+    let facts: Vec<Member> = members
+        .iter()
+        .map(|m| Member {
+            node: m.node_oid.clone(),
+            parallel: m.parallel.max(1),
+            standby: m.standby,
+            online: observed.contains_key(&m.node_oid),
+        })
+        .collect();
+    let (assigned, unreplaced) = if stopping {
+        (BTreeMap::new(), 0)
+    } else {
+        assign(&facts)
+    };
+    let services = core.store.list::<WebService>(&keys::webservices(oid))?;
+    let desired = Desired {
+        prefix: web_prefix(oid),
+        nodes: assigned,
+        transport: transport(&cluster),
+        services: services
+            .iter()
+            .map(|s| Ok((s.path.clone(), to_agent(core, &nodes, s)?)))
+            .collect::<Result<_, StoreError>>()?,
+    };
+    let actions = plan(&desired, &observed);
+    core.gauges.set(
+        oid,
+        crate::metrics::WorkerCounts {
+            desired: desired.nodes.values().map(|n| u64::from(*n)).sum(),
+            running: observed
+                .values()
+                .flat_map(|ws| ws.values())
+                .filter(|w| w.status == WorkerStatus::Started)
+                .count() as u64,
+        },
+    );
+    let acted = !actions.is_empty();
+    let exec = WebExecutor {
+        core,
+        agents,
+        owner: &owner,
+        transport: &desired.transport,
+    };
+    let failures = execute(&exec, &nodes, actions).await;
+    for e in &failures {
+        tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
+    }
+    let findings = Findings {
+        stopping,
+        unobserved: !unobserved.is_empty(),
+        acted,
+        failures,
+        cannot_run: cannot_run(&facts, desired.nodes.is_empty()),
+        shortfall: (unreplaced > 0).then(|| {
+            format!("{unreplaced} active member(s) offline and no standby to replace them")
+        }),
+        pending: false,
+    };
+    Ok(apply::<WebCluster>(core, oid, decide(&findings)).await?)
+}
+
+/// Why a web cluster cannot run at all, if so: no members, or nobody to run workers.
+fn cannot_run(members: &[Member], nobody_runs: bool) -> Option<String> {
+    if members.is_empty() {
+        return Some("the cluster has no member nodes".to_owned());
+    }
+    if !nobody_runs {
+        return None;
+    }
+    Some(if members.iter().all(|m| m.standby) {
+        "the cluster has no active member: a standby member runs workers only in place of an \
+         offline active member"
+            .to_owned()
+    } else {
+        "no active member is online, and no standby member is online to take over".to_owned()
+    })
+}
+
+/// Observes the workers `owner` started on one node, with their listener and services.
+async fn observe_node(
+    agents: &dyn AgentApi,
+    node: &Node,
+    owner: &Owner,
+) -> Result<BTreeMap<String, WorkerObs>, tonic::Status> {
+    let list = apb::ListWorkersRequest {
+        r#type: WorkerType::Web as i32,
+        status: 0,
+    };
+    let workers = agents.list_workers(node, list).await?.workers;
+    let mut out = BTreeMap::new();
+    for w in workers
+        .into_iter()
+        .filter(|w| Owner::of(w).as_ref() == Some(owner))
+    {
+        let status = WorkerStatus::try_from(w.status).unwrap_or(WorkerStatus::Unspecified);
+        let mut obs = WorkerObs {
+            status,
+            transport: false,
+            services: BTreeMap::new(),
+        };
+        if status == WorkerStatus::Started {
+            let id = w.id.clone();
+            let get = apb::GetWebTransportRequest { worker_id: id };
+            obs.transport = agents.get_web_transport(node, get).await.is_ok();
+            let list = apb::ListWebServicesRequest {
+                worker_id: w.id.clone(),
+            };
+            // Unknown services are mounted again: StartWebService replaces a mounted one.
+            if let Ok(list) = agents.list_web_services(node, list).await {
+                obs.services = list
+                    .services
+                    .into_iter()
+                    .map(|s| (s.path.clone(), s))
+                    .collect();
+            }
+        }
+        out.insert(w.id, obs);
+    }
+    Ok(out)
+}
+
+impl Step for Action {
+    fn node(&self) -> &str {
+        Action::node(self)
+    }
+
+    fn worker(&self) -> &str {
+        match self {
+            Action::StartWorker { id, .. }
+            | Action::StartTransport { id, .. }
+            | Action::StartService { id, .. }
+            | Action::StopService { id, .. }
+            | Action::StopWorker { id, .. } => id,
+        }
+    }
+
+    fn blocks(&self) -> bool {
+        matches!(
+            self,
+            Action::StartWorker { .. }
+                | Action::StartTransport { .. }
+                | Action::StartService { .. }
+        )
+    }
+
+    fn describe(&self) -> String {
+        let (what, id) = match self {
+            Action::StartWorker { id, .. } => ("start", id),
+            Action::StartTransport { id, .. } => ("start the listener of", id),
+            Action::StartService { id, .. } => ("mount a service on", id),
+            Action::StopService { id, .. } => ("unmount a service of", id),
+            Action::StopWorker { id, .. } => ("stop", id),
+        };
+        format!("{what} {id}")
+    }
+}
+
+/// Runs web actions against the agents.
+#[derive(Debug)]
+struct WebExecutor<'a> {
+    core: &'a Core,
+    agents: &'a dyn AgentApi,
+    owner: &'a Owner,
+    transport: &'a apb::WebTransport,
+}
+
+impl Executor for WebExecutor<'_> {
+    type Action = Action;
+
+    fn run<'s>(
+        &'s self,
+        node: &'s Node,
+        action: Action,
+    ) -> BoxFuture<'s, Result<(), tonic::Status>> {
+        let agents = self.agents;
+        Box::pin(async move {
+            match action {
+                Action::StartWorker { id, .. } => {
+                    let req = apb::StartWorkerRequest {
+                        worker_id: id,
+                        worker_type: WorkerType::Web as i32,
+                        options: Some(self.owner.options()),
+                    };
+                    let w = agents.start_worker(node, req).await?.worker;
+                    super::publish_worker(self.core, node, w, "", EventType::OnWorkerStarted);
+                }
+                Action::StartTransport { id, .. } => {
+                    let req = apb::StartWebTransportRequest {
+                        worker_id: id,
+                        transport: Some(self.transport.clone()),
+                    };
+                    agents.start_web_transport(node, req).await?;
+                }
+                Action::StartService { id, service, .. } => {
+                    let req = apb::StartWebServiceRequest {
+                        worker_id: id,
+                        service: Some(service),
+                    };
+                    agents.start_web_service(node, req).await?;
+                }
+                Action::StopService { id, path, .. } => {
+                    let req = apb::StopWebServiceRequest {
+                        worker_id: id,
+                        path,
+                    };
+                    agents.stop_web_service(node, req).await?;
+                }
+                Action::StopWorker { id, .. } => {
+                    let req = apb::StopWorkerRequest {
+                        worker_id: id,
+                        kill: false,
+                    };
+                    let w = agents.stop_worker(node, req).await?.worker;
+                    super::publish_worker(self.core, node, w, "", EventType::OnWorkerStopped);
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The agent-side form of a stored web service; a worker-group target is resolved to the
-/// group's placed router workers.
-fn to_agent(core: &Core, nodes: &BTreeMap<String, Node>, s: &WebService) -> apb::WebService {
+/// group's placed router workers on online nodes. A store error is returned, never turned into
+/// an empty backend list pushed to running workers.
+fn to_agent(
+    core: &Core,
+    nodes: &BTreeMap<String, Node>,
+    s: &WebService,
+) -> Result<apb::WebService, StoreError> {
     use apb::web_service::Service as A;
     use web_service::Service as M;
-    let service = s.service.clone().map(|svc| match svc {
-        M::Static(x) => A::Static(x),
-        M::Json(x) => A::Json(x),
-        M::Redirect(x) => A::Redirect(x),
-        M::Reverseproxy(x) => A::Reverseproxy(x),
-        M::Nodeinfo(x) => A::Nodeinfo(x),
-        M::WebsocketReverseproxy(mut x) => {
+    let service = match s.service.clone() {
+        None => None,
+        Some(M::Static(x)) => Some(A::Static(x)),
+        Some(M::Json(x)) => Some(A::Json(x)),
+        Some(M::Redirect(x)) => Some(A::Redirect(x)),
+        Some(M::Reverseproxy(x)) => Some(A::Reverseproxy(x)),
+        Some(M::Nodeinfo(x)) => Some(A::Nodeinfo(x)),
+        Some(M::WebsocketReverseproxy(mut x)) => {
             if let Some(g) = &x.workergroup {
-                let placements = core
-                    .store
-                    .list::<Placement>(&keys::group_placements(
-                        &g.routercluster_oid,
-                        &g.workergroup_oid,
-                    ))
-                    .unwrap_or_default();
-                let path = if g.path.is_empty() {
-                    "/ws".to_owned()
-                } else {
-                    g.path.clone()
-                };
+                let key = keys::group_placements(&g.routercluster_oid, &g.workergroup_oid);
+                let placements = core.store.list::<Placement>(&key)?;
+                let path = if g.path.is_empty() { "/ws" } else { &g.path };
                 x.backends = placements
                     .iter()
                     .filter(|p| p.tcp_listening_port != 0)
@@ -54,18 +290,18 @@ fn to_agent(core: &Core, nodes: &BTreeMap<String, Node>, s: &WebService) -> apb:
                         (n.status == NodeStatus::Online as i32).then(|| apb::WebSocketBackend {
                             host: n.cluster_ip.clone(),
                             port: p.tcp_listening_port,
-                            path: path.clone(),
+                            path: path.to_owned(),
                         })
                     })
                     .collect();
             }
-            A::WebsocketReverseproxy(x)
+            Some(A::WebsocketReverseproxy(x))
         }
-    });
-    apb::WebService {
+    };
+    Ok(apb::WebService {
         path: s.path.clone(),
         service,
-    }
+    })
 }
 
 fn transport(c: &WebCluster) -> apb::WebTransport {
@@ -89,300 +325,33 @@ fn transport(c: &WebCluster) -> apb::WebTransport {
     }
 }
 
-/// Observes the cluster's workers on one node.
-async fn observe_node(
-    agents: &Agents,
-    node: &Node,
-    prefix: &str,
-) -> Result<BTreeMap<String, WorkerObs>, String> {
-    let mut nc = agents.node_controller(node)?;
-    let workers = call(nc.list_workers(apb::ListWorkersRequest {
-        r#type: WorkerType::Web as i32,
-        status: 0,
-    }))
-    .await
-    .map_err(|s| format!("{}: ListWorkers: {}", node.authid, s.message()))?
-    .workers;
-    let mut out = BTreeMap::new();
-    for w in workers.into_iter().filter(|w| w.id.starts_with(prefix)) {
-        let status = WorkerStatus::try_from(w.status).unwrap_or(WorkerStatus::Unspecified);
-        let mut obs = WorkerObs {
-            status,
-            transport: false,
-            services: BTreeMap::new(),
-        };
-        if status == WorkerStatus::Started {
-            obs.transport = call(nc.get_web_transport(apb::GetWebTransportRequest {
-                worker_id: w.id.clone(),
-            }))
-            .await
-            .is_ok();
-            if let Ok(list) = call(nc.list_web_services(apb::ListWebServicesRequest {
-                worker_id: w.id.clone(),
-            }))
-            .await
-            {
-                obs.services = list
-                    .services
-                    .into_iter()
-                    .map(|s| (s.path.clone(), s))
-                    .collect();
-            }
-        }
-        out.insert(w.id, obs);
-    }
-    Ok(out)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Runs one node's actions in order; returns the errors.
-async fn execute_node(
-    core: &Core,
-    agents: &Agents,
-    node: &Node,
-    desired: &Desired,
-    actions: Vec<Action>,
-) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut nc = match agents.node_controller(node) {
-        Ok(nc) => nc,
-        Err(e) => return vec![e],
-    };
-    let mut failed_workers = std::collections::BTreeSet::new();
-    for action in actions {
-        let result = match &action {
-            Action::StartWorker { id, .. }
-            | Action::StartTransport { id, .. }
-            | Action::StartService { id, .. }
-                if failed_workers.contains(id) =>
-            {
-                continue;
-            }
-            Action::StartWorker { id, .. } => {
-                let r = act(nc.start_worker(apb::StartWorkerRequest {
-                    worker_id: id.clone(),
-                    worker_type: WorkerType::Web as i32,
-                    options: None,
-                }))
-                .await;
-                if let Ok(w) = &r {
-                    publish_worker(core, node, w.worker.as_ref(), EventType::OnWorkerStarted);
-                }
-                r.map(|_| ())
-            }
-            Action::StartTransport { id, .. } => {
-                act(nc.start_web_transport(apb::StartWebTransportRequest {
-                    worker_id: id.clone(),
-                    transport: Some(desired.transport.clone()),
-                }))
-                .await
-                .map(|_| ())
-            }
-            Action::StartService { id, service, .. } => {
-                act(nc.start_web_service(apb::StartWebServiceRequest {
-                    worker_id: id.clone(),
-                    service: Some(service.clone()),
-                }))
-                .await
-                .map(|_| ())
-            }
-            Action::StopService { id, path, .. } => {
-                act(nc.stop_web_service(apb::StopWebServiceRequest {
-                    worker_id: id.clone(),
-                    path: path.clone(),
-                }))
-                .await
-                .map(|_| ())
-            }
-            Action::StopWorker { id, .. } => {
-                let r = act(nc.stop_worker(apb::StopWorkerRequest {
-                    worker_id: id.clone(),
-                    kill: false,
-                }))
-                .await;
-                if let Ok(w) = &r {
-                    publish_worker(core, node, w.worker.as_ref(), EventType::OnWorkerStopped);
-                }
-                r.map(|_| ())
-            }
-        };
-        if let Err(status) = result {
-            let id = match &action {
-                Action::StartWorker { id, .. }
-                | Action::StartTransport { id, .. }
-                | Action::StartService { id, .. } => {
-                    failed_workers.insert(id.clone());
-                    id
-                }
-                Action::StopService { id, .. } | Action::StopWorker { id, .. } => id,
-            };
-            errors.push(format!("{} {id}: {}", node.authid, status.message()));
-        }
-    }
-    errors
-}
-
-fn publish_worker(core: &Core, node: &Node, worker: Option<&apb::Worker>, kind: EventType) {
-    let Some(w) = worker else { return };
-    let cw = ClusterWorker {
-        node_oid: node.oid.clone(),
-        node_authid: node.authid.clone(),
-        worker_id: w.id.clone(),
-        pid: w.pid,
-        status: w.status,
-        observed: Some(std::time::SystemTime::now().into()),
-        workergroup_oid: String::new(),
-        port: 0,
-    };
-    core.events
-        .publish(kind, &node.oid, None, event::Object::Worker(cw));
-}
-
-/// One iteration for web cluster `oid`.
-pub async fn reconcile(core: &Core, agents: &Agents, oid: &str) -> Result<Outcome, String> {
-    let Some((cluster, _)) = core
-        .store
-        .load::<WebCluster>(&keys::webcluster(oid))
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(Outcome::Done);
-    };
-    let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
-    if status == ClusterStatus::Stopped {
-        return Ok(Outcome::Done);
-    }
-    let stopping = status == ClusterStatus::Stopping;
-    let members: Vec<WebClusterNode> = core
-        .store
-        .list(&keys::webcluster_nodes(oid))
-        .map_err(|e| e.to_string())?;
-    let nodes: BTreeMap<String, Node> = core
-        .list_nodes(None)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|n| (n.oid.clone(), n))
-        .collect();
-    let online: Vec<&Node> = nodes
-        .values()
-        .filter(|n| n.status == NodeStatus::Online as i32)
-        .collect();
-    let prefix = prefix(oid);
-
-    // Observe every online node (a removed member may still run workers of this cluster).
-    let observations = futures::future::join_all(online.iter().map(|n| async {
-        // One deadline for the whole node: a frozen node must not hold the monitor longer.
-        tokio::time::timeout(
-            crate::agents::OBSERVE_TIMEOUT,
-            observe_node(agents, n, &prefix),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("{}: observation timed out", n.authid)))
-    }))
-    .await;
-    let mut observed: Observed = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (node, obs) in online.iter().zip(observations) {
-        match obs {
-            Ok(o) => {
-                observed.insert(node.oid.clone(), o);
-            }
-            Err(e) => problems.push(e),
+    fn member(standby: bool, online: bool) -> Member {
+        Member {
+            node: "n".into(),
+            parallel: 1,
+            standby,
+            online,
         }
     }
 
-    let member_facts: Vec<Member> = members
-        .iter()
-        .map(|m| Member {
-            node: m.node_oid.clone(),
-            parallel: m.parallel.max(1),
-            standby: m.standby,
-            online: observed.contains_key(&m.node_oid),
-        })
-        .collect();
-    let (assigned, unreplaced) = if stopping {
-        (BTreeMap::new(), 0)
-    } else {
-        assign(&member_facts)
-    };
-    let services = core
-        .store
-        .list::<WebService>(&keys::webservices(oid))
-        .map_err(|e| e.to_string())?;
-    let desired = Desired {
-        prefix: prefix.clone(),
-        nodes: assigned,
-        transport: transport(&cluster),
-        services: services
-            .iter()
-            .map(|s| (s.path.clone(), to_agent(core, &nodes, s)))
-            .collect(),
-    };
-    let actions = plan(&desired, &observed);
-    core.gauges.set(
-        oid,
-        crate::metrics::WorkerCounts {
-            desired: desired.nodes.values().map(|n| u64::from(*n)).sum(),
-            running: observed
-                .values()
-                .flat_map(|ws| ws.values())
-                .filter(|w| w.status == WorkerStatus::Started)
-                .count() as u64,
-        },
-    );
-
-    let mut by_node: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-    for a in &actions {
-        by_node
-            .entry(a.node().to_owned())
-            .or_default()
-            .push(a.clone());
+    #[test]
+    fn the_error_reason_says_what_is_true() {
+        assert_eq!(
+            cannot_run(&[], true).unwrap(),
+            "the cluster has no member nodes"
+        );
+        let standby_only = cannot_run(&[member(true, true)], true).unwrap();
+        assert!(standby_only.contains("no active member"), "{standby_only}");
+        assert!(!standby_only.contains("online,"), "{standby_only}");
+        let all_down = cannot_run(&[member(false, false), member(true, false)], true).unwrap();
+        assert!(
+            all_down.contains("no active member is online"),
+            "{all_down}"
+        );
+        assert_eq!(cannot_run(&[member(false, true)], false), None);
     }
-    let runs = by_node.into_iter().filter_map(|(node, list)| {
-        let node = nodes.get(&node)?;
-        Some(execute_node(core, agents, node, &desired, list))
-    });
-    let errors: Vec<String> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-    for e in &errors {
-        tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
-    }
-
-    if stopping {
-        if actions.is_empty() && problems.is_empty() {
-            set_status::<WebCluster>(core, oid, ClusterStatus::Stopped, "").await?;
-            return Ok(Outcome::Done);
-        }
-        return Ok(if errors.is_empty() {
-            Outcome::Again
-        } else {
-            Outcome::Continue
-        });
-    }
-    let (next, reason) = if members.is_empty() {
-        (
-            ClusterStatus::Error,
-            "the cluster has no member nodes".to_owned(),
-        )
-    } else if desired.nodes.is_empty() {
-        (ClusterStatus::Error, "no member node is online".to_owned())
-    } else if !errors.is_empty() {
-        (
-            ClusterStatus::Degraded,
-            format!("{} action(s) failed: {}", errors.len(), errors[0]),
-        )
-    } else if !actions.is_empty() {
-        // Converging: keep the status until the next observation confirms.
-        return Ok(Outcome::Again);
-    } else if unreplaced > 0 {
-        (
-            ClusterStatus::Degraded,
-            format!("{unreplaced} active member(s) offline and no standby to replace them"),
-        )
-    } else {
-        (ClusterStatus::Running, String::new())
-    };
-    set_status::<WebCluster>(core, oid, next, &reason).await?;
-    Ok(Outcome::Continue)
 }
