@@ -1,5 +1,7 @@
 //! `switchyard-master dev`: the README's run command brings up a master and agents with a
 //! generated PKI, prints how to reach them, stops them all on SIGTERM, and reuses its directory.
+//! An agent that dies is reported and restarted (the rest keep running); a master that dies
+//! takes the whole dev cluster down with a failure.
 
 mod common;
 
@@ -8,31 +10,42 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, grpcurl, master_bin, stdout};
+use common::{eventually, grpcurl, master_bin, process_gone, stdout};
 
-/// A port P such that P, P+1 and P+2 are free right now.
-fn free_port_run() -> u16 {
-    eventually(
-        "three consecutive free ports",
-        Duration::from_secs(10),
-        || {
-            let base = TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port();
-            let held: Vec<_> = (0..3)
-                .map(|i| TcpListener::bind(("127.0.0.1", base.checked_add(i)?)).ok())
-                .collect::<Option<_>>()?;
-            drop(held);
-            Some(base)
-        },
-    )
+/// A port P such that P..P+count are free right now.
+fn free_port_run(count: u16) -> u16 {
+    eventually("consecutive free ports", Duration::from_secs(10), || {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let held: Vec<_> = (0..count)
+            .map(|i| TcpListener::bind(("127.0.0.1", base.checked_add(i)?)).ok())
+            .collect::<Option<_>>()?;
+        drop(held);
+        Some(base)
+    })
 }
 
 struct Dev {
     child: Child,
     banner: Vec<String>,
+    log: std::path::PathBuf,
+}
+
+impl Dev {
+    /// What dev and its children wrote to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if dev has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("dev exited ({status}); log:\n{}", self.log());
+        }
+    }
 }
 
 impl Drop for Dev {
@@ -42,13 +55,14 @@ impl Drop for Dev {
     }
 }
 
-fn start_dev(dir: &std::path::Path, port: u16) -> Dev {
-    let log = std::fs::File::create(dir.join(format!("dev-{port}.log"))).unwrap();
+fn start_dev(dir: &std::path::Path, port: u16, agents: u16) -> Dev {
+    let log_path = dir.join(format!("dev-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(master_bin())
         .args([
             "dev",
             "--agents",
-            "2",
+            &agents.to_string(),
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--dir",
@@ -75,7 +89,11 @@ fn start_dev(dir: &std::path::Path, port: u16) -> Dev {
     );
     // Keep draining stdout so the children never block on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Dev { child, banner }
+    Dev {
+        child,
+        banner,
+        log: log_path,
+    }
 }
 
 fn admin_tls(dir: &std::path::Path) -> Vec<String> {
@@ -96,8 +114,8 @@ fn admin_tls(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn dev_runs_a_master_and_agents_and_stops_them() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port_run();
-    let dev = start_dev(dir.path(), port);
+    let port = free_port_run(3);
+    let dev = start_dev(dir.path(), port, 2);
     let master = format!("127.0.0.1:{port}");
     let node2 = format!("127.0.0.1:{}", port + 2);
 
@@ -138,8 +156,8 @@ fn dev_runs_a_master_and_agents_and_stops_them() {
     stop(dev, &[port, port + 1, port + 2]);
 
     // Run again on the same directory: the PKI is reused, not replaced.
-    let port = free_port_run();
-    let dev = start_dev(dir.path(), port);
+    let port = free_port_run(3);
+    let dev = start_dev(dir.path(), port, 2);
     assert_eq!(std::fs::read(dir.path().join("pki/ca.pem")).unwrap(), ca);
     let master = format!("127.0.0.1:{port}");
     eventually(
@@ -176,4 +194,216 @@ fn stop(mut dev: Dev, ports: &[u16]) {
                 .then_some(())
         });
     }
+}
+
+const ONLINE: &str = "NODE_STATUS_ONLINE";
+const OFFLINE: &str = "NODE_STATUS_OFFLINE";
+
+#[test]
+fn dev_reports_and_restarts_a_killed_agent_and_keeps_the_rest_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_run(4);
+    let mut dev = start_dev(dir.path(), port, 3);
+    let master = format!("127.0.0.1:{port}");
+    let tls = admin_tls(dir.path());
+    let names = ["node1", "node2", "node3"];
+    eventually(
+        "the three nodes to be ONLINE",
+        Duration::from_secs(30),
+        || (nodes(&tls, &master, ONLINE)? == names).then_some(()),
+    );
+    let dev_pid = dev.child.id();
+    let pids: Vec<u32> = ["master", "node1", "node2", "node3"]
+        .iter()
+        .map(|name| {
+            eventually(
+                &format!("the {name} process"),
+                Duration::from_secs(10),
+                || dev_child(dev_pid, name),
+            )
+        })
+        .collect();
+    let killed = pids[2];
+
+    signal(killed, "KILL");
+
+    // The master sees the node go; dev says which agent died and how, and keeps running.
+    eventually("node2 to go OFFLINE", Duration::from_secs(20), || {
+        dev.assert_running();
+        nodes(&tls, &master, OFFLINE)?
+            .contains(&"node2".to_owned())
+            .then_some(())
+    });
+    let died = eventually(
+        "dev to report node2's death",
+        Duration::from_secs(10),
+        || {
+            dev.log()
+                .lines()
+                .find(|l| l.contains("agent died") && l.contains("node2"))
+                .map(str::to_owned)
+        },
+    );
+    assert!(died.contains(&format!("pid={killed}")), "{died}");
+    assert!(died.contains("SIGKILL"), "{died}");
+
+    // A new agent process comes up for node2, and node2 is back online.
+    let restarted = eventually("a new node2 process", Duration::from_secs(60), || {
+        dev.assert_running();
+        dev_child(dev_pid, "node2").filter(|pid| *pid != killed)
+    });
+    eventually("node2 to be ONLINE again", Duration::from_secs(30), || {
+        dev.assert_running();
+        (nodes(&tls, &master, ONLINE)? == names).then_some(())
+    });
+    let log = dev.log();
+    assert!(
+        log.lines().any(|l| l.contains("agent restarted")
+            && l.contains("node2")
+            && l.contains(&format!("pid={restarted}"))),
+        "no restart line for node2 (pid {restarted}):\n{log}"
+    );
+
+    // The master and the other agents are the same processes as before.
+    for (name, pid) in [("master", pids[0]), ("node1", pids[1]), ("node3", pids[3])] {
+        assert_eq!(
+            dev_child(dev_pid, name),
+            Some(pid),
+            "{name}'s process changed"
+        );
+    }
+
+    // SIGTERM still stops every child, the restarted one included, and none is restarted.
+    stop(dev, &[port, port + 1, port + 2, port + 3]);
+    for pid in pids.iter().chain([&restarted]) {
+        assert!(process_gone(*pid), "process {pid} outlived dev");
+    }
+    let left = processes_using(dir.path());
+    assert!(left.is_empty(), "left running after dev stopped: {left:?}");
+}
+
+#[test]
+fn dev_stops_everything_and_fails_when_the_master_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_run(3);
+    let mut dev = start_dev(dir.path(), port, 2);
+    let master = format!("127.0.0.1:{port}");
+    let tls = admin_tls(dir.path());
+    eventually(
+        "the two nodes to be ONLINE",
+        Duration::from_secs(30),
+        || (nodes(&tls, &master, ONLINE)? == ["node1", "node2"]).then_some(()),
+    );
+    let dev_pid = dev.child.id();
+    let pids: Vec<u32> = ["master", "node1", "node2"]
+        .iter()
+        .map(|name| dev_child(dev_pid, name).unwrap_or_else(|| panic!("no {name} process")))
+        .collect();
+
+    signal(pids[0], "KILL");
+
+    let status = eventually("dev to exit", Duration::from_secs(20), || {
+        dev.child.try_wait().unwrap()
+    });
+    assert!(!status.success(), "dev exited with {status}");
+    let log = dev.log();
+    assert!(
+        log.lines().any(|l| l.contains("master died")
+            && l.contains(&format!("pid={}", pids[0]))
+            && l.contains("SIGKILL")),
+        "{log}"
+    );
+    for pid in &pids {
+        assert!(process_gone(*pid), "process {pid} outlived dev");
+    }
+    let left = processes_using(dir.path());
+    assert!(left.is_empty(), "left running after dev failed: {left:?}");
+}
+
+/// The node names in `status`, from ListNodes with the admin certificate (`None`: no answer).
+fn nodes(tls: &[String], master: &str, status: &str) -> Option<Vec<String>> {
+    let request = format!(r#"{{"return_names": true, "filter_by_status": "{status}"}}"#);
+    let out = grpcurl(
+        tls,
+        &[
+            "-d",
+            &request,
+            master,
+            "switchyard.master.v1.NodeService/ListNodes",
+        ],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let reply: serde_json::Value = serde_json::from_str(&stdout(&out)).ok()?;
+    let items = reply["items"].as_array().map_or(&[][..], Vec::as_slice);
+    Some(
+        items
+            .iter()
+            .filter_map(|item| Some(item.as_str()?.to_owned()))
+            .collect(),
+    )
+}
+
+/// Sends `SIG<sig>` to `pid` with kill(1).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// The live processes, each with its parent pid and command line (empty for a zombie).
+fn processes() -> Vec<(u32, u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split after the last ')'.
+            let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+            let (state, ppid) = (rest.next()?, rest.next()?.parse().ok()?);
+            if state == "Z" {
+                return None;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((pid, ppid, args))
+        })
+        .collect()
+}
+
+/// The pid of dev's live child `name`: "master" (`switchyard-master serve`) or an agent's node
+/// name (`switchyard-agent serve --name NAME`).
+fn dev_child(dev_pid: u32, name: &str) -> Option<u32> {
+    processes().into_iter().find_map(|(pid, ppid, args)| {
+        let exe = std::path::Path::new(args.first()?).file_name()?.to_str()?;
+        let is_it = match name {
+            "master" => exe == "switchyard-master" && args.get(1)? == "serve",
+            node => exe == "switchyard-agent" && args.windows(2).any(|w| w == ["--name", node]),
+        };
+        (ppid == dev_pid && is_it).then_some(pid)
+    })
+}
+
+/// Master and agent processes whose command line names `dir` (the dev directory), whatever their
+/// parent now: what a dev run would leave behind.
+fn processes_using(dir: &std::path::Path) -> Vec<(u32, Vec<String>)> {
+    let dir = dir.to_string_lossy();
+    processes()
+        .into_iter()
+        .filter(|(_, _, args)| {
+            let exe = args.first().map_or("", String::as_str);
+            (exe.ends_with("switchyard-agent") || exe.ends_with("switchyard-master"))
+                && args.iter().any(|a| a.contains(dir.as_ref()))
+        })
+        .map(|(pid, _, args)| (pid, args))
+        .collect()
 }
