@@ -47,12 +47,13 @@ impl Matcher {
 }
 
 impl Core {
-    fn matcher(&self, only: Option<&str>) -> Matcher {
+    async fn matcher(&self, only: Option<&str>) -> Matcher {
         let mut m = Matcher::default();
         let running = |s: i32| s != ClusterStatus::Stopped as i32;
         for c in self
             .store
             .list::<WebCluster>(keys::WEBCLUSTERS)
+            .await
             .unwrap_or_default()
         {
             if running(c.status) && only.is_none_or(|o| o == c.oid) {
@@ -62,12 +63,14 @@ impl Core {
         for c in self
             .store
             .list::<RouterCluster>(keys::ROUTERCLUSTERS)
+            .await
             .unwrap_or_default()
         {
             if running(c.status) && only.is_none_or(|o| o == c.oid) {
                 for g in self
                     .store
                     .list::<RouterWorkerGroup>(&keys::workergroups(&c.oid))
+                    .await
                     .unwrap_or_default()
                 {
                     m.groups.insert(g.name, c.oid.clone());
@@ -78,7 +81,7 @@ impl Core {
     }
 
     /// The merged stats stream of cluster `cluster_oid` (empty: every cluster).
-    pub fn stream_cluster_stats(
+    pub async fn stream_cluster_stats(
         self: &Arc<Self>,
         cluster_oid: &str,
         interval: f64,
@@ -93,8 +96,8 @@ impl Core {
             None
         } else {
             let oid = validate::oid("cluster_oid", cluster_oid)?;
-            let exists = self.store.get(&keys::webcluster(&oid))?.is_some()
-                || self.store.get(&keys::routercluster(&oid))?.is_some();
+            let exists = self.store.get(&keys::webcluster(&oid)).await?.is_some()
+                || self.store.get(&keys::routercluster(&oid)).await?.is_some();
             if !exists {
                 return Err(Error::not_found(format_args!("cluster {oid}")));
             }
@@ -112,12 +115,17 @@ impl Core {
                     _ = tx.closed() => break,
                     _ = ticker.tick() => {}
                 }
-                *matcher.write().unwrap_or_else(|p| p.into_inner()) = core.matcher(only.as_deref());
+                *matcher.write().unwrap_or_else(|p| p.into_inner()) =
+                    core.matcher(only.as_deref()).await;
                 feeds.retain(|_, task| !task.is_finished());
-                for node in core
-                    .list_nodes(Some(NodeStatus::Online))
-                    .unwrap_or_default()
-                {
+                let online = match core.list_nodes(Some(NodeStatus::Online)).await {
+                    Ok(nodes) => nodes,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list the nodes; retrying");
+                        continue;
+                    }
+                };
+                for node in online {
                     if let std::collections::hash_map::Entry::Vacant(slot) =
                         feeds.entry(node.oid.clone())
                     {

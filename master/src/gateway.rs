@@ -37,7 +37,7 @@ pub struct Gateway(pub Arc<Core>);
 
 impl Gateway {
     /// The node a call names.
-    fn node<T>(&self, request: &Request<T>) -> Result<Node, Status> {
+    async fn node<T>(&self, request: &Request<T>) -> Result<Node, Status> {
         let name = request
             .metadata()
             .get(NODE_METADATA)
@@ -52,6 +52,7 @@ impl Gateway {
         let node = self
             .0
             .resolve_node(NODE_METADATA, name)
+            .await
             .map_err(Status::from)?;
         if node.status != NodeStatus::Online as i32 {
             return Err(status(
@@ -66,12 +67,12 @@ impl Gateway {
     }
 
     /// The client of the named node and the request to send it.
-    fn route<T, C>(
+    async fn route<T, C>(
         &self,
         request: Request<T>,
         client: fn(&Agents, &Node) -> Result<C, String>,
     ) -> Result<(C, Request<T>), Status> {
-        let node = self.node(&request)?;
+        let node = self.node(&request).await?;
         let client = client(&self.0.agents, &node).map_err(|e| {
             status(
                 Reason::NodeUnavailable,
@@ -94,7 +95,7 @@ impl Gateway {
 #[tonic::async_trait]
 impl NodeControllerService for Gateway {
     async fn get_status(&self, request: Request<pb::GetStatusRequest>) -> R<pb::GetStatusResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_status(request).await
     }
 
@@ -102,7 +103,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::GetSystemStatsRequest>,
     ) -> R<pb::GetSystemStatsResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_system_stats(request).await
     }
 
@@ -110,12 +111,12 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> R<pb::ListWorkersResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.list_workers(request).await
     }
 
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> R<pb::GetWorkerResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_worker(request).await
     }
 
@@ -123,7 +124,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartWorkerRequest>,
     ) -> R<pb::StartWorkerResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_worker(request).await
     }
 
@@ -131,7 +132,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StopWorkerRequest>,
     ) -> R<pb::StopWorkerResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.stop_worker(request).await
     }
 
@@ -139,7 +140,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::GetWorkerLogRequest>,
     ) -> R<pb::GetWorkerLogResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_worker_log(request).await
     }
 
@@ -147,7 +148,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StreamWorkerLogRequest>,
     ) -> R<BoxStream<pb::StreamWorkerLogResponse>> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         let stream = client.stream_worker_log(request).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
@@ -156,7 +157,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartWebTransportRequest>,
     ) -> R<pb::StartWebTransportResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_web_transport(request).await
     }
 
@@ -164,7 +165,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::GetWebTransportRequest>,
     ) -> R<pb::GetWebTransportResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_web_transport(request).await
     }
 
@@ -172,7 +173,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StopWebTransportRequest>,
     ) -> R<pb::StopWebTransportResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.stop_web_transport(request).await
     }
 
@@ -180,7 +181,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartWebServiceRequest>,
     ) -> R<pb::StartWebServiceResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_web_service(request).await
     }
 
@@ -188,7 +189,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StopWebServiceRequest>,
     ) -> R<pb::StopWebServiceResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.stop_web_service(request).await
     }
 
@@ -196,7 +197,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::ListWebServicesRequest>,
     ) -> R<pb::ListWebServicesResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.list_web_services(request).await
     }
 
@@ -204,7 +205,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartRouterTransportRequest>,
     ) -> R<pb::StartRouterTransportResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_router_transport(request).await
     }
 
@@ -212,7 +213,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::GetRouterTransportRequest>,
     ) -> R<pb::GetRouterTransportResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.get_router_transport(request).await
     }
 
@@ -220,7 +221,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartRouterRealmRequest>,
     ) -> R<pb::StartRouterRealmResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_router_realm(request).await
     }
 
@@ -228,7 +229,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StopRouterRealmRequest>,
     ) -> R<pb::StopRouterRealmResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.stop_router_realm(request).await
     }
 
@@ -236,7 +237,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::ListRouterRealmsRequest>,
     ) -> R<pb::ListRouterRealmsResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.list_router_realms(request).await
     }
 
@@ -244,7 +245,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StartRouterLinkRequest>,
     ) -> R<pb::StartRouterLinkResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.start_router_link(request).await
     }
 
@@ -252,7 +253,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::StopRouterLinkRequest>,
     ) -> R<pb::StopRouterLinkResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.stop_router_link(request).await
     }
 
@@ -260,7 +261,7 @@ impl NodeControllerService for Gateway {
         &self,
         request: Request<pb::ListRouterLinksRequest>,
     ) -> R<pb::ListRouterLinksResponse> {
-        let (mut client, request) = self.route(request, Agents::node_controller)?;
+        let (mut client, request) = self.route(request, Agents::node_controller).await?;
         client.list_router_links(request).await
     }
 }
@@ -271,12 +272,12 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetCpuCountRequest>,
     ) -> R<pb::GetCpuCountResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_cpu_count(request).await
     }
 
     async fn get_cpus(&self, request: Request<pb::GetCpusRequest>) -> R<pb::GetCpusResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_cpus(request).await
     }
 
@@ -284,7 +285,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetCpuAffinityRequest>,
     ) -> R<pb::GetCpuAffinityResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_cpu_affinity(request).await
     }
 
@@ -292,7 +293,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::SetCpuAffinityRequest>,
     ) -> R<pb::SetCpuAffinityResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.set_cpu_affinity(request).await
     }
 
@@ -300,7 +301,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetProcessInfoRequest>,
     ) -> R<pb::GetProcessInfoResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_process_info(request).await
     }
 
@@ -308,7 +309,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetProcessStatsRequest>,
     ) -> R<pb::GetProcessStatsResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_process_stats(request).await
     }
 
@@ -316,7 +317,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetProcessMonitorRequest>,
     ) -> R<pb::GetProcessMonitorResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_process_monitor(request).await
     }
 
@@ -324,7 +325,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::SetProcessStatsMonitoringRequest>,
     ) -> R<pb::SetProcessStatsMonitoringResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.set_process_stats_monitoring(request).await
     }
 
@@ -332,7 +333,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::StreamProcessStatsRequest>,
     ) -> R<BoxStream<pb::StreamProcessStatsResponse>> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         let stream = client.stream_process_stats(request).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
@@ -341,7 +342,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::StartManholeRequest>,
     ) -> R<pb::StartManholeResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.start_manhole(request).await
     }
 
@@ -349,7 +350,7 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::StopManholeRequest>,
     ) -> R<pb::StopManholeResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.stop_manhole(request).await
     }
 
@@ -357,32 +358,32 @@ impl NativeProcessService for Gateway {
         &self,
         request: Request<pb::GetManholeRequest>,
     ) -> R<pb::GetManholeResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.get_manhole(request).await
     }
 
     async fn trigger_gc(&self, request: Request<pb::TriggerGcRequest>) -> R<pb::TriggerGcResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.trigger_gc(request).await
     }
 
     async fn utcnow(&self, request: Request<pb::UtcnowRequest>) -> R<pb::UtcnowResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.utcnow(request).await
     }
 
     async fn started(&self, request: Request<pb::StartedRequest>) -> R<pb::StartedResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.started(request).await
     }
 
     async fn uptime(&self, request: Request<pb::UptimeRequest>) -> R<pb::UptimeResponse> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         client.uptime(request).await
     }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> R<BoxStream<pb::WatchResponse>> {
-        let (mut client, request) = self.route(request, Agents::native_process)?;
+        let (mut client, request) = self.route(request, Agents::native_process).await?;
         let stream = client.watch(request).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }

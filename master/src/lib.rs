@@ -157,7 +157,7 @@ async fn expire_heartbeats(core: Arc<Core>) {
     loop {
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
-            _ = ticker.tick() => core.expire_heartbeats(),
+            _ = ticker.tick() => core.expire_heartbeats().await,
         }
     }
 }

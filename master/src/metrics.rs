@@ -86,11 +86,11 @@ fn status_name(s: i32) -> String {
 pub fn scrape(core: Arc<Core>, supervisor: Arc<Supervisor>, rpc: Arc<RpcMetrics>) -> Scrape {
     Arc::new(move || {
         let (core, supervisor, rpc) = (core.clone(), supervisor.clone(), rpc.clone());
-        Box::pin(async move { registry(&core, &supervisor, &rpc) })
+        Box::pin(async move { registry(&core, &supervisor, &rpc).await })
     })
 }
 
-fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry {
+async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry {
     let mut r = Registry::default();
     rpc.register(&mut r);
 
@@ -101,6 +101,7 @@ fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry 
     for c in core
         .store
         .list::<WebCluster>(keys::WEBCLUSTERS)
+        .await
         .unwrap_or_default()
     {
         clusters.push(("web", c.oid, c.name, c.status));
@@ -108,6 +109,7 @@ fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry 
     for c in core
         .store
         .list::<RouterCluster>(keys::ROUTERCLUSTERS)
+        .await
         .unwrap_or_default()
     {
         clusters.push(("router", c.oid, c.name, c.status));
@@ -149,7 +151,7 @@ fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Registry 
     );
 
     let online = Family::<NodeLabels, Gauge>::default();
-    for n in core.list_nodes(None).unwrap_or_default() {
+    for n in core.list_nodes(None).await.unwrap_or_default() {
         online
             .get_or_create(&NodeLabels { node: n.authid })
             .set(i64::from(n.status == NodeStatus::Online as i32));

@@ -70,8 +70,8 @@ impl Core {
             return Err(Error::invalid("authid", "not a valid node authid"));
         }
         let name_key = keys::node_name(&req.authid);
-        let existing = match self.store.load_str(&name_key)? {
-            Some(oid) => self.store.load::<Node>(&keys::node(&oid))?,
+        let existing = match self.store.load_str(&name_key).await? {
+            Some(oid) => self.store.load::<Node>(&keys::node(&oid)).await?,
             None => None,
         };
         let reported = |mut n: Node| {
@@ -124,7 +124,7 @@ impl Core {
                     )
                     .await;
                 match registered {
-                    Ok(()) => node,
+                    Ok(_) => node,
                     // Two streams of one new node raced: the other registered it.
                     Err(crate::store::StoreError::Conflict(_)) => {
                         return Box::pin(self.heartbeat(req, first_of_stream)).await;
@@ -164,7 +164,7 @@ impl Core {
     }
 
     /// A heartbeat stream of node `oid` ended: offline at once unless another stream is up.
-    pub fn heartbeat_stream_ended(&self, oid: &str) {
+    pub async fn heartbeat_stream_ended(&self, oid: &str) {
         let went_offline = {
             let mut live = self.liveness.lock();
             match live.get_mut(oid) {
@@ -180,12 +180,12 @@ impl Core {
             }
         };
         if went_offline {
-            self.node_went_offline(oid, "heartbeat stream ended");
+            self.node_went_offline(oid, "heartbeat stream ended").await;
         }
     }
 
     /// Marks nodes offline whose last heartbeat is older than the grace period.
-    pub fn expire_heartbeats(&self) {
+    pub async fn expire_heartbeats(&self) {
         let grace = self.heartbeat.grace;
         let expired: Vec<String> = {
             let mut live = self.liveness.lock();
@@ -198,12 +198,13 @@ impl Core {
                 .collect()
         };
         for oid in expired {
-            self.node_went_offline(&oid, "no heartbeat within the grace period");
+            self.node_went_offline(&oid, "no heartbeat within the grace period")
+                .await;
         }
     }
 
-    fn node_went_offline(&self, oid: &str, why: &str) {
-        if let Ok(Some((node, _))) = self.store.load::<Node>(&keys::node(oid)) {
+    async fn node_went_offline(&self, oid: &str, why: &str) {
+        if let Ok(Some((node, _))) = self.store.load::<Node>(&keys::node(oid)).await {
             tracing::warn!(node = %node.authid, %oid, why, "node offline");
             let node = self.with_liveness(node);
             self.events.publish(
@@ -216,43 +217,46 @@ impl Core {
     }
 
     /// A node by oid.
-    pub fn get_node(&self, oid: &str) -> Result<Node> {
+    pub async fn get_node(&self, oid: &str) -> Result<Node> {
         let oid = validate::oid("node_oid", oid)?;
         let (node, _) = self
             .store
-            .load::<Node>(&keys::node(&oid))?
+            .load::<Node>(&keys::node(&oid))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("node {oid}")))?;
         Ok(self.with_liveness(node))
     }
 
     /// A node by authid.
-    pub fn get_node_by_name(&self, authid: &str) -> Result<Node> {
+    pub async fn get_node_by_name(&self, authid: &str) -> Result<Node> {
         if authid.is_empty() {
             return Err(Error::invalid("authid", "required"));
         }
         let oid = self
             .store
-            .load_str(&keys::node_name(authid))?
+            .load_str(&keys::node_name(authid))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("node '{authid}'")))?;
-        self.get_node(&oid)
+        self.get_node(&oid).await
     }
 
     /// A node by oid or authid (`field` names the argument in errors).
-    pub fn resolve_node(&self, field: &str, oid_or_name: &str) -> Result<Node> {
+    pub async fn resolve_node(&self, field: &str, oid_or_name: &str) -> Result<Node> {
         if oid_or_name.is_empty() {
             return Err(Error::invalid(field, "required"));
         }
         match uuid::Uuid::parse_str(oid_or_name) {
-            Ok(_) => self.get_node(oid_or_name),
-            Err(_) => self.get_node_by_name(oid_or_name),
+            Ok(_) => self.get_node(oid_or_name).await,
+            Err(_) => self.get_node_by_name(oid_or_name).await,
         }
     }
 
     /// Every node, optionally only those in `status`.
-    pub fn list_nodes(&self, status: Option<NodeStatus>) -> Result<Vec<Node>> {
+    pub async fn list_nodes(&self, status: Option<NodeStatus>) -> Result<Vec<Node>> {
         Ok(self
             .store
-            .list::<Node>(keys::NODES)?
+            .list::<Node>(keys::NODES)
+            .await?
             .into_iter()
             .map(|n| self.with_liveness(n))
             .filter(|n| status.is_none_or(|s| n.status == s as i32))
@@ -261,15 +265,16 @@ impl Core {
 
     /// Forgets a node that is no cluster's member.
     pub async fn remove_node(&self, oid: &str) -> Result<Node> {
-        let node = self.get_node(oid)?;
-        let member = |prefix: &[u8]| -> Result<bool> {
+        let node = self.get_node(oid).await?;
+        let member = async |prefix: &[u8]| -> Result<bool> {
             Ok(self
                 .store
-                .scan(prefix)?
+                .scan(prefix)
+                .await?
                 .iter()
                 .any(|(k, _)| k.ends_with(node.oid.as_bytes())))
         };
-        if member(b"wcn/")? || member(b"rcn/")? {
+        if member(b"wcn/").await? || member(b"rcn/").await? {
             return Err(Error::domain(
                 Reason::InUse,
                 format!(

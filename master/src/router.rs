@@ -38,9 +38,10 @@ fn check_realm(field: &str, realm: &str) -> Result<()> {
 }
 
 impl Core {
-    fn load_routercluster(&self, oid: &str) -> Result<(RouterCluster, Vec<u8>)> {
+    async fn load_routercluster(&self, oid: &str) -> Result<(RouterCluster, Vec<u8>)> {
         self.store
-            .load::<RouterCluster>(&keys::routercluster(oid))?
+            .load::<RouterCluster>(&keys::routercluster(oid))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("router cluster {oid}")))
     }
 
@@ -88,26 +89,30 @@ impl Core {
     }
 
     /// A router cluster by oid.
-    pub fn get_routercluster(&self, oid: &str) -> Result<RouterCluster> {
+    pub async fn get_routercluster(&self, oid: &str) -> Result<RouterCluster> {
         let oid = validate::oid("routercluster_oid", oid)?;
-        Ok(self.load_routercluster(&oid)?.0)
+        Ok(self.load_routercluster(&oid).await?.0)
     }
 
     /// A router cluster by name.
-    pub fn get_routercluster_by_name(&self, name: &str) -> Result<RouterCluster> {
+    pub async fn get_routercluster_by_name(&self, name: &str) -> Result<RouterCluster> {
         if name.is_empty() {
             return Err(Error::invalid("routercluster_name", "required"));
         }
         let oid = self
             .store
-            .load_str(&keys::routercluster_name(name))?
+            .load_str(&keys::routercluster_name(name))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("router cluster '{name}'")))?;
-        Ok(self.load_routercluster(&oid)?.0)
+        Ok(self.load_routercluster(&oid).await?.0)
     }
 
     /// Every router cluster.
-    pub fn list_routerclusters(&self) -> Result<Vec<RouterCluster>> {
-        Ok(self.store.list::<RouterCluster>(keys::ROUTERCLUSTERS)?)
+    pub async fn list_routerclusters(&self) -> Result<Vec<RouterCluster>> {
+        Ok(self
+            .store
+            .list::<RouterCluster>(keys::ROUTERCLUSTERS)
+            .await?)
     }
 
     /// Deletes a STOPPED router cluster with its memberships, worker groups and placements.
@@ -117,7 +122,7 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<RouterCluster> {
         let oid = validate::oid("routercluster_oid", oid)?;
-        let (cluster, bytes) = self.load_routercluster(&oid)?;
+        let (cluster, bytes) = self.load_routercluster(&oid).await?;
         if cluster.status != ClusterStatus::Stopped as i32 {
             return Err(Error::domain(
                 Reason::NotStopped,
@@ -138,13 +143,14 @@ impl Core {
             keys::placements(&oid),
             keys::link_secrets(&oid),
         ] {
-            for (k, _) in self.store.scan(&prefix)? {
+            for (k, _) in self.store.scan(&prefix).await? {
                 txn = txn.delete(k);
             }
         }
         for g in self
             .store
-            .list::<RouterWorkerGroup>(&keys::workergroups(&oid))?
+            .list::<RouterWorkerGroup>(&keys::workergroups(&oid))
+            .await?
         {
             txn = txn
                 .delete(keys::workergroup(&oid, &g.oid))
@@ -172,7 +178,7 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<StatusChange> {
         let oid = validate::oid("routercluster_oid", oid)?;
-        let (mut cluster, bytes) = self.load_routercluster(&oid)?;
+        let (mut cluster, bytes) = self.load_routercluster(&oid).await?;
         let from = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
         let to = transition(from, start).ok_or_else(|| {
             let (reason, verb) = if start {
@@ -231,8 +237,8 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<RouterClusterNode> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
-        let (cluster, bytes) = self.load_routercluster(&cluster_oid)?;
-        let node = self.resolve_node("node_oid", node)?;
+        let (cluster, bytes) = self.load_routercluster(&cluster_oid).await?;
+        let node = self.resolve_node("node_oid", node).await?;
         let config = config.unwrap_or_default();
         if config.hardlimit == Some(0) {
             return Err(Error::invalid("config.hardlimit", "must be at least 1"));
@@ -290,7 +296,7 @@ impl Core {
         node: &str,
         caller: Option<&Principal>,
     ) -> Result<RouterClusterNode> {
-        let membership = self.get_routercluster_node(cluster_oid, node)?;
+        let membership = self.get_routercluster_node(cluster_oid, node).await?;
         self.store
             .commit(Txn::new().delete(keys::routercluster_node(
                 &membership.cluster_oid,
@@ -307,16 +313,17 @@ impl Core {
     }
 
     /// A membership of a router cluster.
-    pub fn get_routercluster_node(
+    pub async fn get_routercluster_node(
         &self,
         cluster_oid: &str,
         node: &str,
     ) -> Result<RouterClusterNode> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
-        let (cluster, _) = self.load_routercluster(&cluster_oid)?;
-        let node = self.resolve_node("node_oid", node)?;
+        let (cluster, _) = self.load_routercluster(&cluster_oid).await?;
+        let node = self.resolve_node("node_oid", node).await?;
         self.store
-            .load::<RouterClusterNode>(&keys::routercluster_node(&cluster_oid, &node.oid))?
+            .load::<RouterClusterNode>(&keys::routercluster_node(&cluster_oid, &node.oid))
+            .await?
             .map(|(m, _)| m)
             .ok_or_else(|| {
                 Error::not_found(format_args!(
@@ -327,16 +334,17 @@ impl Core {
     }
 
     /// The memberships of a router cluster, optionally only of nodes in `status`.
-    pub fn list_routercluster_nodes(
+    pub async fn list_routercluster_nodes(
         &self,
         cluster_oid: &str,
         status: Option<NodeStatus>,
     ) -> Result<Vec<RouterClusterNode>> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
-        self.load_routercluster(&cluster_oid)?;
+        self.load_routercluster(&cluster_oid).await?;
         Ok(self
             .store
-            .list::<RouterClusterNode>(&keys::routercluster_nodes(&cluster_oid))?
+            .list::<RouterClusterNode>(&keys::routercluster_nodes(&cluster_oid))
+            .await?
             .into_iter()
             .filter(|m| status.is_none_or(|s| self.node_status(&m.node_oid) == s))
             .collect())
@@ -350,7 +358,7 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<RouterWorkerGroup> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
-        let (cluster, bytes) = self.load_routercluster(&cluster_oid)?;
+        let (cluster, bytes) = self.load_routercluster(&cluster_oid).await?;
         let spec = spec.unwrap_or_default();
         let oid = new_oid();
         let name = if spec.name.is_empty() {
@@ -401,7 +409,7 @@ impl Core {
         };
         let name_key = keys::workergroup_name(&cluster_oid, &group.name);
         let global_key = keys::workergroup_global(&group.name);
-        if let Some(owner) = self.store.load_str(&global_key)?
+        if let Some(owner) = self.store.load_str(&global_key).await?
             && !owner.starts_with(&cluster_oid)
         {
             return Err(Error::domain(
@@ -452,8 +460,8 @@ impl Core {
         Ok(group)
     }
 
-    fn with_cluster_status(&self, mut g: RouterWorkerGroup) -> RouterWorkerGroup {
-        if let Ok((c, _)) = self.load_routercluster(&g.cluster_oid) {
+    async fn with_cluster_status(&self, mut g: RouterWorkerGroup) -> RouterWorkerGroup {
+        if let Ok((c, _)) = self.load_routercluster(&g.cluster_oid).await {
             g.status = c.status;
         }
         g
@@ -466,7 +474,7 @@ impl Core {
         group_oid: &str,
         caller: Option<&Principal>,
     ) -> Result<RouterWorkerGroup> {
-        let group = self.get_workergroup(cluster_oid, group_oid)?;
+        let group = self.get_workergroup(cluster_oid, group_oid).await?;
         let mut txn = Txn::new()
             .delete(keys::workergroup(&group.cluster_oid, &group.oid))
             .delete(keys::workergroup_name(&group.cluster_oid, &group.name))
@@ -474,7 +482,8 @@ impl Core {
             .delete(keys::link_secret(&group.cluster_oid, &group.oid));
         for (k, _) in self
             .store
-            .scan(&keys::group_placements(&group.cluster_oid, &group.oid))?
+            .scan(&keys::group_placements(&group.cluster_oid, &group.oid))
+            .await?
         {
             txn = txn.delete(k);
         }
@@ -489,48 +498,56 @@ impl Core {
     }
 
     /// A worker group by oid.
-    pub fn get_workergroup(&self, cluster_oid: &str, group_oid: &str) -> Result<RouterWorkerGroup> {
+    pub async fn get_workergroup(
+        &self,
+        cluster_oid: &str,
+        group_oid: &str,
+    ) -> Result<RouterWorkerGroup> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
         let group_oid = validate::oid("workergroup_oid", group_oid)?;
-        self.load_routercluster(&cluster_oid)?;
-        self.store
-            .load::<RouterWorkerGroup>(&keys::workergroup(&cluster_oid, &group_oid))?
-            .map(|(g, _)| self.with_cluster_status(g))
-            .ok_or_else(|| Error::not_found(format_args!("worker group {group_oid}")))
+        self.load_routercluster(&cluster_oid).await?;
+        let (g, _) = self
+            .store
+            .load::<RouterWorkerGroup>(&keys::workergroup(&cluster_oid, &group_oid))
+            .await?
+            .ok_or_else(|| Error::not_found(format_args!("worker group {group_oid}")))?;
+        Ok(self.with_cluster_status(g).await)
     }
 
     /// A worker group by cluster name and group name.
-    pub fn get_workergroup_by_name(
+    pub async fn get_workergroup_by_name(
         &self,
         cluster_name: &str,
         group_name: &str,
     ) -> Result<RouterWorkerGroup> {
-        let cluster = self.get_routercluster_by_name(cluster_name)?;
+        let cluster = self.get_routercluster_by_name(cluster_name).await?;
         if group_name.is_empty() {
             return Err(Error::invalid("workergroup_name", "required"));
         }
         let oid = self
             .store
-            .load_str(&keys::workergroup_name(&cluster.oid, group_name))?
+            .load_str(&keys::workergroup_name(&cluster.oid, group_name))
+            .await?
             .ok_or_else(|| {
                 Error::not_found(format_args!(
                     "worker group '{group_name}' in router cluster '{cluster_name}'"
                 ))
             })?;
-        self.get_workergroup(&cluster.oid, &oid)
+        self.get_workergroup(&cluster.oid, &oid).await
     }
 
     /// The worker groups of a router cluster, optionally only those in `status`.
-    pub fn list_workergroups(
+    pub async fn list_workergroups(
         &self,
         cluster_oid: &str,
         status: Option<ClusterStatus>,
     ) -> Result<Vec<RouterWorkerGroup>> {
         let cluster_oid = validate::oid("routercluster_oid", cluster_oid)?;
-        let (cluster, _) = self.load_routercluster(&cluster_oid)?;
+        let (cluster, _) = self.load_routercluster(&cluster_oid).await?;
         Ok(self
             .store
-            .list::<RouterWorkerGroup>(&keys::workergroups(&cluster_oid))?
+            .list::<RouterWorkerGroup>(&keys::workergroups(&cluster_oid))
+            .await?
             .into_iter()
             .map(|mut g| {
                 g.status = cluster.status;
@@ -541,9 +558,10 @@ impl Core {
     }
 
     /// The placements of a router cluster.
-    pub fn list_placements(&self, cluster_oid: &str) -> Result<Vec<Placement>> {
+    pub async fn list_placements(&self, cluster_oid: &str) -> Result<Vec<Placement>> {
         Ok(self
             .store
-            .list::<Placement>(&keys::placements(cluster_oid))?)
+            .list::<Placement>(&keys::placements(cluster_oid))
+            .await?)
     }
 }

@@ -18,9 +18,10 @@ use crate::store::{StoreExt, keys};
 use crate::validate;
 
 impl Core {
-    fn nodes_by_oid(&self) -> Result<BTreeMap<String, Node>> {
+    async fn nodes_by_oid(&self) -> Result<BTreeMap<String, Node>> {
         Ok(self
-            .list_nodes(None)?
+            .list_nodes(None)
+            .await?
             .into_iter()
             .map(|n| (n.oid.clone(), n))
             .collect())
@@ -112,8 +113,8 @@ impl Core {
         online_only: bool,
     ) -> Result<Vec<ClusterWorker>> {
         let oid = validate::oid("webcluster_oid", oid)?;
-        self.get_webcluster(&oid)?;
-        let nodes = self.nodes_by_oid()?;
+        self.get_webcluster(&oid).await?;
+        let nodes = self.nodes_by_oid().await?;
         let owner = Owner::web(&oid);
         let ours = |w: &apb::Worker| Owner::of(w).as_ref() == Some(&owner);
         let mut out = Vec::new();
@@ -128,10 +129,12 @@ impl Core {
 
     /// Per-worker stats of a web cluster, aggregated.
     pub async fn stat_webcluster(&self, oid: &str) -> Result<StatWebClusterResponse> {
-        let cluster = self.get_webcluster(oid)?;
-        let nodes = self.nodes_by_oid()?;
-        let members: Vec<WebClusterNode> =
-            self.store.list(&keys::webcluster_nodes(&cluster.oid))?;
+        let cluster = self.get_webcluster(oid).await?;
+        let nodes = self.nodes_by_oid().await?;
+        let members: Vec<WebClusterNode> = self
+            .store
+            .list(&keys::webcluster_nodes(&cluster.oid))
+            .await?;
         let facts: Vec<Member> = members
             .iter()
             .map(|m| Member {
@@ -178,7 +181,8 @@ impl Core {
     ) -> Result<WorkerGroupStat> {
         let placements: Vec<Placement> = self
             .store
-            .list(&keys::group_placements(&group.cluster_oid, &group.oid))?;
+            .list(&keys::group_placements(&group.cluster_oid, &group.oid))
+            .await?;
         let mut workers = Vec::new();
         for (node_oid, names) in
             placements
@@ -219,10 +223,10 @@ impl Core {
 
     /// Placements, worker status and per-worker stats of a router cluster.
     pub async fn stat_routercluster(&self, oid: &str) -> Result<StatRouterClusterResponse> {
-        let cluster = self.get_routercluster(oid)?;
-        let nodes = self.nodes_by_oid()?;
+        let cluster = self.get_routercluster(oid).await?;
+        let nodes = self.nodes_by_oid().await?;
         let mut groups = Vec::new();
-        for g in self.list_workergroups(&cluster.oid, None)? {
+        for g in self.list_workergroups(&cluster.oid, None).await? {
             groups.push(self.stat_group(&nodes, g).await?);
         }
         Ok(StatRouterClusterResponse {
@@ -239,8 +243,8 @@ impl Core {
         cluster_oid: &str,
         group_oid: &str,
     ) -> Result<WorkerGroupStat> {
-        let group = self.get_workergroup(cluster_oid, group_oid)?;
-        let nodes = self.nodes_by_oid()?;
+        let group = self.get_workergroup(cluster_oid, group_oid).await?;
+        let nodes = self.nodes_by_oid().await?;
         self.stat_group(&nodes, group).await
     }
 }

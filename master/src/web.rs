@@ -83,7 +83,7 @@ fn check_transport(c: &WebCluster) -> Result<()> {
 }
 
 /// Validates a web service at Add time (docs/api.md, web services): the error names the field.
-fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
+async fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
     s.path = validate::path("webservice.path", &s.path)?;
     use web_service::Service;
     match &mut s.service {
@@ -123,12 +123,12 @@ fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
             }
         }
         Some(Service::Nodeinfo(_)) => {}
-        Some(Service::WebsocketReverseproxy(w)) => check_websocket(core, w)?,
+        Some(Service::WebsocketReverseproxy(w)) => check_websocket(core, w).await?,
     }
     Ok(())
 }
 
-fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Result<()> {
+async fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Result<()> {
     w.backends.clear(); // output only: resolved by the master
     match (&w.backend, &w.workergroup) {
         (Some(b), None) => {
@@ -149,7 +149,12 @@ fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Re
                 "webservice.websocket_reverseproxy.workergroup.workergroup_oid",
                 &g.workergroup_oid,
             )?;
-            if core.store.get(&keys::workergroup(&rc, &wg))?.is_none() {
+            if core
+                .store
+                .get(&keys::workergroup(&rc, &wg))
+                .await?
+                .is_none()
+            {
                 return Err(Error::not_found(format_args!(
                     "worker group {wg} in router cluster {rc}"
                 )));
@@ -166,9 +171,10 @@ fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Re
 }
 
 impl Core {
-    fn load_webcluster(&self, oid: &str) -> Result<(WebCluster, Vec<u8>)> {
+    async fn load_webcluster(&self, oid: &str) -> Result<(WebCluster, Vec<u8>)> {
         self.store
-            .load::<WebCluster>(&keys::webcluster(oid))?
+            .load::<WebCluster>(&keys::webcluster(oid))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("web cluster {oid}")))
     }
 
@@ -219,33 +225,35 @@ impl Core {
     }
 
     /// A web cluster by oid (TLS key redacted).
-    pub fn get_webcluster(&self, oid: &str) -> Result<WebCluster> {
+    pub async fn get_webcluster(&self, oid: &str) -> Result<WebCluster> {
         let oid = validate::oid("webcluster_oid", oid)?;
-        Ok(redact(self.load_webcluster(&oid)?.0))
+        Ok(redact(self.load_webcluster(&oid).await?.0))
     }
 
     /// A web cluster by oid with its TLS key (for the monitors).
-    pub fn get_webcluster_secret(&self, oid: &str) -> Result<WebCluster> {
-        Ok(self.load_webcluster(oid)?.0)
+    pub async fn get_webcluster_secret(&self, oid: &str) -> Result<WebCluster> {
+        Ok(self.load_webcluster(oid).await?.0)
     }
 
     /// A web cluster by name.
-    pub fn get_webcluster_by_name(&self, name: &str) -> Result<WebCluster> {
+    pub async fn get_webcluster_by_name(&self, name: &str) -> Result<WebCluster> {
         if name.is_empty() {
             return Err(Error::invalid("webcluster_name", "required"));
         }
         let oid = self
             .store
-            .load_str(&keys::webcluster_name(name))?
+            .load_str(&keys::webcluster_name(name))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("web cluster '{name}'")))?;
-        Ok(redact(self.load_webcluster(&oid)?.0))
+        Ok(redact(self.load_webcluster(&oid).await?.0))
     }
 
     /// Every web cluster.
-    pub fn list_webclusters(&self) -> Result<Vec<WebCluster>> {
+    pub async fn list_webclusters(&self) -> Result<Vec<WebCluster>> {
         Ok(self
             .store
-            .list::<WebCluster>(keys::WEBCLUSTERS)?
+            .list::<WebCluster>(keys::WEBCLUSTERS)
+            .await?
             .into_iter()
             .map(redact)
             .collect())
@@ -258,7 +266,7 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<WebCluster> {
         let oid = validate::oid("webcluster_oid", oid)?;
-        let (cluster, bytes) = self.load_webcluster(&oid)?;
+        let (cluster, bytes) = self.load_webcluster(&oid).await?;
         if cluster.status != ClusterStatus::Stopped as i32 {
             return Err(Error::domain(
                 Reason::NotStopped,
@@ -274,10 +282,14 @@ impl Core {
             .equals(key.clone(), bytes)
             .delete(key)
             .delete(keys::webcluster_name(&cluster.name));
-        for (k, _) in self.store.scan(&keys::webcluster_nodes(&oid))? {
+        for (k, _) in self.store.scan(&keys::webcluster_nodes(&oid)).await? {
             txn = txn.delete(k);
         }
-        for s in self.store.list::<WebService>(&keys::webservices(&oid))? {
+        for s in self
+            .store
+            .list::<WebService>(&keys::webservices(&oid))
+            .await?
+        {
             txn = txn
                 .delete(keys::webservice(&oid, &s.oid))
                 .delete(keys::webservice_path(&oid, &s.path));
@@ -304,7 +316,7 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<StatusChange> {
         let oid = validate::oid("webcluster_oid", oid)?;
-        let (mut cluster, bytes) = self.load_webcluster(&oid)?;
+        let (mut cluster, bytes) = self.load_webcluster(&oid).await?;
         let from = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
         let to = transition(from, start).ok_or_else(|| {
             let (reason, verb) = if start {
@@ -363,8 +375,8 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<WebClusterNode> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
-        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
-        let node = self.resolve_node("node_oid", node)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid).await?;
+        let node = self.resolve_node("node_oid", node).await?;
         let config = config.unwrap_or_default();
         let membership = WebClusterNode {
             cluster_oid: cluster_oid.clone(),
@@ -420,7 +432,7 @@ impl Core {
         node: &str,
         caller: Option<&Principal>,
     ) -> Result<WebClusterNode> {
-        let membership = self.get_webcluster_node(cluster_oid, node)?;
+        let membership = self.get_webcluster_node(cluster_oid, node).await?;
         let key = keys::webcluster_node(&membership.cluster_oid, &membership.node_oid);
         self.store.commit(Txn::new().delete(key)).await?;
         self.events.publish(
@@ -433,12 +445,17 @@ impl Core {
     }
 
     /// A membership of a web cluster.
-    pub fn get_webcluster_node(&self, cluster_oid: &str, node: &str) -> Result<WebClusterNode> {
+    pub async fn get_webcluster_node(
+        &self,
+        cluster_oid: &str,
+        node: &str,
+    ) -> Result<WebClusterNode> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
-        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
-        let node = self.resolve_node("node_oid", node)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid).await?;
+        let node = self.resolve_node("node_oid", node).await?;
         self.store
-            .load::<WebClusterNode>(&keys::webcluster_node(&cluster_oid, &node.oid))?
+            .load::<WebClusterNode>(&keys::webcluster_node(&cluster_oid, &node.oid))
+            .await?
             .map(|(m, _)| m)
             .ok_or_else(|| {
                 Error::not_found(format_args!(
@@ -449,16 +466,17 @@ impl Core {
     }
 
     /// The memberships of a web cluster, optionally only of nodes in `status`.
-    pub fn list_webcluster_nodes(
+    pub async fn list_webcluster_nodes(
         &self,
         cluster_oid: &str,
         status: Option<NodeStatus>,
     ) -> Result<Vec<WebClusterNode>> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
-        self.load_webcluster(&cluster_oid)?;
+        self.load_webcluster(&cluster_oid).await?;
         Ok(self
             .store
-            .list::<WebClusterNode>(&keys::webcluster_nodes(&cluster_oid))?
+            .list::<WebClusterNode>(&keys::webcluster_nodes(&cluster_oid))
+            .await?
             .into_iter()
             .filter(|m| status.is_none_or(|s| self.node_status(&m.node_oid) == s))
             .collect())
@@ -472,9 +490,9 @@ impl Core {
         caller: Option<&Principal>,
     ) -> Result<WebService> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
-        let (cluster, _) = self.load_webcluster(&cluster_oid)?;
+        let (cluster, _) = self.load_webcluster(&cluster_oid).await?;
         let mut service = spec.ok_or_else(|| Error::invalid("webservice", "required"))?;
-        check_service(self, &mut service)?;
+        check_service(self, &mut service).await?;
         service.oid = new_oid();
         service.webcluster_oid = cluster_oid.clone();
         let path_key = keys::webservice_path(&cluster_oid, &service.path);
@@ -519,7 +537,9 @@ impl Core {
         service_oid: &str,
         caller: Option<&Principal>,
     ) -> Result<WebService> {
-        let service = self.get_webcluster_service(cluster_oid, service_oid)?;
+        let service = self
+            .get_webcluster_service(cluster_oid, service_oid)
+            .await?;
         self.store
             .commit(
                 Txn::new()
@@ -540,47 +560,50 @@ impl Core {
     }
 
     /// A web service by oid.
-    pub fn get_webcluster_service(
+    pub async fn get_webcluster_service(
         &self,
         cluster_oid: &str,
         service_oid: &str,
     ) -> Result<WebService> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
         let service_oid = validate::oid("webservice_oid", service_oid)?;
-        self.load_webcluster(&cluster_oid)?;
+        self.load_webcluster(&cluster_oid).await?;
         self.store
-            .load::<WebService>(&keys::webservice(&cluster_oid, &service_oid))?
+            .load::<WebService>(&keys::webservice(&cluster_oid, &service_oid))
+            .await?
             .map(|(s, _)| s)
             .ok_or_else(|| Error::not_found(format_args!("web service {service_oid}")))
     }
 
     /// A web service by path.
-    pub fn get_webcluster_service_by_path(
+    pub async fn get_webcluster_service_by_path(
         &self,
         cluster_oid: &str,
         path: &str,
     ) -> Result<WebService> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
         let path = validate::path("path", path)?;
-        self.load_webcluster(&cluster_oid)?;
+        self.load_webcluster(&cluster_oid).await?;
         let oid = self
             .store
-            .load_str(&keys::webservice_path(&cluster_oid, &path))?
+            .load_str(&keys::webservice_path(&cluster_oid, &path))
+            .await?
             .ok_or_else(|| Error::not_found(format_args!("web service on path {path}")))?;
-        self.get_webcluster_service(&cluster_oid, &oid)
+        self.get_webcluster_service(&cluster_oid, &oid).await
     }
 
     /// The services of a web cluster whose path starts with `prefix`.
-    pub fn list_webcluster_services(
+    pub async fn list_webcluster_services(
         &self,
         cluster_oid: &str,
         prefix: &str,
     ) -> Result<Vec<WebService>> {
         let cluster_oid = validate::oid("webcluster_oid", cluster_oid)?;
-        self.load_webcluster(&cluster_oid)?;
+        self.load_webcluster(&cluster_oid).await?;
         Ok(self
             .store
-            .list::<WebService>(&keys::webservices(&cluster_oid))?
+            .list::<WebService>(&keys::webservices(&cluster_oid))
+            .await?
             .into_iter()
             .filter(|s| s.path.starts_with(prefix))
             .collect())

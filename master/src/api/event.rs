@@ -34,7 +34,9 @@ impl EventService for EventApi {
     ) -> Result<Response<BoxStream<StreamClusterStatsResponse>>, Status> {
         let r = req.get_ref();
         Ok(Response::new(
-            self.0.stream_cluster_stats(&r.cluster_oid, r.interval)?,
+            self.0
+                .stream_cluster_stats(&r.cluster_oid, r.interval)
+                .await?,
         ))
     }
 }

@@ -91,7 +91,7 @@ impl NodeService for NodeApi {
                     Ok(None) | Err(_) => break,
                 }
             }
-            core.heartbeat_stream_ended(&node.oid);
+            core.heartbeat_stream_ended(&node.oid).await;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -101,13 +101,13 @@ impl NodeService for NodeApi {
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
         let r = req.get_ref();
         let status = filter::<NodeStatus>("filter_by_status", r.filter_by_status)?;
-        let nodes = self.0.list_nodes(status)?;
+        let nodes = self.0.list_nodes(status).await?;
         let items = items(nodes, r.return_names, |n| &n.oid, |n| &n.authid);
         Ok(Response::new(ListNodesResponse { items }))
     }
 
     async fn get_node(&self, req: Request<GetNodeRequest>) -> R<GetNodeResponse> {
-        let node = self.0.get_node(&req.get_ref().node_oid)?;
+        let node = self.0.get_node(&req.get_ref().node_oid).await?;
         Ok(Response::new(GetNodeResponse { node: Some(node) }))
     }
 
@@ -115,7 +115,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<GetNodeByNameRequest>,
     ) -> R<GetNodeByNameResponse> {
-        let node = self.0.get_node_by_name(&req.get_ref().authid)?;
+        let node = self.0.get_node_by_name(&req.get_ref().authid).await?;
         Ok(Response::new(GetNodeByNameResponse { node: Some(node) }))
     }
 

@@ -48,7 +48,10 @@ impl RouterClusterService for RouterClusterApi {
         &self,
         req: Request<GetRouterClusterRequest>,
     ) -> R<GetRouterClusterResponse> {
-        let c = self.0.get_routercluster(&req.get_ref().routercluster_oid)?;
+        let c = self
+            .0
+            .get_routercluster(&req.get_ref().routercluster_oid)
+            .await?;
         Ok(Response::new(GetRouterClusterResponse {
             routercluster: Some(c),
         }))
@@ -60,7 +63,8 @@ impl RouterClusterService for RouterClusterApi {
     ) -> R<GetRouterClusterByNameResponse> {
         let c = self
             .0
-            .get_routercluster_by_name(&req.get_ref().routercluster_name)?;
+            .get_routercluster_by_name(&req.get_ref().routercluster_name)
+            .await?;
         Ok(Response::new(GetRouterClusterByNameResponse {
             routercluster: Some(c),
         }))
@@ -70,7 +74,7 @@ impl RouterClusterService for RouterClusterApi {
         &self,
         req: Request<ListRouterClustersRequest>,
     ) -> R<ListRouterClustersResponse> {
-        let all = self.0.list_routerclusters()?;
+        let all = self.0.list_routerclusters().await?;
         let items = items(all, req.get_ref().return_names, |c| &c.oid, |c| &c.name);
         Ok(Response::new(ListRouterClustersResponse { items }))
     }
@@ -136,7 +140,8 @@ impl RouterClusterService for RouterClusterApi {
         let r = req.get_ref();
         let node = self
             .0
-            .get_routercluster_node(&r.routercluster_oid, &r.node_oid)?;
+            .get_routercluster_node(&r.routercluster_oid, &r.node_oid)
+            .await?;
         Ok(Response::new(GetRouterClusterNodeResponse {
             node: Some(node),
         }))
@@ -150,7 +155,8 @@ impl RouterClusterService for RouterClusterApi {
         let status = filter::<NodeStatus>("filter_by_status", r.filter_by_status)?;
         let nodes = self
             .0
-            .list_routercluster_nodes(&r.routercluster_oid, status)?;
+            .list_routercluster_nodes(&r.routercluster_oid, status)
+            .await?;
         let items = items(nodes, r.return_names, |m| &m.node_oid, |m| &m.node_authid);
         Ok(Response::new(ListRouterClusterNodesResponse { items }))
     }
@@ -190,7 +196,8 @@ impl RouterClusterService for RouterClusterApi {
         let r = req.get_ref();
         let g = self
             .0
-            .get_workergroup(&r.routercluster_oid, &r.workergroup_oid)?;
+            .get_workergroup(&r.routercluster_oid, &r.workergroup_oid)
+            .await?;
         Ok(Response::new(GetRouterClusterWorkerGroupResponse {
             workergroup: Some(g),
         }))
@@ -203,7 +210,8 @@ impl RouterClusterService for RouterClusterApi {
         let r = req.get_ref();
         let g = self
             .0
-            .get_workergroup_by_name(&r.routercluster_name, &r.workergroup_name)?;
+            .get_workergroup_by_name(&r.routercluster_name, &r.workergroup_name)
+            .await?;
         Ok(Response::new(GetRouterClusterWorkerGroupByNameResponse {
             workergroup: Some(g),
         }))
@@ -215,7 +223,10 @@ impl RouterClusterService for RouterClusterApi {
     ) -> R<ListRouterClusterWorkerGroupsResponse> {
         let r = req.get_ref();
         let status = filter::<ClusterStatus>("filter_by_status", r.filter_by_status)?;
-        let groups = self.0.list_workergroups(&r.routercluster_oid, status)?;
+        let groups = self
+            .0
+            .list_workergroups(&r.routercluster_oid, status)
+            .await?;
         let items = items(groups, r.return_names, |g| &g.oid, |g| &g.name);
         Ok(Response::new(ListRouterClusterWorkerGroupsResponse {
             items,

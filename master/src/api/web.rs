@@ -48,7 +48,7 @@ impl WebClusterService for WebClusterApi {
         &self,
         req: Request<GetWebClusterRequest>,
     ) -> R<GetWebClusterResponse> {
-        let c = self.0.get_webcluster(&req.get_ref().webcluster_oid)?;
+        let c = self.0.get_webcluster(&req.get_ref().webcluster_oid).await?;
         Ok(Response::new(GetWebClusterResponse {
             webcluster: Some(c),
         }))
@@ -60,7 +60,8 @@ impl WebClusterService for WebClusterApi {
     ) -> R<GetWebClusterByNameResponse> {
         let c = self
             .0
-            .get_webcluster_by_name(&req.get_ref().webcluster_name)?;
+            .get_webcluster_by_name(&req.get_ref().webcluster_name)
+            .await?;
         Ok(Response::new(GetWebClusterByNameResponse {
             webcluster: Some(c),
         }))
@@ -70,7 +71,7 @@ impl WebClusterService for WebClusterApi {
         &self,
         req: Request<ListWebClustersRequest>,
     ) -> R<ListWebClustersResponse> {
-        let all = self.0.list_webclusters()?;
+        let all = self.0.list_webclusters().await?;
         let items = items(all, req.get_ref().return_names, |c| &c.oid, |c| &c.name);
         Ok(Response::new(ListWebClustersResponse { items }))
     }
@@ -134,7 +135,10 @@ impl WebClusterService for WebClusterApi {
         req: Request<GetWebClusterNodeRequest>,
     ) -> R<GetWebClusterNodeResponse> {
         let r = req.get_ref();
-        let node = self.0.get_webcluster_node(&r.webcluster_oid, &r.node_oid)?;
+        let node = self
+            .0
+            .get_webcluster_node(&r.webcluster_oid, &r.node_oid)
+            .await?;
         Ok(Response::new(GetWebClusterNodeResponse {
             node: Some(node),
         }))
@@ -146,7 +150,10 @@ impl WebClusterService for WebClusterApi {
     ) -> R<ListWebClusterNodesResponse> {
         let r = req.get_ref();
         let status = filter::<NodeStatus>("filter_by_status", r.filter_by_status)?;
-        let nodes = self.0.list_webcluster_nodes(&r.webcluster_oid, status)?;
+        let nodes = self
+            .0
+            .list_webcluster_nodes(&r.webcluster_oid, status)
+            .await?;
         let items = items(nodes, r.return_names, |m| &m.node_oid, |m| &m.node_authid);
         Ok(Response::new(ListWebClusterNodesResponse { items }))
     }
@@ -186,7 +193,8 @@ impl WebClusterService for WebClusterApi {
         let r = req.get_ref();
         let s = self
             .0
-            .get_webcluster_service(&r.webcluster_oid, &r.webservice_oid)?;
+            .get_webcluster_service(&r.webcluster_oid, &r.webservice_oid)
+            .await?;
         Ok(Response::new(GetWebClusterServiceResponse {
             webservice: Some(s),
         }))
@@ -199,7 +207,8 @@ impl WebClusterService for WebClusterApi {
         let r = req.get_ref();
         let s = self
             .0
-            .get_webcluster_service_by_path(&r.webcluster_oid, &r.path)?;
+            .get_webcluster_service_by_path(&r.webcluster_oid, &r.path)
+            .await?;
         Ok(Response::new(GetWebClusterServiceByPathResponse {
             webservice: Some(s),
         }))
@@ -212,7 +221,8 @@ impl WebClusterService for WebClusterApi {
         let r = req.get_ref();
         let services = self
             .0
-            .list_webcluster_services(&r.webcluster_oid, &r.prefix)?
+            .list_webcluster_services(&r.webcluster_oid, &r.prefix)
+            .await?
             .into_iter()
             .map(|s| (s.path, s.oid))
             .collect();

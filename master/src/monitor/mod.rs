@@ -169,7 +169,7 @@ impl Supervisor {
     /// them; false on shutdown.
     async fn resume(self: &Arc<Self>) -> bool {
         loop {
-            match active_clusters(&self.core) {
+            match active_clusters(&self.core).await {
                 Ok(active) => {
                     for (kind, oid) in active {
                         self.ensure(kind, &oid);
@@ -211,24 +211,18 @@ impl Supervisor {
         }
     }
 
+    fn lock_monitors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn wake(&self, oid: &str) {
-        if let Some(n) = self
-            .monitors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(oid)
-        {
+        if let Some(n) = self.lock_monitors().get(oid) {
             n.notify_one();
         }
     }
 
     fn wake_all(&self) {
-        for n in self
-            .monitors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for n in self.lock_monitors().values() {
             n.notify_one();
         }
     }
@@ -236,7 +230,7 @@ impl Supervisor {
     /// Starts the monitor of cluster `oid` unless it runs.
     fn ensure(self: &Arc<Self>, kind: Kind, oid: &str) {
         let notify = {
-            let mut monitors = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+            let mut monitors = self.lock_monitors();
             if let Some(n) = monitors.get(oid) {
                 n.notify_one();
                 return;
@@ -272,16 +266,26 @@ impl Supervisor {
                     _ = tokio::time::sleep(self.config.period) => {}
                 }
             }
-            // Deregister under the lock, unless the cluster was started again meanwhile
-            // (its start event found this monitor registered and only woke it). A store that
-            // cannot tell keeps the monitor.
-            let mut monitors = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+            // A store that cannot tell keeps the monitor.
+            let ended = self.core.shutdown.is_cancelled()
+                || matches!(is_active(&self.core, kind, &oid).await, Ok(false));
+            if !ended {
+                continue;
+            }
+            self.lock_monitors().remove(&oid);
             if self.core.shutdown.is_cancelled()
-                || matches!(is_active(&self.core, kind, &oid), Ok(false))
+                || !matches!(is_active(&self.core, kind, &oid).await, Ok(true))
             {
-                monitors.remove(&oid);
                 break;
             }
+            // Started again before the deregistration: its start event found this monitor
+            // registered and only woke it. Take the registration back, unless that start came
+            // after the deregistration and started a new monitor.
+            let mut monitors = self.lock_monitors();
+            if monitors.contains_key(&oid) {
+                break;
+            }
+            monitors.insert(oid.clone(), notify.clone());
         }
         tracing::info!("monitor ended");
     }
@@ -338,9 +342,12 @@ fn needs_monitor(status: i32) -> bool {
 }
 
 /// Every stored cluster that needs a monitor.
-fn active_clusters(core: &Core) -> Result<Vec<(Kind, String)>, StoreError> {
-    let webs = core.store.list::<WebCluster>(keys::WEBCLUSTERS)?;
-    let routers = core.store.list::<RouterCluster>(keys::ROUTERCLUSTERS)?;
+async fn active_clusters(core: &Core) -> Result<Vec<(Kind, String)>, StoreError> {
+    let webs = core.store.list::<WebCluster>(keys::WEBCLUSTERS).await?;
+    let routers = core
+        .store
+        .list::<RouterCluster>(keys::ROUTERCLUSTERS)
+        .await?;
     let web = webs
         .into_iter()
         .filter(|c| needs_monitor(c.status))
@@ -353,23 +360,25 @@ fn active_clusters(core: &Core) -> Result<Vec<(Kind, String)>, StoreError> {
 }
 
 /// Whether cluster `oid` is in a status that needs a monitor.
-fn is_active(core: &Core, kind: Kind, oid: &str) -> Result<bool, StoreError> {
+async fn is_active(core: &Core, kind: Kind, oid: &str) -> Result<bool, StoreError> {
     let status = match kind {
         Kind::Web => core
             .store
-            .load::<WebCluster>(&keys::webcluster(oid))?
+            .load::<WebCluster>(&keys::webcluster(oid))
+            .await?
             .map(|(c, _)| c.status),
         Kind::Router => core
             .store
-            .load::<RouterCluster>(&keys::routercluster(oid))?
+            .load::<RouterCluster>(&keys::routercluster(oid))
+            .await?
             .map(|(c, _)| c.status),
     };
     Ok(status.is_some_and(|s| s != ClusterStatus::Stopped as i32))
 }
 
 /// Whether the cluster `oid` (web or router) exists and is not STOPPED.
-fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
-    Ok(is_active(core, Kind::Web, oid)? || is_active(core, Kind::Router, oid)?)
+async fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
+    Ok(is_active(core, Kind::Web, oid).await? || is_active(core, Kind::Router, oid).await?)
 }
 
 /// A node came (back) online: stop its workers whose cluster is stopped or gone (stopped or
@@ -400,7 +409,7 @@ async fn sweep_once(core: &Core, agents: &dyn AgentApi, node: &Node) -> Result<(
             Some(k) => *k,
             None => *running
                 .entry(owner.cluster.clone())
-                .or_insert(cluster_running(core, &owner.cluster)?),
+                .or_insert(cluster_running(core, &owner.cluster).await?),
         };
         if !keep {
             tracing::info!(node = %node.authid, worker = %w.id, cluster = %owner.cluster, "stopping a worker of a stopped or deleted cluster");
@@ -434,9 +443,10 @@ pub enum Outcome {
 }
 
 /// Every node by oid, with its liveness.
-fn nodes_by_oid(core: &Core) -> Result<BTreeMap<String, Node>, MonitorError> {
+async fn nodes_by_oid(core: &Core) -> Result<BTreeMap<String, Node>, MonitorError> {
     Ok(core
-        .list_nodes(None)?
+        .list_nodes(None)
+        .await?
         .into_iter()
         .map(|n| (n.oid.clone(), n))
         .collect())

@@ -33,7 +33,8 @@ pub async fn reconcile(
     verified.expire();
     let Some((cluster, _)) = core
         .store
-        .load::<RouterCluster>(&keys::routercluster(oid))?
+        .load::<RouterCluster>(&keys::routercluster(oid))
+        .await?
     else {
         return Ok(Outcome::Done);
     };
@@ -42,17 +43,17 @@ pub async fn reconcile(
         return Ok(Outcome::Done);
     }
     let stopping = status == ClusterStatus::Stopping;
-    let members: Vec<RouterClusterNode> = core.store.list(&keys::routercluster_nodes(oid))?;
-    let groups: Vec<RouterWorkerGroup> = core.store.list(&keys::workergroups(oid))?;
-    let nodes = nodes_by_oid(core)?;
+    let members: Vec<RouterClusterNode> = core.store.list(&keys::routercluster_nodes(oid)).await?;
+    let groups: Vec<RouterWorkerGroup> = core.store.list(&keys::workergroups(oid)).await?;
+    let nodes = nodes_by_oid(core).await?;
 
     // Placement: nothing is placed while stopping.
     let facts = member_facts(&members, &nodes);
     let placed_groups = if stopping { &[][..] } else { &groups[..] };
-    let old: Vec<Placement> = core.store.list(&keys::placements(oid))?;
+    let old: Vec<Placement> = core.store.list(&keys::placements(oid)).await?;
     let placed = placement::place(&group_facts(placed_groups), &facts, &slots_of(&old));
     store_placements(core, oid, &old, &placed.slots, &nodes).await?;
-    let current: Vec<Placement> = core.store.list(&keys::placements(oid))?;
+    let current: Vec<Placement> = core.store.list(&keys::placements(oid)).await?;
     let secrets = link_secrets(core, oid, placed_groups).await?;
     let desired = super::router::desired(
         oid,
@@ -517,7 +518,7 @@ pub async fn link_secrets(
         let mut txn = Txn::new();
         for g in groups {
             let key = keys::link_secret(cluster, &g.oid);
-            match core.store.load_str(&key)? {
+            match core.store.load_str(&key).await? {
                 Some(s) => {
                     secrets.insert(g.oid.clone(), s);
                 }
@@ -540,7 +541,7 @@ pub async fn link_secrets(
         match core.store.commit(txn).await {
             // Another writer created one meanwhile: read them again.
             Err(StoreError::Conflict(_)) => continue,
-            done => return done.map(|()| secrets),
+            done => return done.map(|_| secrets),
         }
     }
 }

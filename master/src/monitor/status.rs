@@ -158,7 +158,7 @@ pub async fn set_status<C: ClusterRecord>(
     reason: &str,
 ) -> Result<(), StoreError> {
     let key = C::key(oid);
-    let Some((mut c, bytes)) = core.store.load::<C>(&key)? else {
+    let Some((mut c, bytes)) = core.store.load::<C>(&key).await? else {
         return Ok(());
     };
     let (current, current_reason, changed) = c.status_mut();

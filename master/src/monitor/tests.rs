@@ -22,7 +22,7 @@ use super::{MonitorConfig, MonitorError, Outcome, Supervisor, router_monitor, we
 use crate::agents::Agents;
 use crate::core::{Core, HeartbeatConfig};
 use crate::store::memory::MemoryStore;
-use crate::store::{Rows, Store, StoreError, StoreFuture, Txn, keys};
+use crate::store::{Revision, Rows, Store, StoreError, StoreFuture, Txn, keys};
 
 /// One fake worker: what the agent would report and what its controls hold.
 #[derive(Debug, Clone, Default)]
@@ -343,20 +343,20 @@ struct FlakyStore {
 }
 
 impl Store for FlakyStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
         self.inner.get(key)
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Rows, StoreError> {
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> StoreFuture<'a, Rows> {
         match &*self.failing.lock().unwrap() {
             Some(p) if prefix.starts_with(p) => {
-                Err(StoreError::Backend("injected read error".into()))
+                Box::pin(async { Err(StoreError::Backend("injected read error".into())) })
             }
             _ => self.inner.scan(prefix),
         }
     }
 
-    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()> {
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
         self.inner.commit(txn)
     }
 }
@@ -377,7 +377,10 @@ async fn core_with(store: Arc<dyn Store>, names: &[&str]) -> (Arc<Core>, BTreeMa
     let mut oids = BTreeMap::new();
     for name in names {
         online(&core, name).await;
-        oids.insert((*name).to_owned(), core.get_node_by_name(name).unwrap().oid);
+        oids.insert(
+            (*name).to_owned(),
+            core.get_node_by_name(name).await.unwrap().oid,
+        );
     }
     (core, oids)
 }
@@ -412,13 +415,13 @@ async fn converge(
     panic!("cluster {oid} did not settle in 20 iterations");
 }
 
-fn web_status(core: &Core, oid: &str) -> (ClusterStatus, String) {
-    let c: WebCluster = core.get_webcluster(oid).unwrap();
+async fn web_status(core: &Core, oid: &str) -> (ClusterStatus, String) {
+    let c: WebCluster = core.get_webcluster(oid).await.unwrap();
     (ClusterStatus::try_from(c.status).unwrap(), c.status_reason)
 }
 
-fn router_status(core: &Core, oid: &str) -> (ClusterStatus, String) {
-    let c: RouterCluster = core.get_routercluster(oid).unwrap();
+async fn router_status(core: &Core, oid: &str) -> (ClusterStatus, String) {
+    let c: RouterCluster = core.get_routercluster(oid).await.unwrap();
     (ClusterStatus::try_from(c.status).unwrap(), c.status_reason)
 }
 
@@ -504,7 +507,7 @@ async fn a_web_cluster_runs_follows_its_services_and_stops_in_process() {
     core.change_webcluster(&oid, true, None).await.unwrap();
 
     converge(&core, &fake, false, &oid).await.unwrap();
-    assert_eq!(web_status(&core, &oid).0, ClusterStatus::Running);
+    assert_eq!(web_status(&core, &oid).await.0, ClusterStatus::Running);
     let (n1, n2) = (fake.live(&nodes["n1"]), fake.live(&nodes["n2"]));
     assert_eq!((n1.len(), n2.len()), (2, 1));
     for w in n1.values().chain(n2.values()) {
@@ -534,7 +537,7 @@ async fn a_web_cluster_runs_follows_its_services_and_stops_in_process() {
         converge(&core, &fake, false, &oid).await.unwrap(),
         Outcome::Done
     );
-    assert_eq!(web_status(&core, &oid).0, ClusterStatus::Stopped);
+    assert_eq!(web_status(&core, &oid).await.0, ClusterStatus::Stopped);
     assert!(fake.live(&nodes["n1"]).is_empty() && fake.live(&nodes["n2"]).is_empty());
 }
 
@@ -552,7 +555,7 @@ async fn web_clusters_whose_oids_share_a_prefix_leave_each_other_alone() {
     converge(&core, &fake, false, &a).await.unwrap();
     core.change_webcluster(&a, false, None).await.unwrap();
     converge(&core, &fake, false, &a).await.unwrap();
-    assert_eq!(web_status(&core, &a).0, ClusterStatus::Stopped);
+    assert_eq!(web_status(&core, &a).await.0, ClusterStatus::Stopped);
     assert_eq!(
         fake.live(&nodes["n1"]).keys().collect::<Vec<_>>(),
         [&theirs],
@@ -579,7 +582,7 @@ async fn a_standby_only_cluster_says_why_it_cannot_run() {
         .unwrap();
     core.change_webcluster(&oid, true, None).await.unwrap();
     converge(&core, &fake, false, &oid).await.unwrap();
-    let (status, reason) = web_status(&core, &oid);
+    let (status, reason) = web_status(&core, &oid).await;
     assert_eq!(status, ClusterStatus::Error);
     assert!(reason.contains("no active member"), "{reason}");
     assert!(!reason.contains("no member node is online"), "{reason}");
@@ -593,7 +596,7 @@ async fn a_removed_worker_group_leaves_nothing_running_and_stop_waits_for_every_
         router_cluster(&core, "routers", &["n1", "n2"], &[("grp1", 3), ("grp2", 1)]).await;
     core.change_routercluster(&oid, true, None).await.unwrap();
     converge(&core, &fake, true, &oid).await.unwrap();
-    assert_eq!(router_status(&core, &oid).0, ClusterStatus::Running);
+    assert_eq!(router_status(&core, &oid).await.0, ClusterStatus::Running);
     let all = |fake: &FakeAgents| -> BTreeSet<String> {
         nodes
             .values()
@@ -637,7 +640,7 @@ async fn a_removed_worker_group_leaves_nothing_running_and_stop_waits_for_every_
         converge(&core, &fake, true, &oid).await.unwrap(),
         Outcome::Done
     );
-    assert_eq!(router_status(&core, &oid).0, ClusterStatus::Stopped);
+    assert_eq!(router_status(&core, &oid).await.0, ClusterStatus::Stopped);
     assert!(
         all(&fake).is_empty(),
         "STOPPED with nothing left: {:?}",
@@ -658,10 +661,10 @@ async fn router_workers_leave_an_offline_node_and_its_return_moves_nothing_healt
     );
 
     // n1 goes offline (its workers keep running where the master cannot see them).
-    core.heartbeat_stream_ended(&nodes["n1"]);
+    core.heartbeat_stream_ended(&nodes["n1"]).await;
     converge(&core, &fake, true, &oid).await.unwrap();
     assert_eq!(fake.live(&nodes["n2"]).len(), 4, "re-placed on n2");
-    assert_eq!(router_status(&core, &oid).0, ClusterStatus::Running);
+    assert_eq!(router_status(&core, &oid).await.0, ClusterStatus::Running);
     let pids = |n: &str| -> BTreeMap<String, u32> {
         fake.live(n)
             .into_iter()
@@ -743,7 +746,7 @@ async fn a_store_read_error_is_retried_not_pushed_to_workers_as_an_empty_backend
     assert_eq!(backends(&fake), 2, "the workers keep their backends");
     *store.failing.lock().unwrap() = None;
     converge(&core, &fake, false, &oid).await.unwrap();
-    assert_eq!(web_status(&core, &oid).0, ClusterStatus::Running);
+    assert_eq!(web_status(&core, &oid).await.0, ClusterStatus::Running);
 }
 
 #[tokio::test]
@@ -761,11 +764,11 @@ async fn the_supervisor_restarts_a_monitor_that_panicked() {
     // store.
     core.change_webcluster(&oid, true, None).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while web_status(&core, &oid).0 != ClusterStatus::Running {
+    while web_status(&core, &oid).await.0 != ClusterStatus::Running {
         assert!(
             Instant::now() < deadline,
             "not RUNNING: {:?}",
-            web_status(&core, &oid)
+            web_status(&core, &oid).await
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -24,7 +24,11 @@ pub async fn reconcile(
     agents: &dyn AgentApi,
     oid: &str,
 ) -> Result<Outcome, MonitorError> {
-    let Some((cluster, _)) = core.store.load::<WebCluster>(&keys::webcluster(oid))? else {
+    let Some((cluster, _)) = core
+        .store
+        .load::<WebCluster>(&keys::webcluster(oid))
+        .await?
+    else {
         return Ok(Outcome::Done);
     };
     let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
@@ -32,8 +36,8 @@ pub async fn reconcile(
         return Ok(Outcome::Done);
     }
     let stopping = status == ClusterStatus::Stopping;
-    let members: Vec<WebClusterNode> = core.store.list(&keys::webcluster_nodes(oid))?;
-    let nodes = nodes_by_oid(core)?;
+    let members: Vec<WebClusterNode> = core.store.list(&keys::webcluster_nodes(oid)).await?;
+    let nodes = nodes_by_oid(core).await?;
 
     // Every online node, not only members: a removed member may still run workers of ours.
     let owner = Owner::web(oid);
@@ -53,15 +57,19 @@ pub async fn reconcile(
     } else {
         assign(&facts)
     };
-    let services = core.store.list::<WebService>(&keys::webservices(oid))?;
+    let services = core
+        .store
+        .list::<WebService>(&keys::webservices(oid))
+        .await?;
+    let mut agent_services = BTreeMap::new();
+    for s in &services {
+        agent_services.insert(s.path.clone(), to_agent(core, &nodes, s).await?);
+    }
     let desired = Desired {
         prefix: web_prefix(oid),
         nodes: assigned,
         transport: transport(&cluster),
-        services: services
-            .iter()
-            .map(|s| Ok((s.path.clone(), to_agent(core, &nodes, s)?)))
-            .collect::<Result<_, StoreError>>()?,
+        services: agent_services,
     };
     let actions = plan(&desired, &observed);
     core.gauges.set(
@@ -263,7 +271,7 @@ impl Executor for WebExecutor<'_> {
 /// The agent-side form of a stored web service; a worker-group target is resolved to the
 /// group's placed router workers on online nodes. A store error is returned, never turned into
 /// an empty backend list pushed to running workers.
-fn to_agent(
+async fn to_agent(
     core: &Core,
     nodes: &BTreeMap<String, Node>,
     s: &WebService,
@@ -280,7 +288,7 @@ fn to_agent(
         Some(M::WebsocketReverseproxy(mut x)) => {
             if let Some(g) = &x.workergroup {
                 let key = keys::group_placements(&g.routercluster_oid, &g.workergroup_oid);
-                let placements = core.store.list::<Placement>(&key)?;
+                let placements = core.store.list::<Placement>(&key).await?;
                 let path = if g.path.is_empty() { "/ws" } else { &g.path };
                 x.backends = placements
                     .iter()

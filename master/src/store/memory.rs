@@ -3,44 +3,55 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Rows, Store, StoreError, StoreFuture, Txn, check_conditions};
+use super::{Revision, Rows, Store, StoreFuture, Txn, check_conditions};
 
 /// A store in a `BTreeMap`.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    revision: Revision,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Store for MemoryStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned())
+    fn get<'a>(&'a self, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let value = self.lock().map.get(key).cloned();
+        Box::pin(async move { Ok(value) })
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Rows, StoreError> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> StoreFuture<'a, Rows> {
+        let rows = self
+            .lock()
+            .map
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        Box::pin(async move { Ok(rows) })
     }
 
-    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()> {
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
         Box::pin(async move {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            check_conditions(&txn.conditions, |k| map.get(k).cloned())?;
+            let mut state = self.lock();
+            check_conditions(&txn.conditions, |k| state.map.get(k).cloned())?;
             for k in txn.deletes {
-                map.remove(&k);
+                state.map.remove(&k);
             }
             for (k, v) in txn.puts {
-                map.insert(k, v);
+                state.map.insert(k, v);
             }
-            Ok(())
+            state.revision += 1;
+            Ok(state.revision)
         })
     }
 }

@@ -92,16 +92,20 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// A boxed future of a store operation.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// A commit's place in the store's history: every committed transaction gets a revision
+/// greater than all before it (etcd's revision; the embedded stores count their own).
+pub type Revision = u64;
+
 /// The master's persistence.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value at `key`.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn get<'a>(&'a self, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>>;
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Result<Rows, StoreError>;
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> StoreFuture<'a, Rows>;
 
-    /// Applies `txn` atomically; resolves once it is durable.
-    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()>;
+    /// Applies `txn` atomically; resolves once it is durable, with its revision.
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision>;
 }
 
 /// Checks `conditions` against a lookup function (shared by the implementations).
@@ -129,34 +133,42 @@ pub trait StoreExt {
     fn load<M: prost::Message + Default>(
         &self,
         key: &[u8],
-    ) -> Result<Option<(M, Vec<u8>)>, StoreError>;
+    ) -> impl Future<Output = Result<Option<(M, Vec<u8>)>, StoreError>> + Send;
     /// Every record under `prefix`, in key order.
-    fn list<M: prost::Message + Default>(&self, prefix: &[u8]) -> Result<Vec<M>, StoreError>;
+    fn list<M: prost::Message + Default>(
+        &self,
+        prefix: &[u8],
+    ) -> impl Future<Output = Result<Vec<M>, StoreError>> + Send;
     /// The UTF-8 string at `key` (index entries).
-    fn load_str(&self, key: &[u8]) -> Result<Option<String>, StoreError>;
+    fn load_str(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 impl<S: Store + ?Sized> StoreExt for S {
-    fn load<M: prost::Message + Default>(
+    async fn load<M: prost::Message + Default>(
         &self,
         key: &[u8],
     ) -> Result<Option<(M, Vec<u8>)>, StoreError> {
-        match self.get(key)? {
+        match self.get(key).await? {
             Some(bytes) => Ok(Some((codec::decode(key, &bytes)?, bytes))),
             None => Ok(None),
         }
     }
 
-    fn list<M: prost::Message + Default>(&self, prefix: &[u8]) -> Result<Vec<M>, StoreError> {
-        self.scan(prefix)?
+    async fn list<M: prost::Message + Default>(&self, prefix: &[u8]) -> Result<Vec<M>, StoreError> {
+        self.scan(prefix)
+            .await?
             .iter()
             .map(|(k, v)| codec::decode(k, v))
             .collect()
     }
 
-    fn load_str(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+    async fn load_str(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
         Ok(self
-            .get(key)?
+            .get(key)
+            .await?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 }

@@ -4,21 +4,35 @@
 //! and writes), then waits for durability. Durability is shared: one flusher task flushes once for
 //! every commit that arrived while the previous flush ran, so concurrent writers share fsyncs and
 //! durability does not cap throughput.
+//!
+//! Revisions: transactions are applied one at a time (in memory, before the shared flush), each
+//! with the next revision, which is written in the same sled transaction under
+//! [`REVISION_KEY`] so that it survives a restart.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Condition, Rows, Store, StoreError, StoreFuture, Txn};
+use super::{Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
+
+/// Where the last revision is kept (outside every table's prefix).
+pub const REVISION_KEY: &[u8] = b"\0meta/revision";
 
 /// The sled-backed store.
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// The last committed revision; held while a transaction is applied.
+    revision: Mutex<Revision>,
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     flusher: tokio::task::JoinHandle<()>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
 }
 
 impl SledStore {
@@ -28,15 +42,23 @@ impl SledStore {
             .path(dir.join("switchyard.sled"))
             .flush_every_ms(None)
             .open()
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let tree = db
-            .open_tree("v1")
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            .map_err(backend)?;
+        let tree = db.open_tree("v1").map_err(backend)?;
+        let revision = match tree.get(REVISION_KEY).map_err(backend)? {
+            Some(v) => {
+                Revision::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(REVISION_KEY).into_owned(),
+                    reason: format!("{} bytes, expected 8", v.len()),
+                })?)
+            }
+            None => 0,
+        };
         let (flush, waiters) = mpsc::unbounded_channel();
         let flusher = tokio::spawn(flusher(db.clone(), waiters));
         Ok(SledStore {
             db,
             tree,
+            revision: Mutex::new(revision),
             flush,
             flusher,
         })
@@ -50,6 +72,7 @@ impl SledStore {
             tree,
             flush,
             flusher,
+            ..
         } = self;
         drop((tree, flush));
         let _ = flusher.await;
@@ -85,60 +108,69 @@ async fn flusher(
     }
 }
 
-impl Store for SledStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.tree
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| StoreError::Backend(e.to_string()))
-    }
-
-    fn scan(&self, prefix: &[u8]) -> Result<Rows, StoreError> {
-        self.tree
-            .scan_prefix(prefix)
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(|e| StoreError::Backend(e.to_string()))
-            })
-            .collect()
-    }
-
-    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            let applied = self.tree.transaction(|t| {
-                for c in &txn.conditions {
-                    let (key, ok) = match c {
-                        Condition::Absent(k) => (k, t.get(k)?.is_none()),
-                        Condition::Equals(k, v) => (k, t.get(k)?.as_deref() == Some(v.as_slice())),
-                    };
-                    if !ok {
-                        return Err(ConflictableTransactionError::Abort(
-                            String::from_utf8_lossy(key).into_owned(),
-                        ));
-                    }
-                }
-                for k in &txn.deletes {
-                    t.remove(k.as_slice())?;
-                }
-                for (k, v) in &txn.puts {
-                    t.insert(k.as_slice(), v.as_slice())?;
-                }
-                Ok(())
-            });
-            match applied {
-                Ok(()) => {}
-                Err(TransactionError::Abort(key)) => return Err(StoreError::Conflict(key)),
-                Err(TransactionError::Storage(e)) => {
-                    return Err(StoreError::Backend(e.to_string()));
+impl SledStore {
+    /// Applies `txn` in one sled transaction with the next revision; nothing if a condition
+    /// fails.
+    fn apply(&self, txn: &Txn) -> Result<Revision, StoreError> {
+        let mut revision = self.revision.lock().unwrap_or_else(|p| p.into_inner());
+        let next = *revision + 1;
+        let applied = self.tree.transaction(|t| {
+            for c in &txn.conditions {
+                let (key, ok) = match c {
+                    Condition::Absent(k) => (k, t.get(k)?.is_none()),
+                    Condition::Equals(k, v) => (k, t.get(k)?.as_deref() == Some(v.as_slice())),
+                };
+                if !ok {
+                    return Err(ConflictableTransactionError::Abort(
+                        String::from_utf8_lossy(key).into_owned(),
+                    ));
                 }
             }
+            for k in &txn.deletes {
+                t.remove(k.as_slice())?;
+            }
+            for (k, v) in &txn.puts {
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+            t.insert(REVISION_KEY, &next.to_be_bytes())?;
+            Ok(())
+        });
+        match applied {
+            Ok(()) => {
+                *revision = next;
+                Ok(next)
+            }
+            Err(TransactionError::Abort(key)) => Err(StoreError::Conflict(key)),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let value = self.tree.get(key).map(|v| v.map(|v| v.to_vec()));
+        Box::pin(async move { value.map_err(backend) })
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> StoreFuture<'a, Rows> {
+        let rows = self
+            .tree
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect();
+        Box::pin(async move { rows })
+    }
+
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
+        Box::pin(async move {
+            let revision = self.apply(&txn)?;
             let (tx, rx) = oneshot::channel();
-            self.flush
-                .send(tx)
-                .map_err(|_| StoreError::Backend("flusher stopped".into()))?;
+            let stopped = || StoreError::Backend("flusher stopped".into());
+            self.flush.send(tx).map_err(|_| stopped())?;
             rx.await
-                .map_err(|_| StoreError::Backend("flusher stopped".into()))?
-                .map_err(StoreError::Backend)
+                .map_err(|_| stopped())?
+                .map_err(StoreError::Backend)?;
+            Ok(revision)
         })
     }
 }
@@ -168,7 +200,7 @@ mod tests {
                 )
                 .await;
             assert!(matches!(conflict, Err(StoreError::Conflict(_))));
-            assert_eq!(store.get(b"b").unwrap(), None, "nothing half-written");
+            assert_eq!(store.get(b"b").await.unwrap(), None, "nothing half-written");
             store
                 .commit(
                     Txn::new()
@@ -178,11 +210,11 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert_eq!(store.scan(b"p/").unwrap().len(), 2);
+            assert_eq!(store.scan(b"p/").await.unwrap().len(), 2);
             store.close().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.get(b"a").await.unwrap().as_deref(), Some(&b"1"[..]));
     }
 
     #[tokio::test]
@@ -201,6 +233,6 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(store.scan(b"k/").unwrap().len(), 64);
+        assert_eq!(store.scan(b"k/").await.unwrap().len(), 64);
     }
 }
