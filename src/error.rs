@@ -40,6 +40,8 @@ pub enum Reason {
     CannotListen,
     /// A node is offline or unreachable.
     NodeUnavailable,
+    /// The master's store (etcd) is unreachable or has no quorum.
+    StoreUnavailable,
     /// The object is still used by another (e.g. a node that is a cluster member).
     InUse,
     /// The object changed concurrently; read it again and retry.
@@ -65,6 +67,7 @@ impl Reason {
             Reason::NotStarted => "NOT_STARTED",
             Reason::CannotListen => "CANNOT_LISTEN",
             Reason::NodeUnavailable => "NODE_UNAVAILABLE",
+            Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::InUse => "IN_USE",
             Reason::ConcurrentChange => "CONCURRENT_CHANGE",
             Reason::Internal => "INTERNAL",
@@ -86,7 +89,9 @@ impl Reason {
             Reason::ConcurrentChange => Code::Aborted,
             Reason::NotAuthorized => Code::PermissionDenied,
             Reason::FeatureUnavailable => Code::Unimplemented,
-            Reason::CannotListen | Reason::NodeUnavailable => Code::Unavailable,
+            Reason::CannotListen | Reason::NodeUnavailable | Reason::StoreUnavailable => {
+                Code::Unavailable
+            }
             Reason::Internal => Code::Internal,
         }
     }

@@ -59,6 +59,9 @@ impl From<Error> for tonic::Status {
         match e {
             Error::InvalidArgument { field, message } => invalid_argument(&field, message),
             Error::Domain { reason, message } => status(reason, message),
+            Error::Store(StoreError::Unavailable(message)) => {
+                status(Reason::StoreUnavailable, message)
+            }
             Error::Store(e) => internal("store", &e),
         }
     }

@@ -9,6 +9,7 @@
 //! which later versions can read.
 
 pub mod codec;
+pub mod etcd;
 pub mod keys;
 pub mod memory;
 pub mod sled;
@@ -33,6 +34,10 @@ pub enum StoreError {
     /// The backend failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached now (etcd down or without quorum); nothing was written,
+    /// or, for a commit, the outcome is unknown. Retrying later is the remedy.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A precondition of a transaction.

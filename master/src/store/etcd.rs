@@ -1,0 +1,628 @@
+//! The [`Store`] on etcd, for masters whose state must outlive one machine.
+//!
+//! - Keys live under a prefix (`/switchyard/` by default) so that several installations can
+//!   share one etcd; values keep the versioned record format of [`super::codec`].
+//! - A [`Txn`] is one etcd transaction: `Absent` compares the key's version with 0, `Equals` its
+//!   value; puts and deletes are its success operations. It is acknowledged once etcd
+//!   acknowledged it (a quorum has it), and only after this master's cache has seen it.
+//! - Reads come from a cache of the whole prefix, filled by one range read and kept current by
+//!   an etcd watch from the revision read (so a change committed by another master reaches this
+//!   one's cache within a watch round trip). While the watch is down, reads go to etcd.
+//! - Every call has a deadline and moves on to the next endpoint when one does not answer;
+//!   etcd unreachable or without quorum is [`StoreError::Unavailable`], never a half write.
+//!
+//! The client code is generated from `master/proto/etcd/rpc.proto` (a subset of etcd's v3 API).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::{Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
+
+/// The generated etcd v3 client (a subset; see `master/proto/etcd/rpc.proto`).
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use pb::kv_client::KvClient;
+use pb::watch_client::WatchClient;
+
+/// How a master reaches etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// The key prefix of this installation.
+    pub prefix: String,
+    /// TLS to etcd (for `https` endpoints).
+    pub tls: Option<EtcdTls>,
+    /// Deadline of one call to one endpoint.
+    pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// A configuration with the default prefix and deadline.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            tls: None,
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/switchyard/";
+
+/// TLS files for etcd: its CA, and a client certificate if etcd requires one.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA bundle (PEM) that signed etcd's server certificates.
+    pub ca: PathBuf,
+    /// Client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// The etcd-backed store.
+#[derive(Debug)]
+pub struct EtcdStore {
+    endpoints: Arc<Endpoints>,
+    prefix: Vec<u8>,
+    cache: Arc<Cache>,
+    stop: CancellationToken,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The members and which one answered last.
+#[derive(Debug)]
+struct Endpoints {
+    channels: Vec<(String, Channel)>,
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+impl Endpoints {
+    fn new(config: &EtcdConfig) -> Result<Self, StoreError> {
+        if config.endpoints.is_empty() {
+            return Err(StoreError::Backend("no etcd endpoint given".into()));
+        }
+        let tls = match &config.tls {
+            Some(tls) => Some(client_tls(tls)?),
+            None => None,
+        };
+        let mut channels = Vec::new();
+        for url in &config.endpoints {
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| StoreError::Backend(format!("bad etcd endpoint {url}: {e}")))?
+                .connect_timeout(config.request_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(config.request_timeout);
+            if let Some(tls) = &tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| StoreError::Backend(format!("etcd TLS for {url}: {e}")))?;
+            }
+            channels.push((url.clone(), endpoint.connect_lazy()));
+        }
+        Ok(Endpoints {
+            channels,
+            current: AtomicUsize::new(0),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Runs `call` against the member that answered last, then the others in turn while they
+    /// do not answer (unavailable or past the deadline: down, or without quorum).
+    async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..self.channels.len() {
+            let n = (start + i) % self.channels.len();
+            let (url, channel) = &self.channels[n];
+            match tokio::time::timeout(self.timeout, call(channel.clone())).await {
+                Ok(Ok(response)) => {
+                    self.current.store(n, Ordering::Relaxed);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(s)) if !retryable(&s) => {
+                    return Err(StoreError::Backend(format!("etcd {what}: {}", s.message())));
+                }
+                Ok(Err(s)) => last = format!("{url}: {}", s.message()),
+                Err(_) => last = format!("{url}: no answer within {:?}", self.timeout),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "etcd is unreachable or has no quorum ({what}; last: {last})"
+        )))
+    }
+
+    fn any(&self) -> Channel {
+        let n = self.current.load(Ordering::Relaxed) % self.channels.len();
+        self.channels[n].1.clone()
+    }
+
+    fn rotate(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether another member may answer where this one failed.
+fn retryable(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    ) || s.message().contains("leader changed")
+        || s.message().contains("no leader")
+        || s.message().contains("timed out")
+}
+
+fn client_tls(tls: &EtcdTls) -> Result<ClientTlsConfig, StoreError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p)
+            .map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(StoreError::Backend(
+                "an etcd client certificate needs both --etcd-cert and --etcd-key".into(),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's "prefix end").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// The cached copy of every key under the prefix (keys without the prefix).
+#[derive(Debug)]
+struct Cache {
+    state: RwLock<CacheState>,
+    /// The revision the cache reflects, for commits waiting to read their own write.
+    applied: watch::Sender<Revision>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    revision: Revision,
+    /// The watch is running: the cache follows etcd.
+    live: bool,
+}
+
+impl Cache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CacheState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_live(&self, live: bool) {
+        self.write().live = live;
+        // Wake commits waiting for a watch that went away: they read from etcd now.
+        self.applied.send_modify(|_| {});
+    }
+}
+
+impl EtcdStore {
+    /// Connects to etcd and fills the cache; waits (with backoff, logging what it waits for)
+    /// until etcd answers or `shutdown` is cancelled.
+    pub async fn connect(
+        config: EtcdConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let endpoints = Arc::new(Endpoints::new(&config)?);
+        let prefix = config.prefix.clone().into_bytes();
+        let cache = Arc::new(Cache {
+            state: RwLock::new(CacheState::default()),
+            applied: watch::channel(0).0,
+        });
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match load_all(&endpoints, &prefix).await {
+                Ok((map, revision)) => {
+                    *cache.write() = CacheState {
+                        map,
+                        revision,
+                        live: false,
+                    };
+                    cache.applied.send_replace(revision);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(endpoints = ?config.endpoints, %error, retry_in = ?delay, "waiting for etcd");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(error),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let stop = shutdown.child_token();
+        tokio::spawn(follow(
+            endpoints.clone(),
+            prefix.clone(),
+            cache.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(endpoints = ?config.endpoints, prefix = %config.prefix, revision = *cache.applied.borrow(), "etcd store ready");
+        Ok(EtcdStore {
+            endpoints,
+            prefix,
+            cache,
+            stop,
+        })
+    }
+
+    fn full(&self, key: &[u8]) -> Vec<u8> {
+        [self.prefix.as_slice(), key].concat()
+    }
+
+    /// Reads `[key, end)` from etcd itself (while the cache does not follow).
+    async fn range(&self, key: Vec<u8>, end: Vec<u8>) -> Result<Rows, StoreError> {
+        let (rows, _) = range_all(&self.endpoints, key, end).await?;
+        let n = self.prefix.len();
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| (k[n..].to_vec(), v))
+            .collect())
+    }
+
+    /// Waits until the cache reflects `revision` (or stops following etcd: reads go there then).
+    async fn await_cache(&self, revision: Revision) {
+        let mut applied = self.cache.applied.subscribe();
+        let caught_up = applied.wait_for(|r| *r >= revision || !self.cache.read().live);
+        if tokio::time::timeout(self.endpoints.timeout, caught_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(revision, "the etcd watch is behind this master's own write");
+        }
+    }
+}
+
+/// Reads every key of `[key, end)` at one revision, in pages.
+async fn range_all(
+    endpoints: &Endpoints,
+    key: Vec<u8>,
+    end: Vec<u8>,
+) -> Result<(Rows, Revision), StoreError> {
+    const PAGE: i64 = 5000;
+    let mut rows = Vec::new();
+    let mut from = key;
+    let mut at = 0i64;
+    loop {
+        let req = pb::RangeRequest {
+            key: from.clone(),
+            range_end: end.clone(),
+            limit: PAGE,
+            revision: at,
+            serializable: false,
+        };
+        let resp = endpoints
+            .call("range", |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await }
+            })
+            .await?;
+        if at == 0 {
+            at = resp.header.as_ref().map_or(0, |h| h.revision);
+        }
+        let more = resp.more;
+        for kv in resp.kvs {
+            rows.push((kv.key, kv.value));
+        }
+        match rows.last() {
+            Some((last, _)) if more => from = [last.as_slice(), &[0]].concat(),
+            _ => return Ok((rows, at.max(0) as Revision)),
+        }
+    }
+}
+
+async fn load_all(
+    endpoints: &Endpoints,
+    prefix: &[u8],
+) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Revision), StoreError> {
+    let (rows, revision) = range_all(endpoints, prefix.to_vec(), prefix_end(prefix)).await?;
+    let n = prefix.len();
+    Ok((
+        rows.into_iter()
+            .map(|(k, v)| (k[n..].to_vec(), v))
+            .collect(),
+        revision,
+    ))
+}
+
+/// Keeps the cache following etcd: a watch from the cache's revision, re-established (from
+/// where it stopped) when it breaks, and a full reload when etcd compacted that revision away.
+async fn follow(
+    endpoints: Arc<Endpoints>,
+    prefix: Vec<u8>,
+    cache: Arc<Cache>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(50);
+    while !stop.is_cancelled() {
+        let from = cache.read().revision + 1;
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            o = watch_from(&endpoints, &prefix, &cache, from) => o,
+        };
+        cache.set_live(false);
+        match outcome {
+            Err(Broken::Compacted) => match load_all(&endpoints, &prefix).await {
+                Ok((map, revision)) => {
+                    tracing::warn!(revision, "etcd compacted past the cache: reloaded");
+                    let mut state = cache.write();
+                    state.map = map;
+                    state.revision = revision;
+                    drop(state);
+                    cache.applied.send_replace(revision);
+                    continue;
+                }
+                Err(error) => tracing::warn!(%error, "cannot reload from etcd"),
+            },
+            Ok(()) => {}
+            Err(Broken::Stream(error)) => {
+                tracing::warn!(%error, retry_in = ?delay, "etcd watch broke; resuming");
+                endpoints.rotate();
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum Broken {
+    Compacted,
+    Stream(String),
+}
+
+/// One watch: applies every change to the cache in revision order until the stream ends.
+async fn watch_from(
+    endpoints: &Endpoints,
+    prefix: &[u8],
+    cache: &Cache,
+    from: Revision,
+) -> Result<(), Broken> {
+    let (tx, rx) = mpsc::channel(1);
+    let create = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                start_revision: from as i64,
+                progress_notify: true,
+            },
+        )),
+    };
+    tx.send(create)
+        .await
+        .map_err(|e| Broken::Stream(e.to_string()))?;
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut stream = tokio::time::timeout(
+        endpoints.timeout,
+        WatchClient::new(endpoints.any()).watch(requests),
+    )
+    .await
+    .map_err(|_| Broken::Stream("no answer".into()))?
+    .map_err(|s| Broken::Stream(s.message().to_owned()))?
+    .into_inner();
+    let n = prefix.len();
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Broken::Stream("stream ended".into())),
+            Err(s) => return Err(Broken::Stream(s.message().to_owned())),
+        };
+        if resp.canceled {
+            return Err(if resp.compact_revision > 0 {
+                Broken::Compacted
+            } else {
+                Broken::Stream(format!("watch cancelled: {}", resp.cancel_reason))
+            });
+        }
+        if resp.created {
+            cache.set_live(true);
+            continue;
+        }
+        let mut state = cache.write();
+        let mut revision = state.revision;
+        for e in resp.events {
+            let Some(kv) = e.kv else { continue };
+            if kv.key.len() < n {
+                continue;
+            }
+            let key = kv.key[n..].to_vec();
+            if e.r#type == pb::event::EventType::Delete as i32 {
+                state.map.remove(&key);
+            } else {
+                state.map.insert(key, kv.value);
+            }
+            revision = revision.max(kv.mod_revision.max(0) as Revision);
+        }
+        if revision == state.revision {
+            // A progress notification: every change up to the header's revision was sent.
+            let header = resp.header.map_or(0, |h| h.revision.max(0) as Revision);
+            revision = revision.max(header);
+        }
+        state.revision = revision;
+        drop(state);
+        cache.applied.send_replace(revision);
+    }
+}
+
+impl Store for EtcdStore {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            {
+                let state = self.cache.read();
+                if state.live {
+                    return Ok(state.map.get(key).cloned());
+                }
+            }
+            let full = self.full(key);
+            let rows = self.range(full.clone(), Vec::new()).await?;
+            Ok(rows.into_iter().next().map(|(_, v)| v))
+        })
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> StoreFuture<'a, Rows> {
+        Box::pin(async move {
+            {
+                let state = self.cache.read();
+                if state.live {
+                    return Ok(state
+                        .map
+                        .range(prefix.to_vec()..)
+                        .take_while(|(k, _)| k.starts_with(prefix))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect());
+                }
+            }
+            let full = self.full(prefix);
+            let end = prefix_end(&full);
+            self.range(full, end).await
+        })
+    }
+
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
+        Box::pin(async move {
+            let req = self.to_etcd(&txn);
+            let resp = self
+                .endpoints
+                .call("txn", |ch| {
+                    let req = req.clone();
+                    async move { KvClient::new(ch).txn(req).await }
+                })
+                .await?;
+            if !resp.succeeded {
+                return Err(StoreError::Conflict(self.failed_condition(&txn, &resp)));
+            }
+            let revision = resp.header.map_or(0, |h| h.revision.max(0) as Revision);
+            self.await_cache(revision).await;
+            Ok(revision)
+        })
+    }
+}
+
+impl EtcdStore {
+    /// The etcd transaction of `txn`: its conditions as compares, its writes as success
+    /// operations; the failure operations read the compared keys (to name the one that failed).
+    fn to_etcd(&self, txn: &Txn) -> pb::TxnRequest {
+        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+        use pb::request_op::Request;
+        let mut compare = Vec::new();
+        let mut failure = Vec::new();
+        for c in &txn.conditions {
+            let (key, target, union) = match c {
+                Condition::Absent(k) => (k, CompareTarget::Version, TargetUnion::Version(0)),
+                Condition::Equals(k, v) => (k, CompareTarget::Value, TargetUnion::Value(v.clone())),
+            };
+            let key = self.full(key);
+            failure.push(pb::RequestOp {
+                request: Some(Request::RequestRange(pb::RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })),
+            });
+            compare.push(pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: target as i32,
+                key,
+                target_union: Some(union),
+            });
+        }
+        let deletes = txn.deletes.iter().map(|k| pb::RequestOp {
+            request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: self.full(k),
+                range_end: Vec::new(),
+            })),
+        });
+        let puts = txn.puts.iter().map(|(k, v)| pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: self.full(k),
+                value: v.clone(),
+                lease: 0,
+            })),
+        });
+        pb::TxnRequest {
+            compare,
+            success: deletes.chain(puts).collect(),
+            failure,
+        }
+    }
+
+    /// The key of the first condition that did not hold, from the failure reads.
+    fn failed_condition(&self, txn: &Txn, resp: &pb::TxnResponse) -> String {
+        use pb::response_op::Response;
+        for (c, r) in txn.conditions.iter().zip(&resp.responses) {
+            let found = match &r.response {
+                Some(Response::ResponseRange(r)) => r.kvs.first().map(|kv| kv.value.as_slice()),
+                _ => None,
+            };
+            let (key, held) = match c {
+                Condition::Absent(k) => (k, found.is_none()),
+                Condition::Equals(k, v) => (k, found == Some(v.as_slice())),
+            };
+            if !held {
+                return String::from_utf8_lossy(key).into_owned();
+            }
+        }
+        "a condition".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/switchyard/"), b"/switchyard0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}
