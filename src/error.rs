@@ -103,13 +103,23 @@ pub fn status(reason: Reason, message: impl Into<String>) -> Status {
     Status::with_error_details(reason.code(), message, details)
 }
 
-/// INVALID_ARGUMENT naming the offending field, with a `BadRequest` field violation.
+/// INVALID_ARGUMENT naming the offending field, with a `BadRequest` field violation: the call is
+/// malformed (a required field missing, a malformed oid, a bad name).
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
-    let mut details = ErrorDetails::with_error_info(Reason::InvalidArgument.as_str(), DOMAIN, []);
+    bad_field(Reason::InvalidArgument, field, description.into())
+}
+
+/// INVALID_ARGUMENT with reason `INVALID_CONFIGURATION` and a `BadRequest` field violation: a
+/// service, transport or manhole configuration value is present but unusable (README, "Errors").
+pub fn invalid_configuration(field: &str, description: impl Into<String>) -> Status {
+    bad_field(Reason::InvalidConfiguration, field, description.into())
+}
+
+fn bad_field(reason: Reason, field: &str, description: String) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, []);
     details.add_bad_request_violation(field, description.clone());
     Status::with_error_details(
-        Code::InvalidArgument,
+        reason.code(),
         format!("invalid {field}: {description}"),
         details,
     )
@@ -152,5 +162,20 @@ mod tests {
         assert!(s.message().contains("webcluster.name"), "{}", s.message());
         let br = s.get_details_bad_request().expect("bad request details");
         assert_eq!(br.field_violations[0].field, "webcluster.name");
+    }
+
+    #[test]
+    fn invalid_configuration_is_invalid_argument_with_its_own_reason() {
+        let s = invalid_configuration("webcluster.tcp_version", "must be 4 or 6");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&s).as_deref(), Some("INVALID_CONFIGURATION"));
+        assert!(
+            s.message().contains("webcluster.tcp_version"),
+            "{}",
+            s.message()
+        );
+        let br = s.get_details_bad_request().expect("bad request details");
+        assert_eq!(br.field_violations[0].field, "webcluster.tcp_version");
+        assert_eq!(br.field_violations[0].description, "must be 4 or 6");
     }
 }

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Pki, Proc, channel, eventually, eventually_async, process_gone, system_tool};
+use common::{
+    Pki, Proc, channel, eventually, eventually_async, grpcurl, process_gone, stderr, stdout,
+    system_tool,
+};
 use switchyard::pb::agent::v1::{
     self as pb, ProcessEventType, WorkerStatus, WorkerType,
     native_process_service_client::NativeProcessServiceClient,
@@ -292,11 +295,12 @@ async fn cpu_affinity_applies_to_every_thread() {
     assert!(!cpus.is_empty());
     let last = cpus.len() as u32 - 1;
     let target = cpus[last as usize];
+    // `relative` unset: indexes into the start set (the reference's default).
     let got =
         n.np.set_cpu_affinity(pb::SetCpuAffinityRequest {
             process: "aff".into(),
             cpus: vec![last],
-            relative: true,
+            relative: None,
         })
         .await
         .unwrap()
@@ -324,7 +328,7 @@ async fn cpu_affinity_applies_to_every_thread() {
     n.np.set_cpu_affinity(pb::SetCpuAffinityRequest {
         process: "aff".into(),
         cpus: vec![first],
-        relative: false,
+        relative: Some(false),
     })
     .await
     .unwrap();
@@ -333,7 +337,7 @@ async fn cpu_affinity_applies_to_every_thread() {
         n.np.set_cpu_affinity(pb::SetCpuAffinityRequest {
             process: "aff".into(),
             cpus: (0..cpus.len() as u32).collect(),
-            relative: true,
+            relative: Some(true),
         })
         .await
         .unwrap()
@@ -351,7 +355,7 @@ async fn cpu_affinity_applies_to_every_thread() {
             n.np.set_cpu_affinity(pb::SetCpuAffinityRequest {
                 process: "aff".into(),
                 cpus: cpus_arg.clone(),
-                relative,
+                relative: Some(relative),
             })
             .await
             .unwrap_err();
@@ -368,20 +372,17 @@ async fn cpu_affinity_applies_to_every_thread() {
         .cpus;
     assert_eq!(now, cpus);
 
-    // The controller too.
+    // The controller too: the host's logical CPUs.
     let count =
         n.np.get_cpu_count(pb::GetCpuCountRequest {
             process: "controller".into(),
-            logical: true,
+            logical: Some(true),
         })
         .await
         .unwrap()
         .into_inner()
         .count;
-    assert_eq!(
-        count as usize,
-        std::thread::available_parallelism().unwrap().get()
-    );
+    assert_eq!(count, host_cpus());
     let e =
         n.np.get_cpus(pb::GetCpusRequest {
             process: "ghost".into(),
@@ -389,6 +390,98 @@ async fn cpu_affinity_applies_to_every_thread() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+/// The host's logical CPUs as `nproc --all` counts them (plain `nproc` counts only the CPUs the
+/// calling process may use).
+fn host_cpus() -> u32 {
+    let out = Command::new(system_tool("nproc"))
+        .arg("--all")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The reference's defaults, with grpcurl: GetCpuCount counts the host's logical CPUs unless
+/// `logical` is false, and SetCpuAffinity takes indexes into the start set unless `relative` is
+/// false. The agent runs pinned to the host's last CPU, so relative index 0 (that CPU) and CPU
+/// id 0 differ, and a count of the CPUs the agent may use (1) differs from the host's.
+#[test]
+fn cpu_count_and_affinity_default_to_the_references_choices() {
+    let pki = Pki::new(&["node1"]);
+    let host = host_cpus();
+    let last = host - 1;
+    let mut cmd = Command::new(system_tool("taskset"));
+    cmd.args(["--cpu-list", &last.to_string()])
+        .arg(common::agent_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--name", "node1"])
+        .args(["--master", "127.0.0.1:9", "--pki-dir"])
+        .arg(&pki.path);
+    let agent = Proc::spawn(cmd);
+    let tls = pki.grpcurl_tls(Some("admin"));
+    let addr = agent.addr.to_string();
+    let call = |method: &str, body: &str| {
+        grpcurl(
+            &tls,
+            &["-d", body, &addr, &format!("switchyard.agent.v1.{method}")],
+        )
+    };
+    let ok = |method: &str, body: &str| -> serde_json::Value {
+        let out = call(method, body);
+        assert!(out.status.success(), "{method} {body}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let count = |body: &str| ok("NativeProcessService/GetCpuCount", body)["count"].clone();
+
+    // `process` is required; with it and nothing else, the host's logical CPUs.
+    let e = stderr(&call("NativeProcessService/GetCpuCount", "{}"));
+    assert!(
+        e.contains("InvalidArgument") && e.contains("process"),
+        "{e}"
+    );
+    assert_eq!(count(r#"{"process":"controller"}"#), host);
+    assert_eq!(count(r#"{"process":"controller","logical":true}"#), host);
+    let physical = count(r#"{"process":"controller","logical":false}"#)
+        .as_u64()
+        .unwrap();
+    assert!((1..=u64::from(host)).contains(&physical), "{physical}");
+    // A worker pinned to one CPU (it inherits the agent's affinity) counts the host's too.
+    ok(
+        "NodeControllerService/StartWorker",
+        r#"{"workerId":"pinned","workerType":"WORKER_TYPE_WEB"}"#,
+    );
+    assert_eq!(
+        ok("NativeProcessService/GetCpus", r#"{"process":"pinned"}"#)["cpus"],
+        serde_json::json!([last])
+    );
+    assert_eq!(count(r#"{"process":"pinned"}"#), host);
+
+    // `relative` unset: index 0 of the start set [last], not CPU 0.
+    assert_eq!(
+        ok(
+            "NativeProcessService/GetCpus",
+            r#"{"process":"controller"}"#
+        )["cpus"],
+        serde_json::json!([last])
+    );
+    let set = |body: &str| ok("NativeProcessService/SetCpuAffinity", body)["affinity"].clone();
+    assert_eq!(
+        set(r#"{"process":"controller","cpus":[0]}"#),
+        serde_json::json!([last])
+    );
+    assert!(
+        cpus_allowed(agent.pid())
+            .iter()
+            .all(|t| *t == last.to_string()),
+        "{:?}",
+        cpus_allowed(agent.pid())
+    );
+    // `relative: false`: CPU ids.
+    assert_eq!(
+        set(r#"{"process":"controller","cpus":[0],"relative":false}"#),
+        serde_json::json!([0])
+    );
+    assert!(cpus_allowed(agent.pid()).iter().all(|t| t == "0"));
 }
 
 #[tokio::test]

@@ -295,39 +295,60 @@ async fn grpcurl_drives_both_life_cycles_and_every_error() {
         "AlreadyExists",
         "ALREADY_EXISTS",
     );
-    for (service, field) in [
+    // A missing or malformed key is INVALID_ARGUMENT, a set but unusable one
+    // INVALID_CONFIGURATION (README, "Errors").
+    for (service, field, reason) in [
         (
             json!({"path": "/x", "static": {"directory": ""}}),
             "webservice.static.directory",
+            "INVALID_ARGUMENT",
         ),
-        (json!({"path": "/x", "json": {}}), "webservice.json.value"),
+        (
+            json!({"path": "/x", "static": {"directory": "relative/www"}}),
+            "webservice.static.directory",
+            "INVALID_CONFIGURATION",
+        ),
+        (
+            json!({"path": "/x", "json": {}}),
+            "webservice.json.value",
+            "INVALID_ARGUMENT",
+        ),
         (
             json!({"path": "/x", "redirect": {"url": "nope"}}),
             "webservice.redirect.url",
+            "INVALID_CONFIGURATION",
         ),
         (
             json!({"path": "/x", "reverseproxy": {"host": "", "port": 80}}),
             "webservice.reverseproxy.host",
+            "INVALID_ARGUMENT",
         ),
         (
             json!({"path": "/x", "reverseproxy": {"host": "h", "port": 70000}}),
             "webservice.reverseproxy.port",
+            "INVALID_CONFIGURATION",
         ),
-        (json!({"path": "/x"}), "webservice.service"),
+        (
+            json!({"path": "/x"}),
+            "webservice.service",
+            "INVALID_ARGUMENT",
+        ),
         (
             json!({"path": "/a/../b", "nodeinfo": {}}),
             "webservice.path",
+            "INVALID_ARGUMENT",
         ),
         (
             json!({"path": "/x", "websocketReverseproxy": {}}),
             "webservice.websocket_reverseproxy",
+            "INVALID_ARGUMENT",
         ),
     ] {
         let e = a.fails(
             "AddWebClusterService",
             json!({"webclusterOid": oid, "webservice": service}),
             "InvalidArgument",
-            "INVALID_ARGUMENT",
+            reason,
         );
         assert!(e.contains(field), "{field}: {e}");
     }

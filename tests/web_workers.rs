@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Pki, Proc, channel, eventually, repo, system_tool, tool};
+use common::{Pki, Proc, channel, eventually, grpcurl, repo, stderr, system_tool, tool};
 use switchyard::pb::agent::v1::{
     self as pb, WorkerType, node_controller_service_client::NodeControllerServiceClient,
     web_service::Service,
@@ -490,6 +490,10 @@ async fn two_web_workers_share_a_port_and_serve_every_service_type() {
         e.code() == Code::InvalidArgument && e.message().contains("static.directory"),
         "{e}"
     );
+    assert_eq!(
+        switchyard::error::reason_of(&e).as_deref(),
+        Some("INVALID_CONFIGURATION")
+    );
 
     // A non-shared transport on the taken port: CANNOT_LISTEN.
     start_web_worker(&mut nc, "web3").await;
@@ -591,7 +595,7 @@ async fn tls_transport_with_hsts() {
     // Plain HTTP on the TLS port does not get a page.
     assert!(!body(&curl(&[&format!("http://127.0.0.1:{port}/info")])).contains("\"node\""));
 
-    // Bad PEM and unknown ciphers are INVALID_ARGUMENT naming the field.
+    // Bad PEM and unknown ciphers are INVALID_CONFIGURATION naming the field.
     start_web_worker(&mut nc, "tls2").await;
     for (t, field) in [
         (
@@ -618,6 +622,10 @@ async fn tls_transport_with_hsts() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert_eq!(
+            switchyard::error::reason_of(&e).as_deref(),
+            Some("INVALID_CONFIGURATION")
+        );
         assert!(e.message().contains(field), "{}", e.message());
     }
     let cipher = pb::WebTransport {
@@ -631,4 +639,96 @@ async fn tls_transport_with_hsts() {
     })
     .await
     .unwrap();
+}
+
+/// A web worker refuses a service or transport whose keys are set but unusable with reason
+/// INVALID_CONFIGURATION, and one missing a key with INVALID_ARGUMENT; both name the field in a
+/// BadRequest violation. Read from grpcurl's error details, as a user would.
+#[test]
+fn unusable_configuration_is_invalid_configuration_in_the_details() {
+    let pki = Pki::new(&["node1"]);
+    let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let tls = pki.grpcurl_tls(Some("admin"));
+    let addr = agent.addr.to_string();
+    let call = |method: &str, body: &str| {
+        grpcurl(
+            &tls,
+            &[
+                "-d",
+                body,
+                &addr,
+                &format!("switchyard.agent.v1.NodeControllerService/{method}"),
+            ],
+        )
+    };
+    let started = call(
+        "StartWorker",
+        r#"{"workerId":"cfg","workerType":"WORKER_TYPE_WEB"}"#,
+    );
+    assert!(started.status.success(), "{}", stderr(&started));
+    let service = |s: &str| format!(r#"{{"workerId":"cfg","service":{{"path":"/x",{s}}}}}"#);
+    let transport = |t: &str| format!(r#"{{"workerId":"cfg","transport":{{{t}}}}}"#);
+    for (method, body, reason, field) in [
+        (
+            "StartWebService",
+            service(r#""static":{"directory":"relative/www"}"#),
+            "INVALID_CONFIGURATION",
+            "service.static.directory",
+        ),
+        (
+            "StartWebService",
+            service(r#""static":{"directory":"/no/such/dir"}"#),
+            "INVALID_CONFIGURATION",
+            "service.static.directory",
+        ),
+        (
+            "StartWebService",
+            service(r#""redirect":{"url":"not a url"}"#),
+            "INVALID_CONFIGURATION",
+            "service.redirect.url",
+        ),
+        (
+            "StartWebService",
+            service(r#""reverseproxy":{"host":"h","port":70000}"#),
+            "INVALID_CONFIGURATION",
+            "service.reverseproxy.port",
+        ),
+        (
+            "StartWebService",
+            service(r#""static":{}"#),
+            "INVALID_ARGUMENT",
+            "service.static.directory",
+        ),
+        (
+            "StartWebTransport",
+            transport(r#""tcpPort":8080,"tcpVersion":5"#),
+            "INVALID_CONFIGURATION",
+            "transport.tcp_version",
+        ),
+        (
+            "StartWebTransport",
+            transport(r#""tcpPort":8080,"tlsKey":"garbage","tlsCertificate":"garbage""#),
+            "INVALID_CONFIGURATION",
+            "transport.tls_key",
+        ),
+        (
+            "StartWebTransport",
+            transport(""),
+            "INVALID_ARGUMENT",
+            "transport.tcp_port",
+        ),
+    ] {
+        let out = call(method, &body);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{method} {body} succeeded");
+        assert!(err.contains("Code: InvalidArgument"), "{body}: {err}");
+        assert!(
+            err.contains(&format!(r#""reason":"{reason}""#)),
+            "{body}: expected {reason}: {err}"
+        );
+        assert!(
+            err.contains(&format!(r#""field":"{field}""#)),
+            "{body}: expected a violation of {field}: {err}"
+        );
+    }
 }

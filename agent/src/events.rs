@@ -13,6 +13,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::error::{Error, Result};
+
 /// Events buffered per watcher before it is dropped.
 pub const WATCH_BUFFER: usize = 1024;
 
@@ -56,17 +58,10 @@ impl EventBus {
     }
 
     /// A filtered stream of events from now on, ending on `shutdown` or when the watcher lags.
-    pub fn watch(
-        &self,
-        filter: WatchRequest,
-        shutdown: CancellationToken,
-    ) -> Result<EventStream, Status> {
+    pub fn watch(&self, filter: WatchRequest, shutdown: CancellationToken) -> Result<EventStream> {
         for t in &filter.types {
             if ProcessEventType::try_from(*t).map_or(true, |t| t == ProcessEventType::Unspecified) {
-                return Err(switchyard::error::invalid_argument(
-                    "types",
-                    format!("unknown event type {t}"),
-                ));
+                return Err(Error::invalid("types", format!("unknown event type {t}")));
             }
         }
         let mut rx = self.tx.subscribe();
@@ -89,11 +84,8 @@ impl EventBus {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = yield_
-                            .send(Err(Status::resource_exhausted(format!(
-                                "watcher too slow: {n} events dropped; reconnect"
-                            ))))
-                            .await;
+                        // The stream's last item: a wire status, converted here.
+                        let _ = yield_.send(Err(Error::WatcherLagged(n).into())).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -104,7 +96,7 @@ impl EventBus {
     }
 }
 
-/// A boxed stream of watch results.
+/// A boxed stream of watch results (wire statuses: a stream ends with one).
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ProcessEvent, Status>> + Send>>;
 
 /// A stream fed by a producer task through a small channel.

@@ -2,6 +2,7 @@
 //! the node controller and process control of itself ("controller") and of each worker.
 //!
 //! - [`api`]: the gRPC services (thin adapters over the parts below).
+//! - [`error`]: what can fail, and its one mapping to a gRPC status.
 //! - [`worker`]: worker processes: spawn, readiness, stop, reaping, logs, control sockets.
 //! - [`process`]: process control of the current process (stats, affinity, info, trim).
 //! - [`manhole`]: the SSH debug console.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod error;
 pub mod events;
 pub mod heartbeat;
 pub mod manhole;

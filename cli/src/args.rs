@@ -194,7 +194,7 @@ pub struct AddService {
     /// The service type.
     #[arg(long = "type", value_enum)]
     pub kind: ServiceType,
-    /// static: the directory.
+    /// static: the directory (an absolute path on the nodes).
     #[arg(long)]
     pub directory: Option<String>,
     /// json: the value (JSON text).

@@ -1,6 +1,6 @@
 //! The master's error type and its one mapping to gRPC (via `switchyard::error`).
 
-use switchyard::error::{Reason, internal, invalid_argument, status};
+use switchyard::error::{Reason, internal, invalid_argument, invalid_configuration, status};
 
 use crate::store::StoreError;
 
@@ -10,6 +10,15 @@ pub enum Error {
     /// Bad input; names the field.
     #[error("invalid {field}: {message}")]
     InvalidArgument {
+        /// The offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A service or transport configuration value that is present but unusable; names the
+    /// field (reason `INVALID_CONFIGURATION`, README "Errors").
+    #[error("invalid {field}: {message}")]
+    InvalidConfiguration {
         /// The offending field.
         field: String,
         /// What is wrong.
@@ -40,6 +49,14 @@ impl Error {
         }
     }
 
+    /// INVALID_ARGUMENT with reason `INVALID_CONFIGURATION`, naming `field`.
+    pub fn invalid_config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidConfiguration {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     /// A domain error.
     pub fn domain(reason: Reason, message: impl Into<String>) -> Self {
         Error::Domain {
@@ -58,6 +75,9 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match e {
             Error::InvalidArgument { field, message } => invalid_argument(&field, message),
+            Error::InvalidConfiguration { field, message } => {
+                invalid_configuration(&field, message)
+            }
             Error::Domain { reason, message } => status(reason, message),
             Error::Store(StoreError::Unavailable(message)) => {
                 status(Reason::StoreUnavailable, message)

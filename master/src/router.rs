@@ -37,6 +37,20 @@ fn check_realm(field: &str, realm: &str) -> Result<()> {
     }
 }
 
+/// A worker group's port range, the router workers' transport configuration: unset ports are
+/// INVALID_ARGUMENT, unusable ones INVALID_CONFIGURATION.
+fn check_port_range(range: &PortRange) -> Result<()> {
+    validate::port("workergroup.port_range.start", range.start)?;
+    validate::port("workergroup.port_range.end", range.end)?;
+    if range.start > range.end {
+        return Err(Error::invalid_config(
+            "workergroup.port_range",
+            format!("start {} is after end {}", range.start, range.end),
+        ));
+    }
+    Ok(())
+}
+
 impl Core {
     async fn load_routercluster(&self, oid: &str) -> Result<(RouterCluster, Vec<u8>)> {
         self.store
@@ -386,14 +400,7 @@ impl Core {
             start: DEFAULT_PORT_RANGE.0,
             end: DEFAULT_PORT_RANGE.1,
         });
-        validate::port("workergroup.port_range.start", range.start)?;
-        validate::port("workergroup.port_range.end", range.end)?;
-        if range.start > range.end {
-            return Err(Error::invalid(
-                "workergroup.port_range",
-                "start is after end",
-            ));
-        }
+        check_port_range(&range)?;
         let group = RouterWorkerGroup {
             oid,
             cluster_oid: cluster_oid.clone(),
@@ -563,5 +570,33 @@ impl Core {
             .store
             .list::<Placement>(&keys::placements(cluster_oid))
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::reason;
+
+    #[test]
+    fn port_ranges_and_realms() {
+        let range = |start, end| PortRange { start, end };
+        assert!(check_port_range(&range(10000, 10100)).is_ok());
+        assert!(check_port_range(&range(8080, 8080)).is_ok());
+        assert_eq!(
+            reason(check_port_range(&range(10100, 10000))),
+            "INVALID_CONFIGURATION"
+        );
+        assert_eq!(
+            reason(check_port_range(&range(10000, 70000))),
+            "INVALID_CONFIGURATION"
+        );
+        assert_eq!(reason(check_port_range(&range(0, 100))), "INVALID_ARGUMENT");
+        // A realm is a name: a bad one is a malformed argument.
+        assert!(check_realm("realm", "realm1").is_ok());
+        assert_eq!(
+            reason(check_realm("realm", "Bad Realm")),
+            "INVALID_ARGUMENT"
+        );
     }
 }

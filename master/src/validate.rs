@@ -1,4 +1,7 @@
-//! Input validation shared by the admin API: every error names its field.
+//! Input validation shared by the admin API: every error names its field. A malformed argument
+//! (a required field missing, a bad oid, name or path) is `INVALID_ARGUMENT`; a configuration
+//! value that is present but unusable (a port out of range, a URL or PEM block that does not
+//! parse) is `INVALID_CONFIGURATION` (README, "Errors").
 
 use crate::error::{Error, Result};
 
@@ -65,26 +68,30 @@ pub fn path(field: &str, value: &str) -> Result<String> {
     Ok(normalised)
 }
 
-/// A TCP port 1..65535.
+/// A TCP port 1..65535: 0 (unset) is a missing argument, anything above 65535 an unusable
+/// configuration.
 pub fn port(field: &str, value: u32) -> Result<()> {
-    if (1..=65535).contains(&value) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+    match value {
+        0 => Err(Error::invalid(field, "required: a port 1..65535")),
+        1..=65535 => Ok(()),
+        _ => Err(Error::invalid_config(
             field,
             format!("{value} is not a port (1..65535)"),
-        ))
+        )),
     }
 }
 
-/// An absolute http(s) URL.
+/// An absolute http(s) URL (required).
 pub fn url(field: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "required"));
+    }
     let uri: http::Uri = value
         .parse()
-        .map_err(|_| Error::invalid(field, format!("'{value}' is not a URL")))?;
+        .map_err(|_| Error::invalid_config(field, format!("'{value}' is not a URL")))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     if !scheme_ok || uri.host().is_none_or(str::is_empty) {
-        return Err(Error::invalid(
+        return Err(Error::invalid_config(
             field,
             format!("'{value}' is not an absolute http(s) URL"),
         ));
@@ -97,12 +104,12 @@ pub fn pem(field: &str, value: &str, label: &str) -> Result<()> {
     if value.contains("-----BEGIN ") && value.contains(label) && value.contains("-----END ") {
         Ok(())
     } else {
-        Err(Error::invalid(field, format!("not a PEM {label}")))
+        Err(Error::invalid_config(field, format!("not a PEM {label}")))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -123,6 +130,32 @@ mod tests {
             let e = path("webservice.path", bad).unwrap_err();
             assert!(e.to_string().contains("webservice.path"), "{bad}: {e}");
         }
+    }
+
+    /// The reason a failed check carries.
+    pub(crate) fn reason(r: Result<impl std::fmt::Debug>) -> String {
+        let status = tonic::Status::from(r.expect_err("the check fails"));
+        switchyard::error::reason_of(&status).unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_or_malformed_is_an_argument_unusable_is_a_configuration() {
+        assert_eq!(reason(port("p", 0)), "INVALID_ARGUMENT");
+        assert_eq!(reason(port("p", 65536)), "INVALID_CONFIGURATION");
+        assert_eq!(reason(url("u", "")), "INVALID_ARGUMENT");
+        assert_eq!(reason(url("u", "not a url")), "INVALID_CONFIGURATION");
+        assert_eq!(reason(url("u", "ftp://x")), "INVALID_CONFIGURATION");
+        assert_eq!(
+            reason(pem("k", "garbage", "PRIVATE KEY")),
+            "INVALID_CONFIGURATION"
+        );
+        assert_eq!(reason(oid("oid", "nope")), "INVALID_ARGUMENT");
+        assert_eq!(reason(name("name", "Bad Name")), "INVALID_ARGUMENT");
+        assert_eq!(reason(path("path", "/a/../b")), "INVALID_ARGUMENT");
+        // Either way the error names the field (src/error.rs adds it as a BadRequest violation).
+        let status = tonic::Status::from(port("webcluster.tcp_port", 70000).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("webcluster.tcp_port"), "{status}");
     }
 
     #[test]

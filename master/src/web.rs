@@ -25,23 +25,31 @@ pub fn redact(mut c: WebCluster) -> WebCluster {
     c
 }
 
+/// Validates a web cluster's transport keys: a missing key is INVALID_ARGUMENT, a key that is
+/// set but unusable INVALID_CONFIGURATION (README, "Errors"); either names the field.
 fn check_transport(c: &WebCluster) -> Result<()> {
     validate::port("webcluster.tcp_port", c.tcp_port)?;
     if let Some(v) = c.tcp_version
         && v != 4
         && v != 6
     {
-        return Err(Error::invalid("webcluster.tcp_version", "must be 4 or 6"));
+        return Err(Error::invalid_config(
+            "webcluster.tcp_version",
+            format!("{v} is not 4 or 6"),
+        ));
     }
     if let Some(b) = c.tcp_backlog
         && !(1..=65535).contains(&b)
     {
-        return Err(Error::invalid("webcluster.tcp_backlog", "must be 1..65535"));
+        return Err(Error::invalid_config(
+            "webcluster.tcp_backlog",
+            format!("{b} is not in 1..65535"),
+        ));
     }
     if let Some(i) = &c.tcp_interface
         && i.parse::<std::net::IpAddr>().is_err()
     {
-        return Err(Error::invalid(
+        return Err(Error::invalid_config(
             "webcluster.tcp_interface",
             format!("'{i}' is not an IP address"),
         ));
@@ -82,8 +90,32 @@ fn check_transport(c: &WebCluster) -> Result<()> {
     Ok(())
 }
 
-/// Validates a web service at Add time (docs/api.md, web services): the error names the field.
+/// Validates a web service at Add time (docs/api.md, web services): the error names the field;
+/// a missing key is INVALID_ARGUMENT, a key that is set but unusable INVALID_CONFIGURATION.
 async fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
+    check_service_keys(s)?;
+    if let Some(web_service::Service::WebsocketReverseproxy(w)) = &s.service
+        && let Some(g) = &w.workergroup
+    {
+        let rc = validate::oid(
+            "webservice.websocket_reverseproxy.workergroup.routercluster_oid",
+            &g.routercluster_oid,
+        )?;
+        let wg = validate::oid(
+            "webservice.websocket_reverseproxy.workergroup.workergroup_oid",
+            &g.workergroup_oid,
+        )?;
+        if core.store.get(&keys::workergroup(&rc, &wg)).await?.is_none() {
+            return Err(Error::not_found(format_args!(
+                "worker group {wg} in router cluster {rc}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The checks of [`check_service`] that need no store.
+fn check_service_keys(s: &mut WebService) -> Result<()> {
     s.path = validate::path("webservice.path", &s.path)?;
     use web_service::Service;
     match &mut s.service {
@@ -96,6 +128,12 @@ async fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
         Some(Service::Static(st)) => {
             if st.directory.trim().is_empty() {
                 return Err(Error::invalid("webservice.static.directory", "required"));
+            }
+            if !std::path::Path::new(&st.directory).is_absolute() {
+                return Err(Error::invalid_config(
+                    "webservice.static.directory",
+                    format!("'{}' is not an absolute path", st.directory),
+                ));
             }
         }
         Some(Service::Json(j)) => {
@@ -116,19 +154,19 @@ async fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
             }
             validate::port("webservice.reverseproxy.port", p.port)?;
             if !p.path.is_empty() && !p.path.starts_with('/') {
-                return Err(Error::invalid(
+                return Err(Error::invalid_config(
                     "webservice.reverseproxy.path",
                     "must start with /",
                 ));
             }
         }
         Some(Service::Nodeinfo(_)) => {}
-        Some(Service::WebsocketReverseproxy(w)) => check_websocket(core, w).await?,
+        Some(Service::WebsocketReverseproxy(w)) => check_websocket(w)?,
     }
     Ok(())
 }
 
-async fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService) -> Result<()> {
+fn check_websocket(w: &mut apb::WebSocketReverseProxyService) -> Result<()> {
     w.backends.clear(); // output only: resolved by the master
     match (&w.backend, &w.workergroup) {
         (Some(b), None) => {
@@ -141,24 +179,14 @@ async fn check_websocket(core: &Core, w: &mut apb::WebSocketReverseProxyService)
             validate::port("webservice.websocket_reverseproxy.backend.port", b.port)?;
         }
         (None, Some(g)) => {
-            let rc = validate::oid(
+            validate::oid(
                 "webservice.websocket_reverseproxy.workergroup.routercluster_oid",
                 &g.routercluster_oid,
             )?;
-            let wg = validate::oid(
+            validate::oid(
                 "webservice.websocket_reverseproxy.workergroup.workergroup_oid",
                 &g.workergroup_oid,
             )?;
-            if core
-                .store
-                .get(&keys::workergroup(&rc, &wg))
-                .await?
-                .is_none()
-            {
-                return Err(Error::not_found(format_args!(
-                    "worker group {wg} in router cluster {rc}"
-                )));
-            }
         }
         _ => {
             return Err(Error::invalid(
@@ -654,5 +682,176 @@ mod tests {
         }
         assert_eq!(transition(Stopped, false), None);
         assert_eq!(transition(Stopping, false), None);
+    }
+
+    use crate::validate::tests::reason;
+
+    fn cluster(f: impl FnOnce(&mut WebCluster)) -> WebCluster {
+        let mut c = WebCluster {
+            name: "site".into(),
+            tcp_port: 8080,
+            ..Default::default()
+        };
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn unusable_transport_keys_are_invalid_configuration() {
+        assert!(check_transport(&cluster(|_| {})).is_ok());
+        for (bad, field) in [
+            (cluster(|c| c.tcp_port = 70000), "webcluster.tcp_port"),
+            (
+                cluster(|c| c.tcp_version = Some(5)),
+                "webcluster.tcp_version",
+            ),
+            (
+                cluster(|c| c.tcp_backlog = Some(0)),
+                "webcluster.tcp_backlog",
+            ),
+            (
+                cluster(|c| c.tcp_interface = Some("localhost:1".into())),
+                "webcluster.tcp_interface",
+            ),
+            (
+                cluster(|c| {
+                    c.tls_key = Some("garbage".into());
+                    c.tls_certificate = Some("garbage".into());
+                }),
+                "webcluster.tls_key",
+            ),
+            (
+                cluster(|c| c.tls_ca_certificates = vec!["nope".into()]),
+                "webcluster.tls_ca_certificates[0]",
+            ),
+        ] {
+            let e = check_transport(&bad).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+            assert_eq!(reason(Err::<(), _>(e)), "INVALID_CONFIGURATION", "{field}");
+        }
+    }
+
+    #[test]
+    fn missing_transport_keys_are_invalid_argument() {
+        for (bad, field) in [
+            (cluster(|c| c.tcp_port = 0), "webcluster.tcp_port"),
+            (
+                cluster(|c| c.tls_key = Some("k".into())),
+                "webcluster.tls_certificate",
+            ),
+        ] {
+            let e = check_transport(&bad).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+            assert_eq!(reason(Err::<(), _>(e)), "INVALID_ARGUMENT", "{field}");
+        }
+    }
+
+    fn service(s: web_service::Service) -> WebService {
+        WebService {
+            path: "/x".into(),
+            service: Some(s),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_keys_missing_are_arguments_unusable_are_configurations() {
+        use web_service::Service;
+        let static_dir = |d: &str| {
+            service(Service::Static(apb::StaticService {
+                directory: d.into(),
+                options: None,
+            }))
+        };
+        let proxy = |host: &str, port: u32, path: &str| {
+            service(Service::Reverseproxy(apb::ReverseProxyService {
+                host: host.into(),
+                port,
+                path: path.into(),
+                ..Default::default()
+            }))
+        };
+        let backend = |host: &str, port: u32| {
+            service(Service::WebsocketReverseproxy(
+                apb::WebSocketReverseProxyService {
+                    backend: Some(apb::WebSocketBackend {
+                        host: host.into(),
+                        port,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+        };
+        let redirect =
+            |url: &str| service(Service::Redirect(apb::RedirectService { url: url.into() }));
+        let mut cases = vec![
+            (
+                static_dir("www"),
+                "webservice.static.directory",
+                "INVALID_CONFIGURATION",
+            ),
+            (
+                static_dir(""),
+                "webservice.static.directory",
+                "INVALID_ARGUMENT",
+            ),
+            (
+                redirect("not a url"),
+                "webservice.redirect.url",
+                "INVALID_CONFIGURATION",
+            ),
+            (
+                redirect("/relative"),
+                "webservice.redirect.url",
+                "INVALID_CONFIGURATION",
+            ),
+            (redirect(""), "webservice.redirect.url", "INVALID_ARGUMENT"),
+            (
+                proxy("h", 70000, ""),
+                "webservice.reverseproxy.port",
+                "INVALID_CONFIGURATION",
+            ),
+            (
+                proxy("h", 80, "x"),
+                "webservice.reverseproxy.path",
+                "INVALID_CONFIGURATION",
+            ),
+            (
+                proxy("", 80, ""),
+                "webservice.reverseproxy.host",
+                "INVALID_ARGUMENT",
+            ),
+            (
+                backend("h", 70000),
+                "webservice.websocket_reverseproxy.backend.port",
+                "INVALID_CONFIGURATION",
+            ),
+            (
+                backend("h", 0),
+                "webservice.websocket_reverseproxy.backend.port",
+                "INVALID_ARGUMENT",
+            ),
+            (
+                service(Service::WebsocketReverseproxy(Default::default())),
+                "webservice.websocket_reverseproxy",
+                "INVALID_ARGUMENT",
+            ),
+            (
+                WebService {
+                    path: "/a/../b".into(),
+                    ..static_dir("/srv")
+                },
+                "webservice.path",
+                "INVALID_ARGUMENT",
+            ),
+        ];
+        for (s, field, expected) in &mut cases {
+            let e = check_service_keys(s).unwrap_err();
+            assert!(e.to_string().contains(*field), "{field}: {e}");
+            assert_eq!(reason(Err::<(), _>(e)), *expected, "{field}: {s:?}");
+        }
+        assert!(check_service_keys(&mut static_dir("/srv/www")).is_ok());
+        assert!(check_service_keys(&mut proxy("h", 0, "/api")).is_ok());
     }
 }

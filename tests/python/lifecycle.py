@@ -86,7 +86,7 @@ expect(grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS", web.CreateWebCluster, w
 expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", web.GetWebCluster, wc.GetWebClusterRequest(webcluster_oid="not-a-uuid"))
 expect(grpc.StatusCode.NOT_FOUND, "NO_SUCH_OBJECT", web.GetWebCluster, wc.GetWebClusterRequest(webcluster_oid="00000000-0000-4000-8000-000000000000"))
 expect(grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS", web.AddWebClusterService, wc.AddWebClusterServiceRequest(webcluster_oid=c.oid, webservice=wc.WebService(path="/", nodeinfo=web_pb2.NodeInfoService())))
-e = expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", web.AddWebClusterService, wc.AddWebClusterServiceRequest(webcluster_oid=c.oid, webservice=wc.WebService(path="/r", redirect=web_pb2.RedirectService(url="not a url"))))
+e = expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CONFIGURATION", web.AddWebClusterService, wc.AddWebClusterServiceRequest(webcluster_oid=c.oid, webservice=wc.WebService(path="/r", redirect=web_pb2.RedirectService(url="not a url"))))
 assert "redirect.url" in e.details(), e.details()
 expect(grpc.StatusCode.FAILED_PRECONDITION, "CANNOT_STOP", web.StopWebCluster, wc.StopWebClusterRequest(webcluster_oid=c.oid))
 ch = web.StartWebCluster(wc.StartWebClusterRequest(webcluster_oid=c.oid), timeout=10).change

@@ -1,23 +1,24 @@
 //! `switchyard.agent.v1.NativeProcessService` of the node: calls for `"controller"` are served by
 //! the agent's own [`LocalProcess`](crate::process::LocalProcess); calls for a worker are forwarded
-//! to the worker over its control socket, with the caller's deadline and principal. Stats streams
-//! and `Watch` are node-wide and served here.
+//! to the worker over its control socket, with the caller's deadline and principal, and the
+//! worker's answer (a status included) is relayed unchanged. Stats streams and `Watch` are
+//! node-wide and served here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use switchyard::error::{Reason, invalid_argument, status};
 use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
 use switchyard::pb::agent::v1::native_process_service_server::NativeProcessService;
 use switchyard::pb::agent::v1::{self as pb, WorkerStatus};
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::forwarded;
 use crate::Agent;
 use crate::controller::CONTROLLER;
+use crate::error::{Error, Result};
 use crate::events::async_stream;
-use crate::process::{MIN_STREAM_INTERVAL, WHO_METADATA, check_interval, stats, who};
+use crate::process::{MIN_STREAM_INTERVAL, check_interval, stats};
 
 /// Process control of the node.
 #[derive(Debug)]
@@ -38,52 +39,29 @@ enum Route {
     Worker(NativeProcessServiceClient<Channel>),
 }
 
-fn route(agent: &Agent, process: &str) -> Result<Route, Status> {
+fn route(agent: &Agent, process: &str) -> Result<Route> {
     match process {
-        "" => Err(invalid_argument(
+        "" => Err(Error::invalid(
             "process",
             "required: \"controller\" or a worker id",
         )),
         CONTROLLER => Ok(Route::Controller),
         id => {
             let worker = agent.workers.get(id)?;
-            if worker.status() != WorkerStatus::Started {
-                return Err(status(
-                    Reason::NotStarted,
-                    format!(
-                        "worker '{id}' is {}",
-                        worker
-                            .status()
-                            .as_str_name()
-                            .trim_start_matches("WORKER_STATUS_")
-                            .to_lowercase()
-                    ),
-                ));
-            }
+            worker.check_started()?;
             Ok(Route::Worker(worker.client()))
         }
     }
 }
 
-/// The request to send to a worker: same message and deadline, plus the original caller.
-pub(crate) fn forwarded<T>(request: Request<T>) -> Request<T> {
-    let who = who(&request);
-    let timeout = request.metadata().get("grpc-timeout").cloned();
-    let mut out = Request::new(request.into_inner());
-    if let Some(timeout) = timeout {
-        out.metadata_mut().insert("grpc-timeout", timeout);
-    }
-    if let Ok(who) = MetadataValue::try_from(who) {
-        out.metadata_mut().insert(WHO_METADATA, who);
-    }
-    out
-}
-
-/// Serves a unary call for the controller, or forwards it to the worker.
+/// Serves a unary call for the controller, or forwards it to the worker and relays its answer
+/// (the worker's own status on failure: it already carries the code and reason).
 macro_rules! routed {
     ($self:ident, $request:ident, $method:ident) => {{
         match route(&$self.agent, &$request.get_ref().process)? {
-            Route::Controller => $self.agent.controller.$method($request).await,
+            Route::Controller => {
+                NativeProcessService::$method(&$self.agent.controller, $request).await
+            }
             Route::Worker(mut client) => client.$method(forwarded($request)).await,
         }
     }};
@@ -156,9 +134,12 @@ impl NativeProcessService for NativeProcessApi {
         let req = request.into_inner();
         let period = check_interval("interval", req.interval, MIN_STREAM_INTERVAL)?;
         for (i, p) in req.processes.iter().enumerate() {
-            let field = format!("processes[{i}]");
             match p.as_str() {
-                "" => return Err(invalid_argument(&field, "empty process name")),
+                "" => {
+                    return Err(
+                        Error::invalid(format!("processes[{i}]"), "empty process name").into(),
+                    );
+                }
                 CONTROLLER => {}
                 id => {
                     self.agent.workers.get(id)?;
@@ -251,7 +232,7 @@ impl NativeProcessService for NativeProcessApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::WatchResponse>>, Status> {
-        self.agent.controller.watch(request).await
+        NativeProcessService::watch(&self.agent.controller, request).await
     }
 }
 

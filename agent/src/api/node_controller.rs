@@ -1,8 +1,9 @@
 //! `switchyard.agent.v1.NodeControllerService`: the agent, its host, its workers and their logs.
+//! The web- and router-worker controls are forwarded to the worker's control socket and its
+//! answer (a status included) is relayed unchanged.
 
 use std::sync::Arc;
 
-use switchyard::error::{Reason, invalid_argument, status};
 use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerService;
 use switchyard::pb::agent::v1::{self as pb, WorkerStatus, WorkerType};
@@ -10,9 +11,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::who;
 use crate::Agent;
+use crate::error::{Error, Result};
 use crate::events::async_stream;
-use crate::process::who;
 use crate::worker::check_worker_id;
 
 /// The node controller.
@@ -28,13 +30,13 @@ impl NodeControllerApi {
     }
 }
 
-fn enum_filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>, Status> {
+fn enum_filter<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>> {
     if value == 0 {
         return Ok(None);
     }
     E::try_from(value)
         .map(Some)
-        .map_err(|_| invalid_argument(field, format!("unknown value {value}")))
+        .map_err(|_| Error::invalid(field, format!("unknown value {value}")))
 }
 
 /// The controls client of a started worker of type `kind`, or the error to answer with.
@@ -42,31 +44,25 @@ fn typed_worker(
     agent: &Agent,
     id: &str,
     kind: WorkerType,
-) -> Result<NodeControllerServiceClient<Channel>, Status> {
+) -> Result<NodeControllerServiceClient<Channel>> {
     check_worker_id("worker_id", id)?;
     let worker = agent.workers.get(id)?;
     if worker.kind() != kind {
-        let name = if kind == WorkerType::Web {
-            "web"
-        } else {
-            "router"
-        };
-        return Err(status(
-            Reason::InvalidConfiguration,
-            format!("worker '{id}' is not a {name} worker"),
-        ));
+        return Err(Error::WrongWorkerType {
+            id: id.to_owned(),
+            expected: if kind == WorkerType::Web {
+                "web"
+            } else {
+                "router"
+            },
+        });
     }
-    if worker.status() != WorkerStatus::Started {
-        return Err(status(
-            Reason::NotStarted,
-            format!("worker '{id}' is not running"),
-        ));
-    }
+    worker.check_started()?;
     Ok(worker.controls())
 }
 
 /// Forwards a web- or router-worker control to the worker, with the caller's deadline and
-/// principal.
+/// principal; relays the worker's answer (its status on failure carries the code and reason).
 macro_rules! forward {
     ($self:ident, $kind:ident, $request:ident, $method:ident) => {{
         let mut client = typed_worker(
@@ -207,7 +203,7 @@ impl NodeControllerService for NodeControllerApi {
         let agent = self.agent.clone();
         let stats = tokio::task::spawn_blocking(move || agent.host.stats())
             .await
-            .map_err(|e| switchyard::error::internal("system stats", &e))?;
+            .map_err(|e| Error::internal("system stats", e))?;
         Ok(Response::new(stats))
     }
 
@@ -249,7 +245,7 @@ impl NodeControllerService for NodeControllerApi {
         let who = who(&request);
         let req = request.into_inner();
         let kind = WorkerType::try_from(req.worker_type)
-            .map_err(|_| invalid_argument("worker_type", "unknown worker type"))?;
+            .map_err(|_| Error::invalid("worker_type", "unknown worker type"))?;
         let worker = self
             .agent
             .workers
@@ -327,11 +323,8 @@ impl NodeControllerService for NodeControllerApi {
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(format!(
-                                "log follower too slow: {n} lines dropped; reconnect"
-                            ))))
-                            .await;
+                        // The stream's last item: a wire status, converted here.
+                        let _ = tx.send(Err(Error::LogFollowerLagged(n).into())).await;
                         return;
                     }
                     Err(RecvError::Closed) => return,

@@ -22,33 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use console::Outcome;
 
-/// Manhole failures, mapped to the reasons of `switchyard::error` by the API layer.
-#[derive(Debug, thiserror::Error)]
-pub enum ManholeError {
-    /// Invalid configuration; the message names the field.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The offending field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The endpoint cannot be listened on.
-    #[error("cannot listen on {addr}: {source}")]
-    CannotListen {
-        /// The endpoint.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ManholeError {
-    ManholeError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use crate::error::{Error, Result};
 
 /// A configured account.
 #[derive(Debug, Clone)]
@@ -86,30 +60,38 @@ impl RunningManhole {
 }
 
 /// Validates `config` and starts the SSH server. `started` is the host process's start instant
-/// (for `uptime`), `who` the principal starting it.
-pub async fn start(
-    config: ManholeConfig,
-    who: &str,
-    started: Instant,
-) -> Result<RunningManhole, ManholeError> {
+/// (for `uptime`), `who` the principal starting it. A missing setting is INVALID_ARGUMENT, one
+/// that is set but unusable INVALID_CONFIGURATION (the reference's
+/// `crossbar.error.invalid_configuration`; README, "Errors").
+pub async fn start(config: ManholeConfig, who: &str, started: Instant) -> Result<RunningManhole> {
     let users = parse_users(&config)?;
-    if config.port == 0 || config.port > 65535 {
-        return Err(invalid("config.port", "must be 1..65535"));
+    match config.port {
+        0 => return Err(Error::invalid("config.port", "required: a port 1..65535")),
+        1..=65535 => {}
+        port => {
+            return Err(Error::invalid_config(
+                "config.port",
+                format!("{port} is not a port (1..65535)"),
+            ));
+        }
     }
     let interface = if config.interface.is_empty() {
         "127.0.0.1".to_owned()
     } else {
         config.interface.clone()
     };
-    let ip: std::net::IpAddr = interface
-        .parse()
-        .map_err(|_| invalid("config.interface", "not an IP address"))?;
+    let ip: std::net::IpAddr = interface.parse().map_err(|_| {
+        Error::invalid_config(
+            "config.interface",
+            format!("'{interface}' is not an IP address"),
+        )
+    })?;
     let host_key = if config.host_key.is_empty() {
         PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-            .map_err(|e| invalid("config.host_key", e.to_string()))?
+            .map_err(|e| Error::internal("manhole host key", e))?
     } else {
         PrivateKey::from_openssh(config.host_key.as_bytes()).map_err(|e| {
-            invalid(
+            Error::invalid_config(
                 "config.host_key",
                 format!("not an OpenSSH private key: {e}"),
             )
@@ -122,10 +104,7 @@ pub async fn start(
     let addr = SocketAddr::new(ip, config.port as u16);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ManholeError::CannotListen {
-            addr: addr.to_string(),
-            source,
-        })?;
+        .map_err(|e| Error::CannotListen(format!("cannot listen on {addr}: {e}")))?;
     let ssh_config = Arc::new(russh::server::Config {
         keys: vec![host_key],
         auth_rejection_time: std::time::Duration::from_millis(300),
@@ -196,20 +175,23 @@ pub async fn start(
     })
 }
 
-fn parse_users(config: &ManholeConfig) -> Result<HashMap<String, User>, ManholeError> {
+fn parse_users(config: &ManholeConfig) -> Result<HashMap<String, User>> {
     if config.users.is_empty() {
-        return Err(invalid("config.users", "at least one user is required"));
+        return Err(Error::invalid(
+            "config.users",
+            "at least one user is required",
+        ));
     }
     let mut users = HashMap::new();
     for (i, u) in config.users.iter().enumerate() {
         let field = |f: &str| format!("config.users[{i}].{f}");
         if u.user.is_empty() {
-            return Err(invalid(field("user"), "must not be empty"));
+            return Err(Error::invalid(field("user"), "must not be empty"));
         }
         let password_hash = match (u.password_hash.is_empty(), u.password.is_empty()) {
             (false, _) => {
                 PasswordHash::new(&u.password_hash).map_err(|e| {
-                    invalid(field("password_hash"), format!("not a PHC string: {e}"))
+                    Error::invalid_config(field("password_hash"), format!("not a PHC string: {e}"))
                 })?;
                 Some(u.password_hash.clone())
             }
@@ -222,7 +204,7 @@ fn parse_users(config: &ManholeConfig) -> Result<HashMap<String, User>, ManholeE
             .enumerate()
             .map(|(k, line)| {
                 PublicKey::from_openssh(line.trim()).map_err(|e| {
-                    invalid(
+                    Error::invalid_config(
                         format!("config.users[{i}].authorized_keys[{k}]"),
                         format!("not an OpenSSH public key: {e}"),
                     )
@@ -230,7 +212,7 @@ fn parse_users(config: &ManholeConfig) -> Result<HashMap<String, User>, ManholeE
             })
             .collect::<Result<Vec<_>, _>>()?;
         if password_hash.is_none() && keys.is_empty() {
-            return Err(invalid(
+            return Err(Error::invalid(
                 field("password_hash"),
                 "a user needs a password, a password hash or authorized keys",
             ));
@@ -245,7 +227,7 @@ fn parse_users(config: &ManholeConfig) -> Result<HashMap<String, User>, ManholeE
             )
             .is_some()
         {
-            return Err(invalid(
+            return Err(Error::invalid(
                 field("user"),
                 format!("duplicate user '{}'", u.user),
             ));
@@ -490,14 +472,14 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(parse_users(&no_users), Err(ManholeError::Invalid { field, .. }) if field == "config.users")
+            matches!(parse_users(&no_users), Err(Error::InvalidArgument { field, .. }) if field == "config.users")
         );
         let no_secret = ManholeConfig {
             users: vec![user("a", "")],
             ..Default::default()
         };
         assert!(
-            matches!(parse_users(&no_secret), Err(ManholeError::Invalid { field, .. }) if field.starts_with("config.users[0]"))
+            matches!(parse_users(&no_secret), Err(Error::InvalidArgument { field, .. }) if field.starts_with("config.users[0]"))
         );
         let bad_key = ManholeConfig {
             users: vec![ManholeUser {
@@ -508,8 +490,47 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(parse_users(&bad_key), Err(ManholeError::Invalid { field, .. }) if field == "config.users[0].authorized_keys[0]")
+            matches!(parse_users(&bad_key), Err(Error::InvalidConfiguration { field, .. }) if field == "config.users[0].authorized_keys[0]")
         );
+    }
+
+    #[tokio::test]
+    async fn unusable_settings_are_configuration_missing_ones_arguments() {
+        let config = |f: fn(&mut ManholeConfig)| {
+            let mut c = ManholeConfig {
+                port: 1,
+                users: vec![user("a", "pw")],
+                ..Default::default()
+            };
+            f(&mut c);
+            c
+        };
+        let refused = |e: Error| match e {
+            Error::InvalidArgument { field, .. } => (field, "argument"),
+            Error::InvalidConfiguration { field, .. } => (field, "configuration"),
+            other => panic!("{other}"),
+        };
+        for (c, expected) in [
+            (config(|c| c.port = 70000), ("config.port", "configuration")),
+            (
+                config(|c| c.interface = "localhost".into()),
+                ("config.interface", "configuration"),
+            ),
+            (
+                config(|c| c.host_key = "garbage".into()),
+                ("config.host_key", "configuration"),
+            ),
+            (
+                config(|c| c.users[0].password_hash = "nope".into()),
+                ("config.users[0].password_hash", "configuration"),
+            ),
+            (config(|c| c.port = 0), ("config.port", "argument")),
+            (config(|c| c.users.clear()), ("config.users", "argument")),
+        ] {
+            let e = start(c, "test", Instant::now()).await.unwrap_err();
+            let (field, kind) = refused(e);
+            assert_eq!((field.as_str(), kind), expected);
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@ use nix::unistd::Pid;
 /// Errors of affinity changes.
 #[derive(Debug, thiserror::Error)]
 pub enum AffinityError {
-    /// The request is invalid (names the field in the message).
-    #[error("{0}")]
+    /// The `cpus` argument is invalid: what is wrong with it.
+    #[error("cpus: {0}")]
     Invalid(String),
     /// The kernel refused.
     #[error("{0}")]
@@ -32,7 +32,7 @@ pub fn resolve(
     start_cpus: &[u32],
 ) -> Result<Vec<u32>, AffinityError> {
     if cpus.is_empty() {
-        return Err(AffinityError::Invalid("cpus: must not be empty".into()));
+        return Err(AffinityError::Invalid("must not be empty".into()));
     }
     let online = num_cpus_configured();
     let mut out = Vec::with_capacity(cpus.len());
@@ -40,14 +40,14 @@ pub fn resolve(
         let cpu = if relative {
             *start_cpus.get(c as usize).ok_or_else(|| {
                 AffinityError::Invalid(format!(
-                    "cpus: relative index {c} out of range (the process started with {} CPUs: {start_cpus:?})",
+                    "relative index {c} out of range (the process started with {} CPUs: {start_cpus:?})",
                     start_cpus.len()
                 ))
             })?
         } else {
             if c >= online {
                 return Err(AffinityError::Invalid(format!(
-                    "cpus: CPU {c} does not exist (this host has CPUs 0..{})",
+                    "CPU {c} does not exist (this host has CPUs 0..{})",
                     online.saturating_sub(1)
                 )));
             }
@@ -65,7 +65,7 @@ pub fn set_process(pid: u32, cpus: &[u32]) -> Result<Vec<u32>, AffinityError> {
     let mut set = CpuSet::new();
     for &c in cpus {
         set.set(c as usize)
-            .map_err(|e| AffinityError::Invalid(format!("cpus: CPU {c}: {e}")))?;
+            .map_err(|e| AffinityError::Invalid(format!("CPU {c}: {e}")))?;
     }
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map_err(|e| AffinityError::Os(format!("listing threads of {pid}: {e}")))?;
@@ -83,7 +83,7 @@ pub fn set_process(pid: u32, cpus: &[u32]) -> Result<Vec<u32>, AffinityError> {
             Err(nix::errno::Errno::ESRCH) => {}
             Err(nix::errno::Errno::EINVAL) => {
                 return Err(AffinityError::Invalid(format!(
-                    "cpus: {cpus:?} is not usable by this process (outside its cgroup's CPU set?)"
+                    "{cpus:?} is not usable by this process (outside its cgroup's CPU set?)"
                 )));
             }
             Err(e) => return Err(AffinityError::Os(format!("sched_setaffinity({tid}): {e}"))),
@@ -108,6 +108,28 @@ pub fn num_cpus_configured() -> u32 {
         )
 }
 
+/// Logical CPUs online on the host (`/sys/devices/system/cpu/online`, what `nproc --all` and the
+/// reference's `psutil.cpu_count()` count), whatever this process's affinity; falls back to the
+/// CPUs this process may use.
+pub fn logical_cpus() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| cpu_list_len(s.trim()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+}
+
+/// The number of CPUs in a kernel CPU list such as "0-3,6,8-9".
+fn cpu_list_len(list: &str) -> Option<u32> {
+    let mut n = 0;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().ok()?.checked_sub(a.parse::<u32>().ok()?)? + 1,
+            None => part.parse::<u32>().map(|_| 1).ok()?,
+        };
+    }
+    (n > 0).then_some(n)
+}
+
 /// Physical core count (distinct (package, core id) pairs), falling back to logical CPUs.
 pub fn physical_cores() -> u32 {
     let mut cores = std::collections::BTreeSet::new();
@@ -121,7 +143,7 @@ pub fn physical_cores() -> u32 {
         }
     }
     if cores.is_empty() {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        logical_cpus()
     } else {
         cores.len() as u32
     }
@@ -143,13 +165,22 @@ mod tests {
     #[test]
     fn absolute_cpus_must_exist_and_not_be_empty() {
         assert!(
-            matches!(resolve(&[], false, &[0]), Err(AffinityError::Invalid(m)) if m.starts_with("cpus"))
+            matches!(resolve(&[], false, &[0]), Err(e @ AffinityError::Invalid(_)) if e.to_string().starts_with("cpus"))
         );
         assert!(matches!(
             resolve(&[100_000], false, &[0]),
             Err(AffinityError::Invalid(_))
         ));
         assert_eq!(resolve(&[0, 0], false, &[0]).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_list_len("0-3,6,8-9"), Some(7));
+        assert_eq!(cpu_list_len("0"), Some(1));
+        assert_eq!(cpu_list_len(""), None);
+        assert_eq!(cpu_list_len("3-1"), None);
+        assert!(logical_cpus() >= physical_cores());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Process control of the current process: [`LocalProcess`] implements NativeProcessService for
-//! "this process". The agent uses it for `"controller"`; every worker serves it on its control
-//! socket, and the agent forwards calls addressed to the worker there.
+//! Process control of the current process: [`LocalProcess`] does what NativeProcessService
+//! asks of "this process" (its gRPC adapter is `api/process.rs`). The agent uses it for
+//! `"controller"`; every worker serves it on its control socket, and the agent forwards calls
+//! addressed to the worker there.
 //!
 //! - [`stats`]: counters from `/proc/<pid>`, rates between samples.
 //! - [`affinity`]: CPU affinity of every thread.
@@ -15,45 +16,23 @@ pub mod stats;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use switchyard::error::{Reason, internal, invalid_argument, status};
-use switchyard::pb::agent::v1::native_process_service_server::NativeProcessService;
 use switchyard::pb::agent::v1::{self as pb, ProcessEventType, process_event};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
+use crate::error::{Error, Result};
 use crate::events::{EventBus, EventStream, async_stream};
 use crate::lock;
-use crate::manhole::{self, ManholeError, RunningManhole};
-
-/// Metadata key carrying the original caller's principal on forwarded calls.
-pub const WHO_METADATA: &str = "switchyard-who";
+use crate::manhole::{self, RunningManhole};
 
 /// Longest accepted stats interval, seconds.
 pub const MAX_INTERVAL: f64 = 3600.0;
 /// Shortest accepted stats stream interval, seconds.
 pub const MIN_STREAM_INTERVAL: f64 = 0.05;
 
-/// The principal to name in events: the original caller when the call was forwarded (by the
-/// master's gateway, whose role is `master`, or by the agent over a worker's private control
-/// socket, where there is no TLS principal), else the direct caller.
-pub fn who<T>(request: &Request<T>) -> String {
-    let caller = switchyard::auth::caller(request);
-    let forwarded = caller.is_none_or(|p| p.role == switchyard::auth::Role::Master);
-    if forwarded
-        && let Some(who) = request
-            .metadata()
-            .get(WHO_METADATA)
-            .and_then(|v| v.to_str().ok())
-    {
-        return who.to_owned();
-    }
-    caller.map_or_else(String::new, |p| p.uri())
-}
-
 /// Validates a stats interval in seconds (`field` names it in the error).
-pub fn check_interval(field: &str, interval: f64, min: f64) -> Result<Duration, Status> {
+pub fn check_interval(field: &str, interval: f64, min: f64) -> Result<Duration> {
     if !interval.is_finite() || interval < min || interval > MAX_INTERVAL {
-        return Err(invalid_argument(
+        return Err(Error::invalid(
             field,
             format!("must be between {min} and {MAX_INTERVAL} seconds, got {interval}"),
         ));
@@ -61,7 +40,7 @@ pub fn check_interval(field: &str, interval: f64, min: f64) -> Result<Duration, 
     Ok(Duration::from_secs_f64(interval))
 }
 
-/// NativeProcessService for the current process.
+/// Process control of the current process.
 #[derive(Debug)]
 pub struct LocalProcess {
     inner: Arc<Inner>,
@@ -81,6 +60,14 @@ struct Inner {
     monitoring: Mutex<Option<(CancellationToken, f64)>>,
     manhole: tokio::sync::Mutex<Option<RunningManhole>>,
     shutdown: CancellationToken,
+}
+
+/// The error of an affinity call: a bad `cpus` argument, or an OS failure while doing `context`.
+fn affinity_error(context: &'static str) -> impl Fn(affinity::AffinityError) -> Error {
+    move |e| match e {
+        affinity::AffinityError::Invalid(m) => Error::invalid("cpus", m),
+        affinity::AffinityError::Os(m) => Error::internal(context, m),
+    }
 }
 
 impl LocalProcess {
@@ -119,112 +106,71 @@ impl LocalProcess {
             .events
             .publish(kind, &self.inner.name, who, details);
     }
-}
 
-fn manhole_status(e: ManholeError) -> Status {
-    match e {
-        ManholeError::Invalid { field, message } => invalid_argument(&field, message),
-        ManholeError::CannotListen { .. } => status(Reason::CannotListen, e.to_string()),
-    }
-}
-
-#[tonic::async_trait]
-impl NativeProcessService for LocalProcess {
-    async fn get_cpu_count(
-        &self,
-        request: Request<pb::GetCpuCountRequest>,
-    ) -> Result<Response<pb::GetCpuCountResponse>, Status> {
-        let count = if request.get_ref().logical {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    /// The host's CPU cores, logical (hyper-threads) or physical, whatever this process's
+    /// affinity.
+    pub fn cpu_count(&self, logical: bool) -> u32 {
+        if logical {
+            affinity::logical_cpus()
         } else {
             affinity::physical_cores()
-        };
-        Ok(Response::new(pb::GetCpuCountResponse { count }))
+        }
     }
 
-    async fn get_cpus(
-        &self,
-        _request: Request<pb::GetCpusRequest>,
-    ) -> Result<Response<pb::GetCpusResponse>, Status> {
-        Ok(Response::new(pb::GetCpusResponse {
-            cpus: self.inner.start_cpus.clone(),
-        }))
+    /// The CPUs this process was allowed to run on when it started.
+    pub fn start_cpus(&self) -> Vec<u32> {
+        self.inner.start_cpus.clone()
     }
 
-    async fn get_cpu_affinity(
-        &self,
-        _request: Request<pb::GetCpuAffinityRequest>,
-    ) -> Result<Response<pb::GetCpuAffinityResponse>, Status> {
-        let cpus = affinity::get(self.inner.pid).map_err(|e| internal("affinity", &e))?;
-        Ok(Response::new(pb::GetCpuAffinityResponse { cpus }))
+    /// The CPUs this process may run on now.
+    pub fn cpu_affinity(&self) -> Result<Vec<u32>> {
+        affinity::get(self.inner.pid).map_err(affinity_error("affinity"))
     }
 
-    async fn set_cpu_affinity(
-        &self,
-        request: Request<pb::SetCpuAffinityRequest>,
-    ) -> Result<Response<pb::SetCpuAffinityResponse>, Status> {
-        let who = who(&request);
-        let req = request.into_inner();
-        let to_status = |e: affinity::AffinityError| match e {
-            affinity::AffinityError::Invalid(m) => {
-                invalid_argument("cpus", m.trim_start_matches("cpus: "))
-            }
-            affinity::AffinityError::Os(m) => internal("set affinity", &m),
-        };
-        let cpus = affinity::resolve(&req.cpus, req.relative, &self.inner.start_cpus)
-            .map_err(to_status)?;
-        let affinity = affinity::set_process(self.inner.pid, &cpus).map_err(to_status)?;
+    /// Pins every thread to `cpus` (indexes into [`Self::start_cpus`] when `relative`), publishes
+    /// `on_cpu_affinity_set` naming `who`, and returns the affinity read back.
+    pub fn set_affinity(&self, cpus: Vec<u32>, relative: bool, who: &str) -> Result<Vec<u32>> {
+        let to_error = affinity_error("set affinity");
+        let resolved =
+            affinity::resolve(&cpus, relative, &self.inner.start_cpus).map_err(&to_error)?;
+        let affinity = affinity::set_process(self.inner.pid, &resolved).map_err(&to_error)?;
         self.publish(
             ProcessEventType::OnCpuAffinitySet,
-            &who,
+            who,
             process_event::Details::CpuAffinity(pb::CpuAffinityEventDetails {
-                cpus: req.cpus,
-                relative: req.relative,
+                cpus,
+                relative,
                 affinity: affinity.clone(),
             }),
         );
-        Ok(Response::new(pb::SetCpuAffinityResponse { affinity }))
+        Ok(affinity)
     }
 
-    async fn get_process_info(
-        &self,
-        _request: Request<pb::GetProcessInfoRequest>,
-    ) -> Result<Response<pb::GetProcessInfoResponse>, Status> {
-        let info = tokio::task::spawn_blocking(info::current)
+    /// Open descriptors, threads, files and sockets.
+    pub async fn process_info(&self) -> Result<pb::GetProcessInfoResponse> {
+        tokio::task::spawn_blocking(info::current)
             .await
-            .map_err(|e| internal("process info", &e))?
-            .map_err(|e| internal("process info", &e))?;
-        Ok(Response::new(info))
+            .map_err(|e| Error::internal("process info", e))?
+            .map_err(|e| Error::internal("process info", e))
     }
 
-    async fn get_process_stats(
-        &self,
-        _request: Request<pb::GetProcessStatsRequest>,
-    ) -> Result<Response<pb::GetProcessStatsResponse>, Status> {
-        let stats = lock(&self.inner.sampler)
+    /// A stats sample (rates since the previous call).
+    pub fn process_stats(&self) -> Result<pb::ProcessStats> {
+        lock(&self.inner.sampler)
             .sample(self.inner.pid)
-            .map_err(|e| internal("process stats", &e))?;
-        Ok(Response::new(pb::GetProcessStatsResponse {
-            stats: Some(stats),
-        }))
+            .map_err(|e| Error::internal("process stats", e))
     }
 
-    async fn get_process_monitor(
-        &self,
-        _request: Request<pb::GetProcessMonitorRequest>,
-    ) -> Result<Response<pb::GetProcessMonitorResponse>, Status> {
-        let monitor = lock(&self.inner.monitor_sampler)
+    /// The monitor view of the process.
+    pub fn process_monitor(&self) -> Result<pb::GetProcessMonitorResponse> {
+        lock(&self.inner.monitor_sampler)
             .monitor(self.inner.pid)
-            .map_err(|e| internal("process monitor", &e))?;
-        Ok(Response::new(monitor))
+            .map_err(|e| Error::internal("process monitor", e))
     }
 
-    async fn set_process_stats_monitoring(
-        &self,
-        request: Request<pb::SetProcessStatsMonitoringRequest>,
-    ) -> Result<Response<pb::SetProcessStatsMonitoringResponse>, Status> {
-        let who = who(&request);
-        let interval = request.get_ref().interval;
+    /// Publishes `on_process_stats` every `interval` seconds (0: stops), replacing an earlier
+    /// setting, and `on_process_stats_monitoring_set` naming `who`.
+    pub fn set_stats_monitoring(&self, interval: f64, who: &str) -> Result<f64> {
         let period = if interval == 0.0 {
             None
         } else {
@@ -237,50 +183,25 @@ impl NativeProcessService for LocalProcess {
         if let Some(period) = period {
             let token = self.inner.shutdown.child_token();
             *slot = Some((token.clone(), interval));
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                let mut sampler = stats::Sampler::default();
-                let mut ticker = tokio::time::interval(period);
-                let mut seq = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => return,
-                        _ = ticker.tick() => {}
-                    }
-                    let Ok(stats) = sampler.sample(inner.pid) else {
-                        continue;
-                    };
-                    seq += 1;
-                    inner.events.publish(
-                        ProcessEventType::OnProcessStats,
-                        &inner.name,
-                        "",
-                        process_event::Details::ProcessStats(pb::ProcessStatsEventDetails {
-                            seq,
-                            stats: Some(stats),
-                        }),
-                    );
-                }
-            });
+            tokio::spawn(publish_stats(self.inner.clone(), period, token));
         }
         drop(slot);
         self.publish(
             ProcessEventType::OnProcessStatsMonitoringSet,
-            &who,
+            who,
             process_event::Details::StatsMonitoring(pb::StatsMonitoringEventDetails { interval }),
         );
-        Ok(Response::new(pb::SetProcessStatsMonitoringResponse {
-            interval,
-        }))
+        Ok(interval)
     }
 
-    async fn stream_process_stats(
+    /// A stream of stats samples every `interval` seconds, until shutdown.
+    pub fn stats_stream(
         &self,
-        request: Request<pb::StreamProcessStatsRequest>,
-    ) -> Result<Response<tonic::codegen::BoxStream<pb::StreamProcessStatsResponse>>, Status> {
-        let period = check_interval("interval", request.get_ref().interval, MIN_STREAM_INTERVAL)?;
+        interval: f64,
+    ) -> Result<tonic::codegen::BoxStream<pb::StreamProcessStatsResponse>> {
+        let period = check_interval("interval", interval, MIN_STREAM_INTERVAL)?;
         let inner = self.inner.clone();
-        let stream = async_stream(move |tx| async move {
+        Ok(async_stream(move |tx| async move {
             let mut sampler = stats::Sampler::default();
             let mut ticker = tokio::time::interval(period);
             let mut seq = 0;
@@ -299,78 +220,66 @@ impl NativeProcessService for LocalProcess {
                             stats: Some(stats),
                         }
                     })
-                    .map_err(|e| internal("process stats", &e));
+                    // A stream's items are wire results: the error is converted here, once.
+                    .map_err(|e| Error::internal("process stats", e).into());
                 if tx.send(item).await.is_err() {
                     return;
                 }
             }
-        });
-        Ok(Response::new(stream))
+        }))
     }
 
-    async fn start_manhole(
+    /// Starts the manhole with `config`, publishing `on_manhole_starting`/`started`.
+    pub async fn manhole_start(
         &self,
-        request: Request<pb::StartManholeRequest>,
-    ) -> Result<Response<pb::StartManholeResponse>, Status> {
-        let who = who(&request);
-        let config = request
-            .into_inner()
-            .config
-            .ok_or_else(|| invalid_argument("config", "required"))?;
+        config: Option<pb::ManholeConfig>,
+        who: &str,
+    ) -> Result<pb::Manhole> {
+        let config = config.ok_or_else(|| Error::invalid("config", "required"))?;
         let mut slot = self.inner.manhole.lock().await;
         if slot.is_some() {
-            return Err(status(
-                Reason::AlreadyStarted,
-                "a manhole is already running in this process",
-            ));
+            return Err(Error::ManholeRunning);
         }
         self.publish(
             ProcessEventType::OnManholeStarting,
-            &who,
+            who,
             process_event::Details::Manhole(pb::ManholeEventDetails {
                 manhole: Some(pb::Manhole {
                     status: pb::ManholeStatus::Starting as i32,
                     port: config.port,
                     interface: config.interface.clone(),
-                    who: who.clone(),
+                    who: who.to_owned(),
                     ..Default::default()
                 }),
             }),
         );
-        let running = manhole::start(config, &who, self.inner.started)
-            .await
-            .map_err(manhole_status)?;
+        let running = manhole::start(config, who, self.inner.started).await?;
         let info = running.info.clone();
         *slot = Some(running);
         self.publish(
             ProcessEventType::OnManholeStarted,
-            &who,
+            who,
             process_event::Details::Manhole(pb::ManholeEventDetails {
                 manhole: Some(info.clone()),
             }),
         );
-        Ok(Response::new(pb::StartManholeResponse {
-            manhole: Some(info),
-        }))
+        Ok(info)
     }
 
-    async fn stop_manhole(
-        &self,
-        request: Request<pb::StopManholeRequest>,
-    ) -> Result<Response<pb::StopManholeResponse>, Status> {
-        let who = who(&request);
+    /// Stops the manhole, publishing `on_manhole_stopping`/`stopped`.
+    pub async fn manhole_stop(&self, who: &str) -> Result<pb::Manhole> {
         let running = self
             .inner
             .manhole
             .lock()
             .await
             .take()
-            .ok_or_else(|| status(Reason::NotStarted, "no manhole runs in this process"))?;
+            .ok_or(Error::NoManhole)?;
         let mut stopping = running.info.clone();
         stopping.status = pb::ManholeStatus::Stopping as i32;
         self.publish(
             ProcessEventType::OnManholeStopping,
-            &who,
+            who,
             process_event::Details::Manhole(pb::ManholeEventDetails {
                 manhole: Some(stopping),
             }),
@@ -378,86 +287,67 @@ impl NativeProcessService for LocalProcess {
         let info = running.stop().await;
         self.publish(
             ProcessEventType::OnManholeStopped,
-            &who,
+            who,
             process_event::Details::Manhole(pb::ManholeEventDetails {
                 manhole: Some(info.clone()),
             }),
         );
-        Ok(Response::new(pb::StopManholeResponse {
-            manhole: Some(info),
-        }))
+        Ok(info)
     }
 
-    async fn get_manhole(
-        &self,
-        _request: Request<pb::GetManholeRequest>,
-    ) -> Result<Response<pb::GetManholeResponse>, Status> {
-        let manhole = self
-            .inner
+    /// The running manhole, if any.
+    pub async fn manhole(&self) -> Option<pb::Manhole> {
+        self.inner
             .manhole
             .lock()
             .await
             .as_ref()
-            .map(|m| m.info.clone());
-        Ok(Response::new(pb::GetManholeResponse { manhole }))
+            .map(|m| m.info.clone())
     }
 
-    async fn trigger_gc(
-        &self,
-        request: Request<pb::TriggerGcRequest>,
-    ) -> Result<Response<pb::TriggerGcResponse>, Status> {
-        let who = who(&request);
+    /// Trims the allocator, publishing `on_gc_finished` naming `who`.
+    pub async fn trim(&self, who: &str) -> Result<pb::TriggerGcResponse> {
         let result = tokio::task::spawn_blocking(gc::trim)
             .await
-            .map_err(|e| internal("trim", &e))?;
+            .map_err(|e| Error::internal("trim", e))?;
         self.publish(
             ProcessEventType::OnGcFinished,
-            &who,
+            who,
             process_event::Details::Gc(pb::GcEventDetails {
                 result: Some(result),
             }),
         );
-        Ok(Response::new(result))
+        Ok(result)
     }
 
-    async fn utcnow(
-        &self,
-        _request: Request<pb::UtcnowRequest>,
-    ) -> Result<Response<pb::UtcnowResponse>, Status> {
-        Ok(Response::new(pb::UtcnowResponse {
-            utcnow: crate::controller::iso8601(SystemTime::now()),
-        }))
+    /// The process's events from now on, filtered.
+    pub fn events(&self, filter: pb::WatchRequest) -> Result<EventStream> {
+        self.inner.events.watch(filter, self.inner.shutdown.clone())
     }
+}
 
-    async fn started(
-        &self,
-        _request: Request<pb::StartedRequest>,
-    ) -> Result<Response<pb::StartedResponse>, Status> {
-        Ok(Response::new(pb::StartedResponse {
-            started: crate::controller::iso8601(self.inner.started_at),
-        }))
-    }
-
-    async fn uptime(
-        &self,
-        _request: Request<pb::UptimeRequest>,
-    ) -> Result<Response<pb::UptimeResponse>, Status> {
-        Ok(Response::new(pb::UptimeResponse {
-            uptime: self.uptime_secs(),
-        }))
-    }
-
-    async fn watch(
-        &self,
-        request: Request<pb::WatchRequest>,
-    ) -> Result<Response<tonic::codegen::BoxStream<pb::WatchResponse>>, Status> {
-        let events: EventStream = self
-            .inner
-            .events
-            .watch(request.into_inner(), self.inner.shutdown.clone())?;
-        use futures::StreamExt;
-        Ok(Response::new(Box::pin(events.map(|r| {
-            r.map(|event| pb::WatchResponse { event: Some(event) })
-        }))))
+/// The stats monitoring task: a sample every `period`, published as `on_process_stats`.
+async fn publish_stats(inner: Arc<Inner>, period: Duration, token: CancellationToken) {
+    let mut sampler = stats::Sampler::default();
+    let mut ticker = tokio::time::interval(period);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Ok(stats) = sampler.sample(inner.pid) else {
+            continue;
+        };
+        seq += 1;
+        inner.events.publish(
+            ProcessEventType::OnProcessStats,
+            &inner.name,
+            "",
+            process_event::Details::ProcessStats(pb::ProcessStatsEventDetails {
+                seq,
+                stats: Some(stats),
+            }),
+        );
     }
 }

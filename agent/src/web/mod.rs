@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::pb::agent::v1::{WebTransport, WebTransportStatus};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
 use routes::{Handler, Routes};
 
 /// Response bodies of the web worker.
@@ -89,43 +90,14 @@ pub struct WebServer {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Why a transport cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Invalid fields; names the field.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The port cannot be listened on.
-    #[error("{0}")]
-    CannotListen(String),
-}
-
 impl WebServer {
     /// Binds and starts serving `routes` with `transport`.
-    pub fn start(
-        transport: WebTransport,
-        routes: Arc<Routes>,
-        identity: Identity,
-    ) -> Result<Self, StartError> {
-        let tls = tls::server_config(&transport).map_err(|e| StartError::Invalid {
-            field: e.field.to_owned(),
-            message: e.message,
-        })?;
-        let listener = listener::bind(&transport).map_err(|e| match e {
-            listener::ListenError::Invalid(field, message) => StartError::Invalid {
-                field: field.to_owned(),
-                message,
-            },
-            e @ listener::ListenError::CannotListen(..) => StartError::CannotListen(e.to_string()),
-        })?;
+    pub fn start(transport: WebTransport, routes: Arc<Routes>, identity: Identity) -> Result<Self> {
+        let tls = tls::server_config(&transport)?;
+        let listener = listener::bind(&transport)?;
         let listening = listener
             .local_addr()
-            .map_err(|e| StartError::CannotListen(e.to_string()))?;
+            .map_err(|e| Error::CannotListen(e.to_string()))?;
         let shared = Arc::new(Shared {
             routes,
             https: tls.is_some(),

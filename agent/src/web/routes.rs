@@ -2,6 +2,10 @@
 //! by longest path prefix (at segment boundaries) per request. The table is an immutable
 //! snapshot swapped on change, so adding or removing a service never disturbs requests in flight
 //! on other paths.
+//!
+//! A missing key is INVALID_ARGUMENT; a key that is set but unusable (a directory that is not
+//! absolute or does not exist, a URL that does not parse, a port out of range) is
+//! INVALID_CONFIGURATION (README, "Errors"). Either names the field.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
@@ -10,22 +14,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use switchyard::pb::agent::v1::{self as pb, web_service::Service};
 
-/// A problem with a service definition, naming the field.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ServiceError {
-    /// The offending field.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn err(field: &str, message: impl Into<String>) -> ServiceError {
-    ServiceError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
+use crate::error::{Error, Result};
 
 /// What serves a path.
 #[derive(Debug)]
@@ -64,7 +53,7 @@ pub struct Route {
 }
 
 /// Normalises and checks a service path: "/" or "/a/b".
-pub fn check_path(path: &str) -> Result<String, ServiceError> {
+pub fn check_path(path: &str) -> Result<String> {
     let p = if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -83,42 +72,29 @@ pub fn check_path(path: &str) -> Result<String, ServiceError> {
     if ok {
         Ok(p)
     } else {
-        Err(err("service.path", format!("'{path}' is not a valid path")))
+        Err(Error::invalid(
+            "service.path",
+            format!("'{path}' is not a valid path"),
+        ))
     }
 }
 
 /// Validates a service and prepares its handler.
-pub fn prepare(mut spec: pb::WebService) -> Result<Route, ServiceError> {
+pub fn prepare(mut spec: pb::WebService) -> Result<Route> {
     spec.path = check_path(&spec.path)?;
     let handler = match spec.service.clone() {
         None => {
-            return Err(err(
+            return Err(Error::invalid(
                 "service.service",
                 "one of static, json, redirect, reverseproxy, nodeinfo, websocket_reverseproxy is required",
             ));
         }
-        Some(Service::Static(s)) => {
-            if s.directory.is_empty() {
-                return Err(err("service.static.directory", "required"));
-            }
-            let root = std::fs::canonicalize(&s.directory)
-                .map_err(|e| err("service.static.directory", format!("{}: {e}", s.directory)))?;
-            if !root.is_dir() {
-                return Err(err(
-                    "service.static.directory",
-                    format!("{} is not a directory", s.directory),
-                ));
-            }
-            Handler::Static(super::static_files::Site::new(
-                root,
-                s.options.unwrap_or_default(),
-            ))
-        }
+        Some(Service::Static(s)) => static_site(s)?,
         Some(Service::Json(j)) => {
             let value = j
                 .value
                 .as_ref()
-                .ok_or_else(|| err("service.json.value", "required"))?;
+                .ok_or_else(|| Error::invalid("service.json.value", "required"))?;
             let options = j.options.unwrap_or_default();
             let json = to_json(value);
             let body = if options.prettify {
@@ -126,61 +102,101 @@ pub fn prepare(mut spec: pb::WebService) -> Result<Route, ServiceError> {
             } else {
                 serde_json::to_vec(&json)
             }
-            .map_err(|e| err("service.json.value", e.to_string()))?;
+            .map_err(|e| Error::invalid_config("service.json.value", e.to_string()))?;
             Handler::Json {
                 body: Bytes::from(body),
                 options,
             }
         }
         Some(Service::Redirect(r)) => {
+            if r.url.trim().is_empty() {
+                return Err(Error::invalid("service.redirect.url", "required"));
+            }
             let uri: http::Uri = r
                 .url
                 .parse()
-                .map_err(|_| err("service.redirect.url", "not a URL"))?;
+                .map_err(|_| Error::invalid_config("service.redirect.url", "not a URL"))?;
             if uri.scheme().is_none() || uri.host().is_none() {
-                return Err(err("service.redirect.url", "must be an absolute URL"));
+                return Err(Error::invalid_config(
+                    "service.redirect.url",
+                    "must be an absolute URL",
+                ));
             }
             Handler::Redirect(r.url)
         }
         Some(Service::Reverseproxy(mut p)) => {
             if p.host.is_empty() {
-                return Err(err("service.reverseproxy.host", "required"));
+                return Err(Error::invalid("service.reverseproxy.host", "required"));
             }
             if p.port == 0 {
                 p.port = 80;
             }
             if p.port > 65535 {
-                return Err(err("service.reverseproxy.port", "must be 1..65535"));
+                return Err(Error::invalid_config(
+                    "service.reverseproxy.port",
+                    format!("{} is not a port (1..65535)", p.port),
+                ));
             }
             Handler::Proxy(p)
         }
         Some(Service::Nodeinfo(_)) => Handler::NodeInfo,
-        Some(Service::WebsocketReverseproxy(w)) => {
-            let mut backends = w.backends.clone();
-            if let Some(b) = w.backend.clone() {
-                backends.push(b);
-            }
-            if backends.is_empty() {
-                return Err(err(
-                    "service.websocket_reverseproxy.backends",
-                    "at least one backend is required",
-                ));
-            }
-            for (i, b) in backends.iter().enumerate() {
-                if b.host.is_empty() || b.port == 0 || b.port > 65535 {
-                    return Err(err(
-                        &format!("service.websocket_reverseproxy.backends[{i}]"),
-                        "host and port 1..65535 are required",
-                    ));
-                }
-            }
-            Handler::WebSocket {
-                backends,
-                next: AtomicUsize::new(0),
-            }
-        }
+        Some(Service::WebsocketReverseproxy(w)) => websocket_backends(w)?,
     };
     Ok(Route { spec, handler })
+}
+
+fn static_site(s: pb::StaticService) -> Result<Handler> {
+    const FIELD: &str = "service.static.directory";
+    if s.directory.is_empty() {
+        return Err(Error::invalid(FIELD, "required"));
+    }
+    if !std::path::Path::new(&s.directory).is_absolute() {
+        return Err(Error::invalid_config(
+            FIELD,
+            format!("'{}' is not an absolute path", s.directory),
+        ));
+    }
+    let root = std::fs::canonicalize(&s.directory)
+        .map_err(|e| Error::invalid_config(FIELD, format!("{}: {e}", s.directory)))?;
+    if !root.is_dir() {
+        return Err(Error::invalid_config(
+            FIELD,
+            format!("{} is not a directory", s.directory),
+        ));
+    }
+    Ok(Handler::Static(super::static_files::Site::new(
+        root,
+        s.options.unwrap_or_default(),
+    )))
+}
+
+fn websocket_backends(w: pb::WebSocketReverseProxyService) -> Result<Handler> {
+    let mut backends = w.backends;
+    if let Some(b) = w.backend {
+        backends.push(b);
+    }
+    if backends.is_empty() {
+        return Err(Error::invalid(
+            "service.websocket_reverseproxy.backends",
+            "at least one backend is required",
+        ));
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let field = format!("service.websocket_reverseproxy.backends[{i}]");
+        if b.host.is_empty() || b.port == 0 {
+            return Err(Error::invalid(field, "host and port 1..65535 are required"));
+        }
+        if b.port > 65535 {
+            return Err(Error::invalid_config(
+                field,
+                format!("{} is not a port (1..65535)", b.port),
+            ));
+        }
+    }
+    Ok(Handler::WebSocket {
+        backends,
+        next: AtomicUsize::new(0),
+    })
 }
 
 /// protobuf `Value` → JSON.
@@ -317,22 +333,95 @@ mod tests {
         assert_eq!(to_json(&v).to_string(), "[1,2.5]");
     }
 
+    fn service(s: Service) -> pb::WebService {
+        pb::WebService {
+            path: "/x".into(),
+            service: Some(s),
+        }
+    }
+
+    /// The field and the kind of error `spec` is refused with.
+    fn refused(spec: pb::WebService) -> (String, &'static str) {
+        match prepare(spec) {
+            Err(Error::InvalidArgument { field, .. }) => (field, "argument"),
+            Err(Error::InvalidConfiguration { field, .. }) => (field, "configuration"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
     #[test]
     fn bad_services_name_the_field() {
-        let e = prepare(pb::WebService {
-            path: "/x".into(),
-            service: Some(Service::Static(pb::StaticService {
-                directory: "/no/such/dir".into(),
+        let dir = |d: &str| {
+            service(Service::Static(pb::StaticService {
+                directory: d.into(),
                 options: None,
-            })),
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "service.static.directory");
-        let e = prepare(pb::WebService {
-            path: "/a/../b".into(),
-            service: Some(Service::Nodeinfo(Default::default())),
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "service.path");
+            }))
+        };
+        let redirect = |u: &str| service(Service::Redirect(pb::RedirectService { url: u.into() }));
+        let proxy = |port| {
+            service(Service::Reverseproxy(pb::ReverseProxyService {
+                host: "h".into(),
+                port,
+                ..Default::default()
+            }))
+        };
+        let backend = |host: &str, port| {
+            service(Service::WebsocketReverseproxy(
+                pb::WebSocketReverseProxyService {
+                    backend: Some(pb::WebSocketBackend {
+                        host: host.into(),
+                        port,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+        };
+        let static_dir = "service.static.directory";
+        let a_file = std::env::current_exe().unwrap().display().to_string();
+        for (spec, field, kind) in [
+            // Set but unusable: INVALID_CONFIGURATION.
+            (dir("/no/such/dir"), static_dir, "configuration"),
+            (dir("relative/www"), static_dir, "configuration"),
+            (dir(&a_file), static_dir, "configuration"),
+            (
+                redirect("not a url"),
+                "service.redirect.url",
+                "configuration",
+            ),
+            (
+                redirect("/relative"),
+                "service.redirect.url",
+                "configuration",
+            ),
+            (proxy(70000), "service.reverseproxy.port", "configuration"),
+            (
+                backend("h", 70000),
+                "service.websocket_reverseproxy.backends[0]",
+                "configuration",
+            ),
+            // Missing or malformed: INVALID_ARGUMENT.
+            (dir(""), static_dir, "argument"),
+            (redirect(""), "service.redirect.url", "argument"),
+            (
+                backend("", 80),
+                "service.websocket_reverseproxy.backends[0]",
+                "argument",
+            ),
+            (
+                pb::WebService {
+                    path: "/a/../b".into(),
+                    service: Some(Service::Nodeinfo(Default::default())),
+                },
+                "service.path",
+                "argument",
+            ),
+        ] {
+            let what = format!("{spec:?}");
+            assert_eq!(refused(spec), (field.to_owned(), kind), "{what}");
+        }
+        assert!(prepare(dir("/")).is_ok());
+        assert!(prepare(proxy(0)).is_ok(), "port 0 is the default, 80");
     }
 }

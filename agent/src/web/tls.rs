@@ -1,4 +1,6 @@
-//! TLS for a web transport from the cluster's `tls_*` fields (rustls, ring provider).
+//! TLS for a web transport from the cluster's `tls_*` fields (rustls, ring provider). A key
+//! without its certificate (or the other way round) is INVALID_ARGUMENT; a key, certificate or
+//! cipher that does not parse or fit is INVALID_CONFIGURATION.
 
 use std::sync::Arc;
 
@@ -6,30 +8,30 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use switchyard::pb::agent::v1::WebTransport;
 
-/// A TLS configuration problem, naming the field.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct TlsError {
-    /// The offending field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
+use crate::error::{Error, Result};
 
-fn err(field: &'static str, message: impl Into<String>) -> TlsError {
-    TlsError {
-        field,
-        message: message.into(),
-    }
+/// A `tls_*` key that is set but unusable: INVALID_CONFIGURATION naming the field.
+fn err(field: &'static str, message: impl Into<String>) -> Error {
+    Error::invalid_config(field, message)
 }
 
 /// The rustls server configuration of `t`, or `None` for plain HTTP.
-pub fn server_config(t: &WebTransport) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+pub fn server_config(t: &WebTransport) -> Result<Option<Arc<rustls::ServerConfig>>> {
     let (key, cert) = match (&t.tls_key, &t.tls_certificate) {
         (None, None) => return Ok(None),
         (Some(k), Some(c)) => (k, c),
-        (Some(_), None) => return Err(err("transport.tls_certificate", "required with tls_key")),
-        (None, Some(_)) => return Err(err("transport.tls_key", "required with tls_certificate")),
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "transport.tls_certificate",
+                "required with tls_key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "transport.tls_key",
+                "required with tls_certificate",
+            ));
+        }
     };
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
         .map_err(|e| err("transport.tls_key", format!("not a PEM private key: {e}")))?;
@@ -92,7 +94,7 @@ pub fn server_config(t: &WebTransport) -> Result<Option<Arc<rustls::ServerConfig
     Ok(Some(Arc::new(config)))
 }
 
-fn certs(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certs(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| err(field, format!("not PEM certificates: {e}")))?;
@@ -100,4 +102,35 @@ fn certs(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>,
         return Err(err(field, "no PEM certificate"));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(key: Option<&str>, cert: Option<&str>) -> WebTransport {
+        WebTransport {
+            tcp_port: 443,
+            tls_key: key.map(Into::into),
+            tls_certificate: cert.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unparsable_keys_are_configuration_missing_ones_arguments() {
+        assert!(server_config(&transport(None, None)).unwrap().is_none());
+        assert!(matches!(
+            server_config(&transport(Some("garbage"), Some("garbage"))),
+            Err(Error::InvalidConfiguration { field, .. }) if field == "transport.tls_key"
+        ));
+        assert!(matches!(
+            server_config(&transport(Some("k"), None)),
+            Err(Error::InvalidArgument { field, .. }) if field == "transport.tls_certificate"
+        ));
+        assert!(matches!(
+            certs("transport.tls_ca_certificates", "not pem"),
+            Err(Error::InvalidConfiguration { field, .. }) if field == "transport.tls_ca_certificates"
+        ));
+    }
 }

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use switchyard::error::{Reason, invalid_argument, status};
 use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
 use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::agent::v1::{
@@ -30,10 +29,10 @@ use switchyard::pb::agent::v1::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::controller::CONTROLLER;
+use crate::error::{Error, Result};
 use crate::events::EventBus;
 use log::LogRing;
 
@@ -111,6 +110,20 @@ impl Worker {
         self.state.borrow().status
     }
 
+    /// Ok if the worker is started, else NOT_STARTED naming its status.
+    pub fn check_started(&self) -> Result<()> {
+        match self.status() {
+            WorkerStatus::Started => Ok(()),
+            status => Err(Error::WorkerNotStarted {
+                id: self.id.clone(),
+                status: status
+                    .as_str_name()
+                    .trim_start_matches("WORKER_STATUS_")
+                    .to_lowercase(),
+            }),
+        }
+    }
+
     /// Whether the process is (still) running: starting, started or stopping.
     pub fn is_live(&self) -> bool {
         matches!(
@@ -178,12 +191,12 @@ pub struct Workers {
 }
 
 /// Validates a worker id: 1..64 of `[A-Za-z0-9_.-]`, not "controller".
-pub fn check_worker_id(field: &str, id: &str) -> Result<(), Status> {
+pub fn check_worker_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(invalid_argument(field, "required"));
+        return Err(Error::invalid(field, "required"));
     }
     if id == CONTROLLER {
-        return Err(invalid_argument(
+        return Err(Error::invalid(
             field,
             "\"controller\" names the agent itself, not a worker",
         ));
@@ -194,7 +207,7 @@ pub fn check_worker_id(field: &str, id: &str) -> Result<(), Status> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         || id.starts_with('.')
     {
-        return Err(invalid_argument(
+        return Err(Error::invalid(
             field,
             "use 1..64 characters of [A-Za-z0-9_.-], not starting with '.'",
         ));
@@ -202,11 +215,11 @@ pub fn check_worker_id(field: &str, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn no_such_worker(id: &str) -> Status {
-    status(
-        Reason::NoSuchObject,
-        format!("no worker '{id}' on this node"),
-    )
+fn start_failed(id: &str, what: impl Into<String>) -> Error {
+    Error::WorkerStart {
+        id: id.to_owned(),
+        what: what.into(),
+    }
 }
 
 /// The one control socket of an agent's simulated workers.
@@ -244,11 +257,11 @@ impl Workers {
     }
 
     /// A worker by id, or NOT_FOUND.
-    pub fn get(&self, id: &str) -> Result<Arc<Worker>, Status> {
+    pub fn get(&self, id: &str) -> Result<Arc<Worker>> {
         self.map()
             .get(id)
             .cloned()
-            .ok_or_else(|| no_such_worker(id))
+            .ok_or_else(|| Error::NoSuchWorker(id.to_owned()))
     }
 
     /// How often worker `id` was started since the agent started.
@@ -273,13 +286,13 @@ impl Workers {
         kind: WorkerType,
         options: pb::WorkerOptions,
         who: &str,
-    ) -> Result<Arc<Worker>, Status> {
+    ) -> Result<Arc<Worker>> {
         check_worker_id("worker_id", id)?;
         let kind_arg = match kind {
             WorkerType::Web => "web",
             WorkerType::Router => "router",
             WorkerType::Unspecified => {
-                return Err(invalid_argument("worker_type", "required: web or router"));
+                return Err(Error::invalid("worker_type", "required: web or router"));
             }
         };
         let record = self.simulated.is_some();
@@ -313,10 +326,7 @@ impl Workers {
         {
             let mut map = self.map();
             if map.get(id).is_some_and(|w| w.is_live()) {
-                return Err(status(
-                    Reason::AlreadyExists,
-                    format!("worker '{id}' is already running on this node"),
-                ));
+                return Err(Error::WorkerRunning(id.to_owned()));
             }
             map.insert(id.to_owned(), worker.clone());
         }
@@ -369,10 +379,7 @@ impl Workers {
                     &worker,
                     format!("cannot spawn {}: {e}", self.config.exe.display()),
                 );
-                return Err(status(
-                    Reason::Internal,
-                    format!("worker '{id}' could not be started"),
-                ));
+                return Err(start_failed(id, "could not be started"));
             }
         };
         *worker.pid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().unwrap_or(0);
@@ -402,19 +409,16 @@ impl Workers {
             }
             if !worker.is_live() {
                 let reason = worker.state.borrow().reason.clone();
-                return Err(status(
-                    Reason::Internal,
-                    format!("worker '{id}' exited during start-up: {reason}"),
+                return Err(start_failed(
+                    id,
+                    format!("exited during start-up: {reason}"),
                 ));
             }
             if Instant::now() > deadline {
                 self.signal(&worker, Signal::SIGKILL);
-                return Err(status(
-                    Reason::Internal,
-                    format!(
-                        "worker '{id}' did not answer within {:?}",
-                        self.config.start_timeout
-                    ),
+                return Err(start_failed(
+                    id,
+                    format!("did not answer within {:?}", self.config.start_timeout),
                 ));
             }
             let _ = tokio::time::timeout(Duration::from_millis(20), state.changed()).await;
@@ -430,10 +434,7 @@ impl Workers {
             true
         });
         if !became_ready {
-            return Err(status(
-                Reason::Internal,
-                format!("worker '{id}' exited during start-up"),
-            ));
+            return Err(start_failed(id, "exited during start-up"));
         }
         tokio::spawn(self.clone().relay_events(worker.clone()));
         tracing::info!(worker = %id, pid = worker.pid(), startup = ?spawned.elapsed(), "worker started");
@@ -443,7 +444,7 @@ impl Workers {
 
     /// Stops a worker: SIGTERM, then SIGKILL after the stop timeout (at once with `kill`).
     /// Returns once the process is reaped. Stopping a worker that already ended returns it as is.
-    pub async fn stop(&self, id: &str, kill_now: bool, who: &str) -> Result<Arc<Worker>, Status> {
+    pub async fn stop(&self, id: &str, kill_now: bool, who: &str) -> Result<Arc<Worker>> {
         check_worker_id("worker_id", id)?;
         let worker = self.get(id)?;
         if !worker.is_live() {
@@ -585,7 +586,6 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
     fn worker_ids_are_validated() {
@@ -594,8 +594,10 @@ mod tests {
         }
         for bad in ["", "controller", "a/b", ".hidden", "x y", &"w".repeat(65)] {
             let err = check_worker_id("worker_id", bad).unwrap_err();
-            assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
-            assert!(err.message().contains("worker_id"), "{}", err.message());
+            assert!(
+                matches!(&err, Error::InvalidArgument { field, .. } if field == "worker_id"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -1,19 +1,18 @@
-//! Inside a router worker: the router-worker controls of NodeControllerService (transport,
-//! realms, links), served on the worker's control socket; the agent forwards them here.
+//! Inside a router worker: its transport, realms and links. The agent forwards the
+//! router-worker controls of NodeControllerService to the worker's control socket, where
+//! `api/worker_controls.rs` serves them with this.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use switchyard::error::{Reason, invalid_argument, status};
-use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerService;
 use switchyard::pb::agent::v1::{self as pb};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
+use crate::error::{Error, Result};
 use crate::wamp::link::LinkSpec;
 use crate::wamp::message::valid_uri;
 use crate::wamp::realm::Realm;
-use crate::wamp::{LinkView, ListenError, Router, Transport};
+use crate::wamp::{LinkView, Router, Transport};
 
 /// Default port range of a router worker (the reference's).
 pub const DEFAULT_PORTS: (u16, u16) = (10000, 10100);
@@ -66,40 +65,41 @@ fn link_pb(l: &LinkView) -> pb::RouterLink {
     }
 }
 
-fn port(field: &str, value: u32, default: u16) -> Result<u16, Status> {
+/// A port of the transport's range: 0 takes `default`, above 65535 is INVALID_CONFIGURATION.
+fn port(field: &str, value: u32, default: u16) -> Result<u16> {
     match value {
         0 => Ok(default),
         1..=65535 => Ok(value as u16),
-        _ => Err(invalid_argument(
+        _ => Err(Error::invalid_config(
             field,
             format!("{value} is not a port (1..65535)"),
         )),
     }
 }
 
-fn realm_name(field: &str, name: &str) -> Result<(), Status> {
+fn realm_name(field: &str, name: &str) -> Result<()> {
     if valid_uri(name) {
         Ok(())
     } else {
-        Err(invalid_argument(
+        Err(Error::invalid(
             field,
             format!("'{name}' is not a realm name (a WAMP URI such as realm1)"),
         ))
     }
 }
 
-#[tonic::async_trait]
-impl NodeControllerService for RouterControl {
-    async fn start_router_transport(
+impl RouterControl {
+    /// Listens on the first free port of the request's range (the transport's configuration:
+    /// an unusable interface or range is INVALID_CONFIGURATION).
+    pub async fn start_transport(
         &self,
-        req: Request<pb::StartRouterTransportRequest>,
-    ) -> Result<Response<pb::StartRouterTransportResponse>, Status> {
-        let req = req.into_inner();
+        req: pb::StartRouterTransportRequest,
+    ) -> Result<pb::RouterTransportStatus> {
         let interface: IpAddr = if req.interface.is_empty() {
             IpAddr::from([0, 0, 0, 0])
         } else {
             req.interface.parse().map_err(|_| {
-                invalid_argument(
+                Error::invalid_config(
                     "interface",
                     format!("'{}' is not an IP address", req.interface),
                 )
@@ -112,102 +112,68 @@ impl NodeControllerService for RouterControl {
             DEFAULT_PORTS.1.max(start),
         )?;
         if end < start {
-            return Err(invalid_argument(
+            return Err(Error::invalid_config(
                 "port_range_end",
                 format!("{end} is below port_range_start {start}"),
             ));
         }
         let _guard = self.starting.lock().await;
         if self.router.transport().is_some() {
-            return Err(status(
-                Reason::AlreadyStarted,
-                format!(
-                    "router worker '{}' already has a transport",
-                    self.router.worker()
-                ),
-            ));
+            return Err(Error::TransportStarted {
+                kind: "router",
+                worker: self.router.worker().to_owned(),
+            });
         }
         let t = self
             .router
             .listen(interface, start, end, req.link_secret)
             .await
-            .map_err(|e| match e {
-                e @ ListenError::NoFreePort { .. } => status(Reason::CannotListen, e.to_string()),
-                e @ ListenError::Bind { .. } => status(Reason::CannotListen, e.to_string()),
-            })?;
-        Ok(Response::new(pb::StartRouterTransportResponse {
-            transport: Some(transport_pb(&t)),
-        }))
+            .map_err(|e| Error::CannotListen(e.to_string()))?;
+        Ok(transport_pb(&t))
     }
 
-    async fn get_router_transport(
-        &self,
-        _req: Request<pb::GetRouterTransportRequest>,
-    ) -> Result<Response<pb::GetRouterTransportResponse>, Status> {
-        let t = self.router.transport().ok_or_else(|| {
-            status(
-                Reason::NotStarted,
-                format!("router worker '{}' has no transport", self.router.worker()),
-            )
+    /// The running transport.
+    pub fn transport(&self) -> Result<pb::RouterTransportStatus> {
+        let t = self.router.transport().ok_or_else(|| Error::NoTransport {
+            kind: "router",
+            worker: self.router.worker().to_owned(),
         })?;
-        Ok(Response::new(pb::GetRouterTransportResponse {
-            transport: Some(transport_pb(&t)),
-        }))
+        Ok(transport_pb(&t))
     }
 
-    async fn start_router_realm(
-        &self,
-        req: Request<pb::StartRouterRealmRequest>,
-    ) -> Result<Response<pb::StartRouterRealmResponse>, Status> {
-        let name = req.into_inner().realm;
-        realm_name("realm", &name)?;
-        let realm = self.router.start_realm(&name);
-        Ok(Response::new(pb::StartRouterRealmResponse {
-            realm: Some(realm_pb(&realm)),
-        }))
+    /// Starts serving realm `name` (idempotent).
+    pub fn start_realm(&self, name: &str) -> Result<pb::RouterRealm> {
+        realm_name("realm", name)?;
+        Ok(realm_pb(&self.router.start_realm(name)))
     }
 
-    async fn stop_router_realm(
-        &self,
-        req: Request<pb::StopRouterRealmRequest>,
-    ) -> Result<Response<pb::StopRouterRealmResponse>, Status> {
-        let name = req.into_inner().realm;
-        realm_name("realm", &name)?;
+    /// Stops serving realm `name`.
+    pub fn stop_realm(&self, name: &str) -> Result<pb::RouterRealm> {
+        realm_name("realm", name)?;
         let realm = self
             .router
-            .stop_realm(&name)
-            .ok_or_else(|| status(Reason::NoSuchObject, format!("no realm '{name}'")))?;
-        Ok(Response::new(pb::StopRouterRealmResponse {
-            realm: Some(realm_pb(&realm)),
-        }))
+            .stop_realm(name)
+            .ok_or_else(|| Error::NoSuchRealm(name.to_owned()))?;
+        Ok(realm_pb(&realm))
     }
 
-    async fn list_router_realms(
-        &self,
-        _req: Request<pb::ListRouterRealmsRequest>,
-    ) -> Result<Response<pb::ListRouterRealmsResponse>, Status> {
-        Ok(Response::new(pb::ListRouterRealmsResponse {
-            realms: self.router.realms().iter().map(|r| realm_pb(r)).collect(),
-        }))
+    /// Every realm served.
+    pub fn realms(&self) -> Vec<pb::RouterRealm> {
+        self.router.realms().iter().map(|r| realm_pb(r)).collect()
     }
 
-    async fn start_router_link(
-        &self,
-        req: Request<pb::StartRouterLinkRequest>,
-    ) -> Result<Response<pb::StartRouterLinkResponse>, Status> {
-        let link = req
-            .into_inner()
-            .link
-            .ok_or_else(|| invalid_argument("link", "required"))?;
+    /// Starts a router link to a peer worker of the group.
+    pub fn start_link(&self, link: Option<pb::RouterLink>) -> Result<pb::RouterLink> {
+        let link = link.ok_or_else(|| Error::invalid("link", "required"))?;
         if link.id.trim().is_empty() {
-            return Err(invalid_argument("link.id", "required"));
+            return Err(Error::invalid("link.id", "required"));
         }
         realm_name("link.realm", &link.realm)?;
         if link.peer_host.trim().is_empty() {
-            return Err(invalid_argument("link.peer_host", "required"));
+            return Err(Error::invalid("link.peer_host", "required"));
         }
         if !(1..=65535).contains(&link.peer_port) {
-            return Err(invalid_argument(
+            return Err(Error::invalid(
                 "link.peer_port",
                 format!("{} is not a port (1..65535)", link.peer_port),
             ));
@@ -217,19 +183,13 @@ impl NodeControllerService for RouterControl {
         } else if link.peer_path.starts_with('/') {
             link.peer_path.clone()
         } else {
-            return Err(invalid_argument("link.peer_path", "must start with '/'"));
+            return Err(Error::invalid("link.peer_path", "must start with '/'"));
         };
         if self.router.realm(&link.realm).is_none() {
-            return Err(status(
-                Reason::NotStarted,
-                format!("realm '{}' is not started on this worker", link.realm),
-            ));
+            return Err(Error::RealmNotStarted(link.realm));
         }
         if self.router.link_secret().is_empty() {
-            return Err(status(
-                Reason::NotStarted,
-                "the worker has no transport with a link secret; start it first",
-            ));
+            return Err(Error::NoLinkSecret);
         }
         let view = self.router.start_link(LinkSpec {
             id: link.id,
@@ -238,34 +198,23 @@ impl NodeControllerService for RouterControl {
             port: link.peer_port as u16,
             path,
         });
-        Ok(Response::new(pb::StartRouterLinkResponse {
-            link: Some(link_pb(&view)),
-        }))
+        Ok(link_pb(&view))
     }
 
-    async fn stop_router_link(
-        &self,
-        req: Request<pb::StopRouterLinkRequest>,
-    ) -> Result<Response<pb::StopRouterLinkResponse>, Status> {
-        let id = req.into_inner().link_id;
+    /// Stops link `id`.
+    pub fn stop_link(&self, id: &str) -> Result<pb::RouterLink> {
         if id.is_empty() {
-            return Err(invalid_argument("link_id", "required"));
+            return Err(Error::invalid("link_id", "required"));
         }
         let view = self
             .router
-            .stop_link(&id)
-            .ok_or_else(|| status(Reason::NoSuchObject, format!("no link '{id}'")))?;
-        Ok(Response::new(pb::StopRouterLinkResponse {
-            link: Some(link_pb(&view)),
-        }))
+            .stop_link(id)
+            .ok_or_else(|| Error::NoSuchLink(id.to_owned()))?;
+        Ok(link_pb(&view))
     }
 
-    async fn list_router_links(
-        &self,
-        _req: Request<pb::ListRouterLinksRequest>,
-    ) -> Result<Response<pb::ListRouterLinksResponse>, Status> {
-        Ok(Response::new(pb::ListRouterLinksResponse {
-            links: self.router.links().iter().map(link_pb).collect(),
-        }))
+    /// Every link.
+    pub fn links(&self) -> Vec<pb::RouterLink> {
+        self.router.links().iter().map(link_pb).collect()
     }
 }

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use switchyard::error::{Reason, status};
 use switchyard::pb::agent::v1::node_controller_service_server::{
     NodeControllerService, NodeControllerServiceServer,
 };
 use switchyard::pb::agent::v1::{self as pb};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+
+use crate::error::Error;
 
 #[derive(Debug, Default)]
 struct SimWorker {
@@ -89,7 +90,11 @@ impl NodeControllerService for SimulatedControls {
         req: Request<pb::GetRouterTransportRequest>,
     ) -> Result<Response<pb::GetRouterTransportResponse>, Status> {
         match self.with(&req.get_ref().worker_id, |w| w.port) {
-            0 => Err(status(Reason::NotStarted, "no transport")),
+            0 => Err(Error::NoTransport {
+                kind: "router",
+                worker: req.into_inner().worker_id,
+            }
+            .into()),
             port => Ok(Response::new(pb::GetRouterTransportResponse {
                 transport: Some(transport(port)),
             })),

@@ -1,17 +1,16 @@
-//! Inside a web worker: the web-worker controls of NodeControllerService (StartWebTransport,
-//! GetWebTransport, StopWebTransport, StartWebService, StopWebService, ListWebServices), served on
-//! the worker's control socket; the agent forwards them here.
+//! Inside a web worker: its transport (one listener) and its web services. The agent forwards
+//! the web-worker controls of NodeControllerService (StartWebTransport, GetWebTransport,
+//! StopWebTransport, StartWebService, StopWebService, ListWebServices) to the worker's control
+//! socket, where `api/worker_controls.rs` serves them with this.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard::error::{Reason, invalid_argument, status};
-use switchyard::pb::agent::v1::node_controller_service_server::NodeControllerService;
 use switchyard::pb::agent::v1::{self as pb};
-use tonic::{Request, Response, Status};
 
+use crate::error::{Error, Result};
 use crate::web::routes::{self, Routes};
-use crate::web::{Identity, StartError, WebServer};
+use crate::web::{Identity, WebServer};
 
 /// The web side of one worker.
 #[derive(Debug)]
@@ -34,118 +33,80 @@ impl WebControl {
             server: tokio::sync::Mutex::default(),
         }
     }
-}
 
-fn not_started(worker: &str) -> Status {
-    status(
-        Reason::NotStarted,
-        format!("web worker '{worker}' has no transport"),
-    )
-}
+    fn no_transport(&self) -> Error {
+        Error::NoTransport {
+            kind: "web",
+            worker: self.identity.worker.clone(),
+        }
+    }
 
-#[tonic::async_trait]
-impl NodeControllerService for WebControl {
-    async fn start_web_transport(
+    /// Binds the transport and starts serving the services on it.
+    pub async fn start_transport(
         &self,
-        req: Request<pb::StartWebTransportRequest>,
-    ) -> Result<Response<pb::StartWebTransportResponse>, Status> {
-        let transport = req
-            .into_inner()
-            .transport
-            .ok_or_else(|| invalid_argument("transport", "required"))?;
+        transport: Option<pb::WebTransport>,
+    ) -> Result<pb::WebTransportStatus> {
+        let transport = transport.ok_or_else(|| Error::invalid("transport", "required"))?;
         let mut slot = self.server.lock().await;
         if slot.is_some() {
-            return Err(status(
-                Reason::AlreadyStarted,
-                format!(
-                    "web worker '{}' already has a transport",
-                    self.identity.worker
-                ),
-            ));
+            return Err(Error::TransportStarted {
+                kind: "web",
+                worker: self.identity.worker.clone(),
+            });
         }
-        let server = WebServer::start(transport, self.routes.clone(), self.identity.clone())
-            .map_err(|e| match e {
-                StartError::Invalid { field, message } => invalid_argument(&field, message),
-                StartError::CannotListen(m) => status(Reason::CannotListen, m),
-            })?;
+        let server = WebServer::start(transport, self.routes.clone(), self.identity.clone())?;
         let status = server.status();
         *slot = Some(server);
-        Ok(Response::new(pb::StartWebTransportResponse {
-            transport: Some(status),
-        }))
+        Ok(status)
     }
 
-    async fn get_web_transport(
-        &self,
-        _req: Request<pb::GetWebTransportRequest>,
-    ) -> Result<Response<pb::GetWebTransportResponse>, Status> {
+    /// The running transport.
+    pub async fn transport(&self) -> Result<pb::WebTransportStatus> {
         let slot = self.server.lock().await;
-        let server = slot
-            .as_ref()
-            .ok_or_else(|| not_started(&self.identity.worker))?;
-        Ok(Response::new(pb::GetWebTransportResponse {
-            transport: Some(server.status()),
-        }))
+        let server = slot.as_ref().ok_or_else(|| self.no_transport())?;
+        Ok(server.status())
     }
 
-    async fn stop_web_transport(
-        &self,
-        _req: Request<pb::StopWebTransportRequest>,
-    ) -> Result<Response<pb::StopWebTransportResponse>, Status> {
+    /// Stops the transport (its port closes).
+    pub async fn stop_transport(&self) -> Result<pb::WebTransportStatus> {
         let server = self
             .server
             .lock()
             .await
             .take()
-            .ok_or_else(|| not_started(&self.identity.worker))?;
-        Ok(Response::new(pb::StopWebTransportResponse {
-            transport: Some(server.stop().await),
-        }))
+            .ok_or_else(|| self.no_transport())?;
+        Ok(server.stop().await)
     }
 
-    async fn start_web_service(
-        &self,
-        req: Request<pb::StartWebServiceRequest>,
-    ) -> Result<Response<pb::StartWebServiceResponse>, Status> {
-        let spec = req
-            .into_inner()
-            .service
-            .ok_or_else(|| invalid_argument("service", "required"))?;
-        let route = routes::prepare(spec).map_err(|e| invalid_argument(&e.field, e.message))?;
+    /// Validates `service` and mounts it on its path.
+    pub fn start_service(&self, service: Option<pb::WebService>) -> Result<pb::WebService> {
+        let spec = service.ok_or_else(|| Error::invalid("service", "required"))?;
+        let route = routes::prepare(spec)?;
         let spec = route.spec.clone();
         if !self.routes.add(route) {
-            return Err(status(
-                Reason::AlreadyExists,
-                format!("a service is already mounted on {}", spec.path),
-            ));
+            return Err(Error::ServiceExists(spec.path));
         }
         tracing::info!(path = %spec.path, "web service started");
-        Ok(Response::new(pb::StartWebServiceResponse {
-            service: Some(spec),
-        }))
+        Ok(spec)
     }
 
-    async fn stop_web_service(
-        &self,
-        req: Request<pb::StopWebServiceRequest>,
-    ) -> Result<Response<pb::StopWebServiceResponse>, Status> {
-        let path = routes::check_path(&req.get_ref().path)
-            .map_err(|e| invalid_argument("path", e.message))?;
+    /// Unmounts the service on `path`.
+    pub fn stop_service(&self, path: &str) -> Result<pb::WebService> {
+        let path = routes::check_path(path).map_err(|e| match e {
+            // The request names the field `path`, not `service.path`.
+            Error::InvalidArgument { message, .. } => Error::invalid("path", message),
+            other => other,
+        })?;
         let removed = self
             .routes
             .remove(&path)
-            .ok_or_else(|| status(Reason::NoSuchObject, format!("no service on {path}")))?;
+            .ok_or_else(|| Error::NoSuchService(path.clone()))?;
         tracing::info!(%path, "web service stopped");
-        Ok(Response::new(pb::StopWebServiceResponse {
-            service: Some(removed.spec.clone()),
-        }))
+        Ok(removed.spec.clone())
     }
 
-    async fn list_web_services(
-        &self,
-        _req: Request<pb::ListWebServicesRequest>,
-    ) -> Result<Response<pb::ListWebServicesResponse>, Status> {
-        let services = self.routes.list().iter().map(|r| r.spec.clone()).collect();
-        Ok(Response::new(pb::ListWebServicesResponse { services }))
+    /// Every mounted service, by path.
+    pub fn services(&self) -> Vec<pb::WebService> {
+        self.routes.list().iter().map(|r| r.spec.clone()).collect()
     }
 }
