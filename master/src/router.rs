@@ -600,3 +600,127 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::tests::{core_with_node, keys_naming, keys_under};
+
+    /// A router cluster with `node1`, two worker groups, and the placements and link secrets its
+    /// monitor would have stored while it ran (written directly: no monitor runs here).
+    async fn cluster_with_rows(core: &Core, name: &str) -> (String, Vec<RouterWorkerGroup>) {
+        let spec = RouterCluster {
+            name: name.into(),
+            ..Default::default()
+        };
+        let oid = core
+            .create_routercluster(Some(spec), None)
+            .await
+            .unwrap()
+            .oid;
+        let node = core
+            .add_routercluster_node(&oid, "node1", None, None)
+            .await
+            .unwrap()
+            .node_oid;
+        let mut groups = Vec::new();
+        let mut txn = Txn::new();
+        for g in ["a", "b"] {
+            let spec = RouterWorkerGroup {
+                name: format!("{name}_{g}"),
+                ..Default::default()
+            };
+            let group = core.add_workergroup(&oid, Some(spec), None).await.unwrap();
+            let placement = Placement {
+                oid: new_oid(),
+                cluster_oid: oid.clone(),
+                workergroup_oid: group.oid.clone(),
+                node_oid: node.clone(),
+                worker_name: format!("{}_1", group.name),
+                ..Default::default()
+            };
+            txn = txn
+                .put(
+                    keys::placement(&oid, &group.oid, &placement.oid),
+                    codec::encode(&placement),
+                )
+                .put(keys::link_secret(&oid, &group.oid), b"secret".to_vec());
+            groups.push(group);
+        }
+        core.store.commit(txn).await.unwrap();
+        (oid, groups)
+    }
+
+    #[tokio::test]
+    async fn delete_routercluster_removes_every_row_of_that_cluster_only() {
+        let (core, node) = core_with_node().await;
+        let (gone, gone_groups) = cluster_with_rows(&core, "gone").await;
+        let (kept, kept_groups) = cluster_with_rows(&core, "kept").await;
+        let deleted = core.delete_routercluster(&gone, None).await.unwrap();
+        assert_eq!(
+            (deleted.oid.as_str(), deleted.name.as_str()),
+            (gone.as_str(), "gone")
+        );
+
+        let store = &*core.store;
+        let tables = |oid: &str| {
+            [
+                keys::routercluster(oid),
+                keys::routercluster_nodes(oid),
+                keys::workergroups(oid),
+                keys::workergroup_name(oid, ""),
+                keys::placements(oid),
+                keys::link_secrets(oid),
+            ]
+        };
+        for prefix in tables(&gone) {
+            assert_eq!(
+                keys_under(store, &prefix),
+                Vec::<String>::new(),
+                "rows left under {}",
+                String::from_utf8_lossy(&prefix)
+            );
+        }
+        assert_eq!(store.get(&keys::routercluster_name("gone")).unwrap(), None);
+        assert_eq!(
+            store.get(&keys::routercluster_node(&gone, &node)).unwrap(),
+            None
+        );
+        for g in &gone_groups {
+            assert_eq!(store.get(&keys::workergroup_global(&g.name)).unwrap(), None);
+            assert_eq!(keys_naming(store, &g.oid), Vec::<String>::new());
+        }
+        assert_eq!(keys_naming(store, &gone), Vec::<String>::new());
+
+        // The other cluster keeps all of its rows, in every table.
+        for prefix in tables(&kept) {
+            assert!(
+                !keys_under(store, &prefix).is_empty(),
+                "the kept cluster lost its rows under {}",
+                String::from_utf8_lossy(&prefix)
+            );
+        }
+        for g in &kept_groups {
+            assert!(
+                store
+                    .get(&keys::workergroup_global(&g.name))
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        // The deleted cluster's group names are free again.
+        let again = core
+            .create_routercluster(
+                Some(RouterCluster {
+                    name: "gone".into(),
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .unwrap();
+        core.add_workergroup(&again.oid, Some(gone_groups[0].clone()), None)
+            .await
+            .unwrap();
+    }
+}

@@ -667,8 +667,137 @@ pub fn conflict_retry(e: crate::store::StoreError, what: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use switchyard::pb::master::v1::HeartbeatRequest;
+
     use super::*;
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+
+    /// A core over an in-memory store, with the node `node1` registered (by a heartbeat).
+    pub(crate) async fn core_with_node() -> (Core, String) {
+        let core = Core::new(
+            Arc::new(MemoryStore::default()),
+            crate::core::HeartbeatConfig::default(),
+            Arc::new(crate::agents::Agents::new(None)),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let node = core
+            .heartbeat(
+                &HeartbeatRequest {
+                    authid: "node1".into(),
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .unwrap();
+        (core, node.oid)
+    }
+
+    /// The keys under `prefix`, readable.
+    pub(crate) fn keys_under(store: &dyn Store, prefix: &[u8]) -> Vec<String> {
+        store
+            .scan(prefix)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+
+    /// Every key of the store containing `needle` (an oid or a name), in any table.
+    pub(crate) fn keys_naming(store: &dyn Store, needle: &str) -> Vec<String> {
+        store
+            .scan(b"")
+            .unwrap()
+            .into_iter()
+            .filter(|(k, v)| {
+                let hit = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+                hit(k) || hit(v)
+            })
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+
+    async fn cluster_with_rows(core: &Core, name: &str) -> (String, Vec<String>) {
+        let spec = WebCluster {
+            name: name.into(),
+            tcp_port: 8080,
+            ..Default::default()
+        };
+        let oid = core.create_webcluster(Some(spec), None).await.unwrap().oid;
+        core.add_webcluster_node(&oid, "node1", None, None)
+            .await
+            .unwrap();
+        let mut services = Vec::new();
+        for path in ["/", "/info"] {
+            let s = WebService {
+                path: path.into(),
+                service: Some(web_service::Service::Nodeinfo(Default::default())),
+                ..Default::default()
+            };
+            let s = core
+                .add_webcluster_service(&oid, Some(s), None)
+                .await
+                .unwrap();
+            services.push(s.oid);
+        }
+        (oid, services)
+    }
+
+    #[tokio::test]
+    async fn delete_webcluster_removes_every_row_of_that_cluster_only() {
+        let (core, node) = core_with_node().await;
+        let (gone, gone_services) = cluster_with_rows(&core, "gone").await;
+        let (kept, _) = cluster_with_rows(&core, "kept").await;
+        let deleted = core.delete_webcluster(&gone, None).await.unwrap();
+        assert_eq!(
+            (deleted.oid.as_str(), deleted.name.as_str()),
+            (gone.as_str(), "gone")
+        );
+
+        let store = &*core.store;
+        for prefix in [
+            keys::webcluster(&gone),
+            keys::webcluster_nodes(&gone),
+            keys::webservices(&gone),
+            keys::webservice_path(&gone, ""),
+            keys::webcluster_name("gone"),
+        ] {
+            assert_eq!(
+                keys_under(store, &prefix),
+                Vec::<String>::new(),
+                "rows left under {}",
+                String::from_utf8_lossy(&prefix)
+            );
+        }
+        assert_eq!(
+            store.get(&keys::webcluster_node(&gone, &node)).unwrap(),
+            None
+        );
+        for s in &gone_services {
+            assert_eq!(store.get(&keys::webservice(&gone, s)).unwrap(), None);
+            assert_eq!(keys_naming(store, s), Vec::<String>::new());
+        }
+        assert_eq!(keys_naming(store, &gone), Vec::<String>::new());
+
+        // The other cluster keeps all of its rows.
+        assert_eq!(core.get_webcluster_by_name("kept").unwrap().oid, kept);
+        assert_eq!(keys_under(store, &keys::webcluster_nodes(&kept)).len(), 1);
+        assert_eq!(keys_under(store, &keys::webservices(&kept)).len(), 2);
+        assert_eq!(
+            keys_under(store, &keys::webservice_path(&kept, "")).len(),
+            2
+        );
+        // No membership row of the deleted cluster holds the node: it can be forgotten once the
+        // kept cluster lets it go.
+        core.remove_webcluster_node(&kept, "node1", None)
+            .await
+            .unwrap();
+        core.remove_node(&node).await.unwrap();
+    }
 
     #[test]
     fn transitions_follow_the_status_machine() {
