@@ -599,11 +599,7 @@ mod tests {
             "INVALID_ARGUMENT"
         );
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
     use crate::web::tests::{core_with_node, keys_naming, keys_under};
 
     /// A router cluster with `node1`, two worker groups, and the placements and link secrets its
@@ -675,27 +671,36 @@ mod tests {
         };
         for prefix in tables(&gone) {
             assert_eq!(
-                keys_under(store, &prefix),
+                keys_under(store, &prefix).await,
                 Vec::<String>::new(),
                 "rows left under {}",
                 String::from_utf8_lossy(&prefix)
             );
         }
-        assert_eq!(store.get(&keys::routercluster_name("gone")).unwrap(), None);
         assert_eq!(
-            store.get(&keys::routercluster_node(&gone, &node)).unwrap(),
+            store.get(&keys::routercluster_name("gone")).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .get(&keys::routercluster_node(&gone, &node))
+                .await
+                .unwrap(),
             None
         );
         for g in &gone_groups {
-            assert_eq!(store.get(&keys::workergroup_global(&g.name)).unwrap(), None);
-            assert_eq!(keys_naming(store, &g.oid), Vec::<String>::new());
+            assert_eq!(
+                store.get(&keys::workergroup_global(&g.name)).await.unwrap(),
+                None
+            );
+            assert_eq!(keys_naming(store, &g.oid).await, Vec::<String>::new());
         }
-        assert_eq!(keys_naming(store, &gone), Vec::<String>::new());
+        assert_eq!(keys_naming(store, &gone).await, Vec::<String>::new());
 
         // The other cluster keeps all of its rows, in every table.
         for prefix in tables(&kept) {
             assert!(
-                !keys_under(store, &prefix).is_empty(),
+                !keys_under(store, &prefix).await.is_empty(),
                 "the kept cluster lost its rows under {}",
                 String::from_utf8_lossy(&prefix)
             );
@@ -704,6 +709,7 @@ mod tests {
             assert!(
                 store
                     .get(&keys::workergroup_global(&g.name))
+                    .await
                     .unwrap()
                     .is_some()
             );

@@ -105,7 +105,12 @@ async fn check_service(core: &Core, s: &mut WebService) -> Result<()> {
             "webservice.websocket_reverseproxy.workergroup.workergroup_oid",
             &g.workergroup_oid,
         )?;
-        if core.store.get(&keys::workergroup(&rc, &wg)).await?.is_none() {
+        if core
+            .store
+            .get(&keys::workergroup(&rc, &wg))
+            .await?
+            .is_none()
+        {
             return Err(Error::not_found(format_args!(
                 "worker group {wg} in router cluster {rc}"
             )));
@@ -698,9 +703,10 @@ pub(crate) mod tests {
     }
 
     /// The keys under `prefix`, readable.
-    pub(crate) fn keys_under(store: &dyn Store, prefix: &[u8]) -> Vec<String> {
+    pub(crate) async fn keys_under(store: &dyn Store, prefix: &[u8]) -> Vec<String> {
         store
             .scan(prefix)
+            .await
             .unwrap()
             .into_iter()
             .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
@@ -708,9 +714,10 @@ pub(crate) mod tests {
     }
 
     /// Every key of the store containing `needle` (an oid or a name), in any table.
-    pub(crate) fn keys_naming(store: &dyn Store, needle: &str) -> Vec<String> {
+    pub(crate) async fn keys_naming(store: &dyn Store, needle: &str) -> Vec<String> {
         store
             .scan(b"")
+            .await
             .unwrap()
             .into_iter()
             .filter(|(k, v)| {
@@ -767,28 +774,38 @@ pub(crate) mod tests {
             keys::webcluster_name("gone"),
         ] {
             assert_eq!(
-                keys_under(store, &prefix),
+                keys_under(store, &prefix).await,
                 Vec::<String>::new(),
                 "rows left under {}",
                 String::from_utf8_lossy(&prefix)
             );
         }
         assert_eq!(
-            store.get(&keys::webcluster_node(&gone, &node)).unwrap(),
+            store
+                .get(&keys::webcluster_node(&gone, &node))
+                .await
+                .unwrap(),
             None
         );
         for s in &gone_services {
-            assert_eq!(store.get(&keys::webservice(&gone, s)).unwrap(), None);
-            assert_eq!(keys_naming(store, s), Vec::<String>::new());
+            assert_eq!(store.get(&keys::webservice(&gone, s)).await.unwrap(), None);
+            assert_eq!(keys_naming(store, s).await, Vec::<String>::new());
         }
-        assert_eq!(keys_naming(store, &gone), Vec::<String>::new());
+        assert_eq!(keys_naming(store, &gone).await, Vec::<String>::new());
 
         // The other cluster keeps all of its rows.
-        assert_eq!(core.get_webcluster_by_name("kept").unwrap().oid, kept);
-        assert_eq!(keys_under(store, &keys::webcluster_nodes(&kept)).len(), 1);
-        assert_eq!(keys_under(store, &keys::webservices(&kept)).len(), 2);
+        assert_eq!(core.get_webcluster_by_name("kept").await.unwrap().oid, kept);
         assert_eq!(
-            keys_under(store, &keys::webservice_path(&kept, "")).len(),
+            keys_under(store, &keys::webcluster_nodes(&kept))
+                .await
+                .len(),
+            1
+        );
+        assert_eq!(keys_under(store, &keys::webservices(&kept)).await.len(), 2);
+        assert_eq!(
+            keys_under(store, &keys::webservice_path(&kept, ""))
+                .await
+                .len(),
             2
         );
         // No membership row of the deleted cluster holds the node: it can be forgotten once the
