@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (the list grows with the features that need them).
-APT_PACKAGES=(binutils ca-certificates curl iproute2 openssh-client sshpass systemd)
+APT_PACKAGES=(binutils ca-certificates curl etcd-client etcd-server iproute2 openssh-client sshpass systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -55,3 +55,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
+
+# A representative set of the end-to-end tests again with every master on its own real etcd
+# (tests/common/etcd.rs) instead of sled: the API, the monitors and the event stream.
+echo "== cargo test (masters on etcd)"
+SWITCHYARD_TEST_STORE=etcd cargo test --test master_api --test monitors --test events

@@ -16,7 +16,6 @@ use switchyard::pb::master::v1::{
     router_cluster_service_client::RouterClusterServiceClient,
     web_cluster_service_client::WebClusterServiceClient,
 };
-use switchyard_master::store::sled::SledStore;
 use switchyard_master::store::{Store, keys};
 use tonic::Code;
 
@@ -1077,7 +1076,7 @@ async fn heartbeats_register_nodes_and_are_bound_to_the_certificate() {
 }
 
 /// The keys of `store` under `prefix`, readable.
-async fn keys_under(store: &SledStore, prefix: &[u8]) -> Vec<String> {
+async fn keys_under(store: &dyn Store, prefix: &[u8]) -> Vec<String> {
     store
         .scan(prefix)
         .await
@@ -1088,7 +1087,7 @@ async fn keys_under(store: &SledStore, prefix: &[u8]) -> Vec<String> {
 }
 
 /// Every key of `store` whose key or value contains `needle` (an oid), in any table.
-async fn rows_naming(store: &SledStore, needle: &str) -> Vec<String> {
+async fn rows_naming(store: &dyn Store, needle: &str) -> Vec<String> {
     let hit = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
     store
         .scan(b"")
@@ -1249,7 +1248,8 @@ async fn deleting_a_cluster_leaves_no_row_of_it() {
     drop(master);
 
     // The master's own data, read with its own store once it is gone.
-    let store = SledStore::open(data.path()).unwrap();
+    let (store, _etcd) = common::etcd::stopped_masters_store(data.path()).await;
+    let store = &*store;
     let web_tables = |oid: &str| {
         [
             keys::webcluster(oid),
@@ -1270,7 +1270,7 @@ async fn deleting_a_cluster_leaves_no_row_of_it() {
     };
     for prefix in web_tables(&gone).into_iter().chain(router_tables(&rgone)) {
         assert_eq!(
-            keys_under(&store, &prefix).await,
+            keys_under(store, &prefix).await,
             Vec::<String>::new(),
             "rows left under {}",
             String::from_utf8_lossy(&prefix)
@@ -1292,7 +1292,7 @@ async fn deleting_a_cluster_leaves_no_row_of_it() {
     );
     for oid in gone_services.iter().chain([&gone, &rgone, &rgone_group]) {
         assert_eq!(
-            rows_naming(&store, oid).await,
+            rows_naming(store, oid).await,
             Vec::<String>::new(),
             "rows of {oid}"
         );
@@ -1308,7 +1308,7 @@ async fn deleting_a_cluster_leaves_no_row_of_it() {
     // The kept clusters have every row, in every table (so the scans above can see such rows).
     for prefix in web_tables(&kept).into_iter().chain(router_tables(&rkept)) {
         assert!(
-            !keys_under(&store, &prefix).await.is_empty(),
+            !keys_under(store, &prefix).await.is_empty(),
             "the kept cluster has no row under {}",
             String::from_utf8_lossy(&prefix)
         );
@@ -1336,5 +1336,4 @@ async fn deleting_a_cluster_leaves_no_row_of_it() {
             .unwrap()
             .is_some()
     );
-    store.close().await.unwrap();
 }

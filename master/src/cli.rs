@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::{MasterOptions, dev};
+use crate::store::etcd::{EtcdConfig, EtcdTls};
+use crate::{MasterOptions, StoreChoice, dev};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use switchyard::auth::Role;
@@ -39,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Copy a stopped master's state between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run a local cluster: a master and N agents with generated certificates.
     Dev {
         /// Directory for the PKI (DIR/pki) and the master's data (DIR/data); reused when run again.
@@ -56,12 +62,60 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy every row from one store to another, e.g. a single master's sled data to etcd.
+    /// Idempotent; refuses a target that holds rows already, unless --force. Prints counts.
+    Copy {
+        /// The source: `sled:DATA_DIR` or `etcd:ENDPOINT[,ENDPOINT...]`.
+        #[arg(long)]
+        from: String,
+        /// The target: `sled:DATA_DIR` or `etcd:ENDPOINT[,ENDPOINT...]`.
+        #[arg(long)]
+        to: String,
+        /// The key prefix on etcd (source and target).
+        #[arg(long, default_value = crate::store::etcd::DEFAULT_PREFIX)]
+        etcd_prefix: String,
+        #[command(flatten)]
+        tls: EtcdTlsArgs,
+        /// Copy into a target that already holds rows (same keys are overwritten).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// TLS to etcd.
+#[derive(Debug, Args)]
+struct EtcdTlsArgs {
+    /// CA bundle (PEM) of etcd's server certificates (for https endpoints).
+    #[arg(long, env = "SWITCHYARD_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "SWITCHYARD_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, env = "SWITCHYARD_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+}
+
+/// Which store `serve` uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    /// The embedded sled database in --data-dir (the default).
+    #[default]
+    Sled,
+    /// etcd at --etcd-endpoints.
+    Etcd,
+}
+
 /// Options of `serve`. Each can also come from the environment (`SWITCHYARD_*`) or, below
 /// both, from the TOML file given with `--config` (same names with underscores).
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML file with any of these options (keys: listen, data_dir, pki_dir, insecure,
-    /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format).
+    /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format, store,
+    /// etcd_endpoints, etcd_prefix, etcd_ca, etcd_cert, etcd_key).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration (TOML) and exit.
@@ -70,9 +124,20 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9700", env = "SWITCHYARD_LISTEN")]
     listen: SocketAddr,
-    /// Directory of the master's database (required).
+    /// Directory of the master's database (required with --store sled).
     #[arg(long, env = "SWITCHYARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the master's state lives: sled (embedded, the default) or etcd.
+    #[arg(long, value_enum, default_value_t, env = "SWITCHYARD_STORE")]
+    store: StoreKind,
+    /// etcd endpoints, comma-separated (required with --store etcd), e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "SWITCHYARD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// The key prefix of this installation on etcd.
+    #[arg(long, default_value = crate::store::etcd::DEFAULT_PREFIX, env = "SWITCHYARD_ETCD_PREFIX")]
+    etcd_prefix: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     /// Directory with ca.pem, master.pem and master.key (required unless --insecure).
     #[arg(long, env = "SWITCHYARD_PKI_DIR")]
     pki_dir: Option<PathBuf>,
@@ -104,6 +169,12 @@ struct ServeFile {
     heartbeat_grace_ms: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    store: Option<StoreKind>,
+    etcd_endpoints: Option<Vec<String>>,
+    etcd_prefix: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
 }
 
 impl ServeFile {
@@ -172,6 +243,22 @@ fn effective(
             log_format,
             file.log_format,
         )),
+        store: Some(config::layered(serve, "store", args.store, file.store)),
+        etcd_endpoints: Some(config::layered(
+            serve,
+            "etcd_endpoints",
+            args.etcd_endpoints,
+            file.etcd_endpoints,
+        )),
+        etcd_prefix: Some(config::layered(
+            serve,
+            "etcd_prefix",
+            args.etcd_prefix,
+            file.etcd_prefix,
+        )),
+        etcd_ca: config::layered_opt(serve, "etcd_ca", args.etcd_tls.etcd_ca, file.etcd_ca),
+        etcd_cert: config::layered_opt(serve, "etcd_cert", args.etcd_tls.etcd_cert, file.etcd_cert),
+        etcd_key: config::layered_opt(serve, "etcd_key", args.etcd_tls.etcd_key, file.etcd_key),
     })
 }
 
@@ -240,6 +327,7 @@ enum Failure {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Ca { command } => ca(command),
+        Command::Store { command } => store_command(command),
         Command::Serve(_) => Err(Failure::Config("serve is handled by main".into())),
         Command::Dev {
             dir,
@@ -275,11 +363,7 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
         config.heartbeat_interval_ms.unwrap_or(500),
         config.heartbeat_grace_ms.unwrap_or(1500),
     );
-    let data_dir = config.data_dir.ok_or_else(|| {
-        Failure::Config(
-            "data_dir is required (--data-dir, SWITCHYARD_DATA_DIR or data_dir in --config)".into(),
-        )
-    })?;
+    let store = store_choice(&config)?;
     if grace <= interval {
         return Err(Failure::Config(
             "heartbeat_grace_ms must be longer than heartbeat_interval_ms".into(),
@@ -308,7 +392,7 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
             .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
         let shutdown = switchyard::shutdown::on_signal();
         let options = MasterOptions {
-            data_dir,
+            store,
             security,
             heartbeat,
             identity,
@@ -318,6 +402,131 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
         crate::serve(listener, options, shutdown)
             .await
             .map_err(|e| Failure::Runtime(e.into()))
+    })
+}
+
+/// The store `serve` uses, from the effective configuration.
+fn store_choice(config: &ServeFile) -> Result<StoreChoice, Failure> {
+    match config.store.unwrap_or_default() {
+        StoreKind::Sled => config.data_dir.clone().map(StoreChoice::Sled).ok_or_else(|| {
+            Failure::Config(
+                "data_dir is required with the sled store (--data-dir, SWITCHYARD_DATA_DIR or data_dir in --config)"
+                    .into(),
+            )
+        }),
+        StoreKind::Etcd => {
+            let endpoints = config.etcd_endpoints.clone().unwrap_or_default();
+            let tls = EtcdTlsArgs {
+                etcd_ca: config.etcd_ca.clone(),
+                etcd_cert: config.etcd_cert.clone(),
+                etcd_key: config.etcd_key.clone(),
+            };
+            let prefix = config.etcd_prefix.clone().unwrap_or_default();
+            etcd_config(endpoints, prefix, &tls).map(StoreChoice::Etcd)
+        }
+    }
+}
+
+/// An etcd configuration, checked: endpoints are URLs, the prefix is absolute and ends with /.
+fn etcd_config(
+    endpoints: Vec<String>,
+    prefix: String,
+    tls: &EtcdTlsArgs,
+) -> Result<EtcdConfig, Failure> {
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(Failure::Config(
+            "etcd_endpoints is required with the etcd store (--etcd-endpoints, SWITCHYARD_ETCD_ENDPOINTS or etcd_endpoints in --config)".into(),
+        ));
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(Failure::Config(format!(
+                "etcd_endpoints: '{e}' is not an http:// or https:// URL"
+            )));
+        }
+    }
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        return Err(Failure::Config(format!(
+            "etcd_prefix: '{prefix}' must start and end with /"
+        )));
+    }
+    let tls = match (&tls.etcd_ca, &tls.etcd_cert, &tls.etcd_key) {
+        (None, None, None) => None,
+        (Some(ca), cert, key) => Some(EtcdTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => {
+            return Err(Failure::Config(
+                "etcd_cert and etcd_key need etcd_ca (the CA of etcd's certificates)".into(),
+            ));
+        }
+    };
+    Ok(EtcdConfig {
+        prefix,
+        tls,
+        ..EtcdConfig::new(endpoints)
+    })
+}
+
+/// A store named on the command line: `sled:DIR` or `etcd:ENDPOINT[,ENDPOINT...]`.
+fn parse_store(spec: &str, prefix: &str, tls: &EtcdTlsArgs) -> Result<StoreChoice, Failure> {
+    match spec.split_once(':') {
+        Some(("sled", dir)) if !dir.is_empty() => Ok(StoreChoice::Sled(PathBuf::from(dir))),
+        Some(("etcd", endpoints)) => {
+            let endpoints = endpoints.split(',').map(str::to_owned).collect();
+            etcd_config(endpoints, prefix.to_owned(), tls).map(StoreChoice::Etcd)
+        }
+        _ => Err(Failure::Config(format!(
+            "'{spec}' is not a store: use sled:DATA_DIR or etcd:ENDPOINT[,ENDPOINT...]"
+        ))),
+    }
+}
+
+fn store_command(command: StoreCommand) -> Result<(), Failure> {
+    let StoreCommand::Copy {
+        from,
+        to,
+        etcd_prefix,
+        tls,
+        force,
+    } = command;
+    let from = parse_store(&from, &etcd_prefix, &tls)?;
+    let to = parse_store(&to, &etcd_prefix, &tls)?;
+    runtime()?.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let open = |choice: StoreChoice| {
+            let stop = stop.clone();
+            async move {
+                crate::open_store(&choice, &stop)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.into()))
+            }
+        };
+        let (source, source_sled) = open(from.clone()).await?;
+        let (target, target_sled) = open(to.clone()).await?;
+        let copied = crate::store::copy::copy(&*source, &*target, force)
+            .await
+            .map_err(|e| match e {
+                crate::store::copy::CopyError::NotEmpty(n) => Failure::Config(format!(
+                    "{to} already holds {n} rows; copy with --force to overwrite the same keys"
+                )),
+                other => Failure::Runtime(other.into()),
+            })?;
+        for sled in [source_sled, target_sled].into_iter().flatten() {
+            sled.sync().await.map_err(|e| Failure::Runtime(e.into()))?;
+        }
+        println!("copied {} rows from {from} to {to}", copied.total());
+        for (table, n) in &copied.tables {
+            println!("  {table}: {n}");
+        }
+        Ok(())
     })
 }
 

@@ -38,11 +38,20 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Core;
 pub use crate::core::HeartbeatConfig;
 
+/// Where the master keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// The embedded default: a sled database in this directory.
+    Sled(PathBuf),
+    /// etcd, shared by every master of an installation.
+    Etcd(store::etcd::EtcdConfig),
+}
+
 /// What the master serves with.
 #[derive(Debug, Clone)]
 pub struct MasterOptions {
-    /// Directory of the master's database.
-    pub data_dir: PathBuf,
+    /// The master's store.
+    pub store: StoreChoice,
     /// mTLS (the default) or explicit plaintext.
     pub security: Security,
     /// Node liveness settings.
@@ -67,10 +76,10 @@ pub enum MasterError {
         source: std::io::Error,
     },
     /// The store cannot be opened.
-    #[error("cannot open the store in {path}: {source}")]
+    #[error("cannot open the store {store}: {source}")]
     Store {
-        /// The directory.
-        path: PathBuf,
+        /// The store, as configured.
+        store: String,
         /// The cause.
         source: store::StoreError,
     },
@@ -93,19 +102,10 @@ pub async fn serve(
     options: MasterOptions,
     shutdown: CancellationToken,
 ) -> Result<(), MasterError> {
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| MasterError::DataDir {
-        path: options.data_dir.clone(),
-        source,
-    })?;
-    let sled = Arc::new(
-        store::sled::SledStore::open(&options.data_dir).map_err(|source| MasterError::Store {
-            path: options.data_dir.clone(),
-            source,
-        })?,
-    );
+    let (store, sled) = open_store(&options.store, &shutdown).await?;
     let agents = Arc::new(agents::Agents::new(options.identity.clone()));
     let core = Arc::new(Core::new(
-        sled.clone(),
+        store,
         options.heartbeat,
         agents.clone(),
         shutdown.clone(),
@@ -127,7 +127,7 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    tracing::info!(listen = %local, data_dir = %options.data_dir.display(), "master serving");
+    tracing::info!(listen = %local, store = %options.store, "master serving");
     let served = server::serve(
         listener,
         options.security,
@@ -143,12 +143,57 @@ pub async fn serve(
     shutdown.cancel();
     let _ = supervising.await;
     supervisor.drain(std::time::Duration::from_secs(10)).await;
-    if let Err(error) = sled.sync().await {
+    if let Some(sled) = sled
+        && let Err(error) = sled.sync().await
+    {
         tracing::error!(%error, "final flush failed");
     }
     served?;
     tracing::info!("master stopped");
     Ok(())
+}
+
+impl std::fmt::Display for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sled(dir) => write!(f, "sled:{}", dir.display()),
+            StoreChoice::Etcd(c) => {
+                write!(f, "etcd:{} (prefix {})", c.endpoints.join(","), c.prefix)
+            }
+        }
+    }
+}
+
+/// Opens the chosen store (waiting for etcd while it does not answer); the sled store is also
+/// returned on its own for the final flush.
+pub async fn open_store(
+    choice: &StoreChoice,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<dyn store::Store>, Option<Arc<store::sled::SledStore>>), MasterError> {
+    match choice {
+        StoreChoice::Sled(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| MasterError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let sled = Arc::new(store::sled::SledStore::open(dir).map_err(|source| {
+                MasterError::Store {
+                    store: choice.to_string(),
+                    source,
+                }
+            })?);
+            Ok((sled.clone(), Some(sled)))
+        }
+        StoreChoice::Etcd(config) => {
+            let etcd = store::etcd::EtcdStore::connect(config.clone(), shutdown.clone())
+                .await
+                .map_err(|source| MasterError::Store {
+                    store: choice.to_string(),
+                    source,
+                })?;
+            Ok((Arc::new(etcd), None))
+        }
+    }
 }
 
 /// Marks nodes offline whose heartbeats stopped, a few times per grace period.

@@ -264,7 +264,11 @@ impl Core {
     }
 
     /// Forgets a node that is no cluster's member.
-    pub async fn remove_node(&self, oid: &str) -> Result<Node> {
+    pub async fn remove_node(
+        &self,
+        oid: &str,
+        caller: Option<&switchyard::auth::Principal>,
+    ) -> Result<Node> {
         let node = self.get_node(oid).await?;
         let member = async |prefix: &[u8]| -> Result<bool> {
             Ok(self
@@ -294,7 +298,7 @@ impl Core {
         self.events.publish(
             EventType::OnNodeRemoved,
             &node.oid,
-            None,
+            Some(crate::core::who(caller)),
             event::Object::Node(node.clone()),
         );
         Ok(node)

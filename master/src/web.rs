@@ -813,7 +813,7 @@ pub(crate) mod tests {
         core.remove_webcluster_node(&kept, "node1", None)
             .await
             .unwrap();
-        core.remove_node(&node).await.unwrap();
+        core.remove_node(&node, None).await.unwrap();
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! polls a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,6 +181,8 @@ pub struct Proc {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The etcd a master runs on (`SWITCHYARD_TEST_STORE=etcd`), stopped after the master.
+    etcd: Option<etcd::Etcd>,
 }
 
 impl Proc {
@@ -214,7 +218,12 @@ impl Proc {
                 );
             }
         };
-        Proc { child, addr, logs }
+        Proc {
+            child,
+            addr,
+            logs,
+            etcd: None,
+        }
     }
 
     /// A master with its own data directory.
@@ -227,15 +236,20 @@ impl Proc {
         Proc::master_with(pki, data_dir, listen, &[])
     }
 
-    /// A master with extra command-line arguments.
+    /// A master with extra command-line arguments; on the store of this test run (sled in
+    /// `data_dir`, or an etcd keeping its data in `data_dir`: see [`etcd::test_store_is_etcd`]).
     pub fn master_with(pki: &Pki, data_dir: &Path, listen: &str, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(master_bin());
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .arg("--pki-dir")
-            .arg(&pki.path)
-            .args(extra);
-        Proc::spawn(cmd)
+        cmd.args(["serve", "--listen", listen]);
+        let etcd = etcd::test_store_is_etcd().then(|| etcd::Etcd::start_in(data_dir, 1));
+        match &etcd {
+            Some(etcd) => cmd.args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()]),
+            None => cmd.arg("--data-dir").arg(data_dir),
+        };
+        cmd.arg("--pki-dir").arg(&pki.path).args(extra);
+        let mut master = Proc::spawn(cmd);
+        master.etcd = etcd;
+        master
     }
 
     /// An agent named `name` reporting to `master`.
@@ -285,6 +299,8 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A master's etcd goes down with it (its data stays, for the next master on the dir).
+        self.etcd.take();
     }
 }
 
@@ -292,6 +308,8 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Then its etcd, if any (dropping it kills it).
+        self.etcd.take();
     }
 }
 

@@ -120,7 +120,10 @@ impl NodeService for NodeApi {
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> R<RemoveNodeResponse> {
-        let node = self.0.remove_node(&req.get_ref().node_oid).await?;
+        let node = self
+            .0
+            .remove_node(&req.get_ref().node_oid, caller(&req))
+            .await?;
         Ok(Response::new(RemoveNodeResponse { node: Some(node) }))
     }
 }

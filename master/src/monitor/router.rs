@@ -72,8 +72,12 @@ pub type Observed = BTreeMap<String, BTreeMap<String, WorkerObs>>;
 /// One step towards the desired state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Stop worker `id`.
-    StopWorker { node: String, id: String },
+    /// Stop worker `id` (of worker group `group`, for the event).
+    StopWorker {
+        node: String,
+        id: String,
+        group: String,
+    },
     /// Start worker `id`, labelled with its owner.
     StartWorker {
         node: String,
@@ -127,7 +131,7 @@ impl Action {
 
     fn target(&self) -> (&str, &str) {
         match self {
-            Action::StopWorker { node, id }
+            Action::StopWorker { node, id, .. }
             | Action::StartWorker { node, id, .. }
             | Action::StartTransport { node, id, .. }
             | Action::StartRealm { node, id, .. }
@@ -264,10 +268,15 @@ pub fn plan(cluster: &str, desired: &Desired, observed: &Observed) -> Plan {
         for (id, w) in workers {
             let ours = w.owner.as_ref().is_some_and(|o| o.cluster == cluster);
             let right = wanted.get(id).map(|s| &s.owner) == w.owner.as_ref();
-            if ours && !right && live(w.status as i32) {
+            if let Some(owner) = w
+                .owner
+                .as_ref()
+                .filter(|_| ours && !right && live(w.status as i32))
+            {
                 out.actions.push(Action::StopWorker {
                     node: node.clone(),
                     id: id.clone(),
+                    group: owner.group.clone(),
                 });
             }
         }
@@ -383,9 +392,14 @@ mod tests {
     }
 
     fn stop(node: &str, id: &str) -> Action {
+        stop_of(node, id, "g")
+    }
+
+    fn stop_of(node: &str, id: &str, group: &str) -> Action {
         Action::StopWorker {
             node: node.into(),
             id: id.into(),
+            group: group.into(),
         }
     }
 
@@ -486,7 +500,7 @@ mod tests {
         .into();
         assert_eq!(
             plan(C, &d, &o).actions,
-            [stop("n1", "g_1"), stop("n1", "old_0")]
+            [stop("n1", "g_1"), stop_of("n1", "old_0", "removed-group")]
         );
     }
 
@@ -501,7 +515,7 @@ mod tests {
         )]
         .into();
         let p = plan(C, &d, &o);
-        assert_eq!(p.actions[0], stop("n1", "g_0"));
+        assert_eq!(p.actions[0], stop_of("n1", "g_0", "old-g"));
         assert!(
             matches!(&p.actions[1], Action::StartWorker { owner, .. } if owner.group == "new-g")
         );

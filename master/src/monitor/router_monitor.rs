@@ -334,13 +334,14 @@ impl Executor for RouterExecutor<'_> {
         let agents = self.agents;
         Box::pin(async move {
             match action {
-                Action::StopWorker { id, .. } => {
+                Action::StopWorker { id, group, .. } => {
                     let req = apb::StopWorkerRequest {
                         worker_id: id,
                         kill: false,
                     };
                     let w = agents.stop_worker(node, req).await?.worker;
-                    super::publish_worker(self.core, node, w, "", EventType::OnWorkerStopped);
+                    let kind = EventType::OnWorkerStopped;
+                    super::publish_worker(self.core, node, w, &group, kind);
                 }
                 Action::StartWorker { id, owner, .. } => {
                     let req = apb::StartWorkerRequest {

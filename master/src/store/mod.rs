@@ -9,6 +9,7 @@
 //! which later versions can read.
 
 pub mod codec;
+pub mod copy;
 pub mod etcd;
 pub mod keys;
 pub mod memory;

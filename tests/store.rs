@@ -1,0 +1,251 @@
+//! One conformance suite for every `Store` backend (memory, sled, a real etcd): conditions,
+//! atomic multi-key transactions, bounded scans, revisions, 64 concurrent writers, large values.
+//! Then what only etcd has: a second master's cache sees the first's writes, and a 3-member
+//! cluster that loses its quorum answers UNAVAILABLE quickly, writes nothing half, and recovers
+//! by itself.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::eventually_async;
+use switchyard_master::store::etcd::{EtcdConfig, EtcdStore};
+use switchyard_master::store::memory::MemoryStore;
+use switchyard_master::store::sled::SledStore;
+use switchyard_master::store::{Store, StoreError, Txn};
+use tokio_util::sync::CancellationToken;
+
+fn k(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+async fn get(store: &dyn Store, key: &str) -> Option<Vec<u8>> {
+    store.get(key.as_bytes()).await.unwrap()
+}
+
+async fn keys(store: &dyn Store, prefix: &str) -> Vec<String> {
+    store
+        .scan(prefix.as_bytes())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect()
+}
+
+/// The suite every backend passes.
+async fn conformance(store: Arc<dyn Store>) {
+    let s = &*store;
+    // Conditions: a failed one writes nothing, and names its key.
+    let r1 = s
+        .commit(Txn::new().absent(k("a/1")).put(k("a/1"), k("one")))
+        .await
+        .unwrap();
+    let conflict = s
+        .commit(Txn::new().absent(k("a/1")).put(k("a/2"), k("two")))
+        .await;
+    assert!(
+        matches!(&conflict, Err(StoreError::Conflict(key)) if key == "a/1"),
+        "{conflict:?}"
+    );
+    assert_eq!(get(s, "a/2").await, None, "nothing half-written");
+    let stale = s
+        .commit(
+            Txn::new()
+                .equals(k("a/1"), k("other"))
+                .put(k("a/1"), k("x")),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))));
+    let r2 = s
+        .commit(
+            Txn::new()
+                .equals(k("a/1"), k("one"))
+                .put(k("a/1"), k("uno")),
+        )
+        .await
+        .unwrap();
+    assert!(r2 > r1, "revisions grow: {r1} then {r2}");
+    assert_eq!(
+        get(s, "a/1").await.as_deref(),
+        Some(&b"uno"[..]),
+        "read your write at once"
+    );
+
+    // One transaction: puts and deletes together, or not at all.
+    s.commit(
+        Txn::new()
+            .put(k("b/1"), k("1"))
+            .put(k("b/2"), k("2"))
+            .put(k("b/3"), k("3")),
+    )
+    .await
+    .unwrap();
+    let all_or_nothing = s
+        .commit(
+            Txn::new()
+                .absent(k("b/2"))
+                .delete(k("b/1"))
+                .put(k("b/4"), k("4")),
+        )
+        .await;
+    assert!(all_or_nothing.is_err());
+    assert_eq!(keys(s, "b/").await, ["b/1", "b/2", "b/3"]);
+    s.commit(
+        Txn::new()
+            .equals(k("b/2"), k("2"))
+            .delete(k("b/1"))
+            .delete(k("b/2"))
+            .put(k("b/4"), k("4")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(s, "b/").await, ["b/3", "b/4"]);
+
+    // Scans are bounded to their prefix.
+    s.commit(
+        Txn::new()
+            .put(k("c/x/1"), k(""))
+            .put(k("c/xy/1"), k(""))
+            .put(k("c/x0"), k(""))
+            .put(k("c0"), k("")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(s, "c/x/").await, ["c/x/1"]);
+    assert_eq!(keys(s, "c/").await, ["c/x/1", "c/x0", "c/xy/1"]);
+
+    // 64 concurrent writers: every acknowledged write is there; on one contended key exactly
+    // one creation wins.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(Txn::new().put(format!("d/{i:02}").into_bytes(), vec![1]))
+                .await
+                .unwrap();
+            store
+                .commit(
+                    Txn::new()
+                        .absent(k("e/only"))
+                        .put(k("e/only"), format!("{i}").into_bytes()),
+                )
+                .await
+                .is_ok()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(keys(s, "d/").await.len(), 64);
+    assert_eq!(winners, 1, "one creation of a contended key wins");
+
+    // Large values round-trip.
+    let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    s.commit(Txn::new().put(k("f/big"), big.clone()))
+        .await
+        .unwrap();
+    assert_eq!(get(s, "f/big").await, Some(big));
+}
+
+#[tokio::test]
+async fn the_memory_store_conforms() {
+    conformance(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn the_sled_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(SledStore::open(dir.path()).unwrap())).await;
+}
+
+async fn etcd_store(etcd: &Etcd, prefix: &str) -> EtcdStore {
+    let config = EtcdConfig {
+        prefix: prefix.to_owned(),
+        request_timeout: Duration::from_secs(1),
+        ..EtcdConfig::new(etcd.urls())
+    };
+    EtcdStore::connect(config, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_etcd_store_conforms_and_another_master_sees_its_writes() {
+    let etcd = Etcd::start(1);
+    let store = Arc::new(etcd_store(&etcd, "/switchyard/").await);
+    conformance(store.clone()).await;
+
+    // A second master on the same prefix: its cache starts with everything and follows.
+    let other = etcd_store(&etcd, "/switchyard/").await;
+    assert_eq!(keys(&other, "d/").await.len(), 64);
+    store
+        .commit(Txn::new().put(k("g/1"), k("from the first")))
+        .await
+        .unwrap();
+    eventually_async(
+        "the other master to see the write",
+        Duration::from_secs(5),
+        || async { get(&other, "g/1").await.map(|_| ()) },
+    )
+    .await;
+    // Another installation (prefix) on the same etcd sees nothing of it.
+    let foreign = etcd_store(&etcd, "/elsewhere/").await;
+    assert!(keys(&foreign, "").await.is_empty());
+}
+
+/// A 3-member etcd loses two members: writes fail UNAVAILABLE within a few deadlines and
+/// nothing is half written; once they return, writes succeed again without a new store.
+#[tokio::test]
+async fn losing_the_etcd_quorum_is_unavailable_and_recovers_by_itself() {
+    let mut etcd = Etcd::start(3);
+    let store = etcd_store(&etcd, "/switchyard/").await;
+    store
+        .commit(Txn::new().put(k("q/before"), k("1")))
+        .await
+        .unwrap();
+    etcd.kill(1);
+    etcd.kill(2);
+    let started = Instant::now();
+    let failed = store
+        .commit(
+            Txn::new()
+                .put(k("q/during-1"), k("1"))
+                .put(k("q/during-2"), k("2")),
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&failed, Err(StoreError::Unavailable(m)) if m.contains("quorum")),
+        "{failed:?}"
+    );
+    assert!(took < Duration::from_secs(5), "UNAVAILABLE after {took:?}");
+    println!("write without quorum: UNAVAILABLE after {took:?}");
+
+    etcd.restart(1);
+    etcd.restart(2);
+    etcd.wait_all_healthy();
+    eventually_async(
+        "writes to succeed again",
+        Duration::from_secs(30),
+        || async {
+            store
+                .commit(Txn::new().put(k("q/after"), k("1")))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    // The unacknowledged write is all there or not at all (etcd may apply a proposal it had
+    // accepted before the quorum went).
+    let during: Vec<String> = keys(&store, "q/during").await;
+    assert!(
+        during.is_empty() || during.len() == 2,
+        "half written: {during:?}"
+    );
+    assert_eq!(keys(&store, "q/before").await, ["q/before"]);
+}
