@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::eventually_async;
+use futures::StreamExt;
 use switchyard_master::store::etcd::{EtcdConfig, EtcdStore};
 use switchyard_master::store::memory::MemoryStore;
 use switchyard_master::store::sled::SledStore;
-use switchyard_master::store::{Store, StoreError, Txn};
+use switchyard_master::store::{ChangeStream, Revision, Store, StoreError, Txn};
 use tokio_util::sync::CancellationToken;
 
 fn k(s: &str) -> Vec<u8> {
@@ -144,12 +145,66 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(keys(s, "d/").await.len(), 64);
     assert_eq!(winners, 1, "one creation of a contended key wins");
 
+    watch_order_and_resume(&store).await;
+
     // Large values round-trip.
     let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
     s.commit(Txn::new().put(k("f/big"), big.clone()))
         .await
         .unwrap();
     assert_eq!(get(s, "f/big").await, Some(big));
+}
+
+/// The next change of `watch` (within a deadline), as (revision, key, value).
+async fn next_change(watch: &mut ChangeStream) -> (Revision, String, Option<String>) {
+    let c = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a change within 10 s")
+        .expect("the watch goes on")
+        .expect("a change, not an error");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (c.revision, text(c.key), c.value.map(text))
+}
+
+/// Changes come in commit order, only under the prefix, with their revisions; a watcher that
+/// resumes after the last revision it saw gets exactly what followed.
+async fn watch_order_and_resume(store: &Arc<dyn Store>) {
+    let s = &**store;
+    let mut w = s.watch(b"w/", 0);
+    let r1 = s
+        .commit(
+            Txn::new()
+                .put(k("w/1"), k("a"))
+                .put(k("x/1"), k("not watched")),
+        )
+        .await
+        .unwrap();
+    let r2 = s
+        .commit(Txn::new().delete(k("w/1")).put(k("w/2"), k("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut w).await,
+        (r1, "w/1".into(), Some("a".into()))
+    );
+    assert_eq!(next_change(&mut w).await, (r2, "w/1".into(), None));
+    assert_eq!(
+        next_change(&mut w).await,
+        (r2, "w/2".into(), Some("b".into()))
+    );
+    drop(w);
+    let r3 = s.commit(Txn::new().put(k("w/3"), k("c"))).await.unwrap();
+    let mut resumed = s.watch(b"w/", r1);
+    assert_eq!(
+        next_change(&mut resumed).await.0,
+        r2,
+        "resumed right after r1"
+    );
+    assert_eq!(next_change(&mut resumed).await.0, r2);
+    assert_eq!(
+        next_change(&mut resumed).await,
+        (r3, "w/3".into(), Some("c".into()))
+    );
 }
 
 #[tokio::test]
@@ -196,6 +251,41 @@ async fn the_etcd_store_conforms_and_another_master_sees_its_writes() {
     // Another installation (prefix) on the same etcd sees nothing of it.
     let foreign = etcd_store(&etcd, "/elsewhere/").await;
     assert!(keys(&foreign, "").await.is_empty());
+}
+
+/// A watch outlives a restart of etcd: the changes before and after arrive once each, in order.
+#[tokio::test]
+async fn an_etcd_watch_resumes_across_an_etcd_restart_without_loss_or_repeats() {
+    let mut etcd = Etcd::start(1);
+    let store = etcd_store(&etcd, "/switchyard/").await;
+    let mut w = store.watch(b"r/", 0);
+    let r1 = store
+        .commit(Txn::new().put(k("r/1"), k("a")))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut w).await.0, r1);
+    etcd.restart(0);
+    etcd.wait_all_healthy();
+    let r2 = eventually_async(
+        "a write after the restart",
+        Duration::from_secs(30),
+        || async { store.commit(Txn::new().put(k("r/2"), k("b"))).await.ok() },
+    )
+    .await;
+    let r3 = store
+        .commit(Txn::new().put(k("r/3"), k("c")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut w).await,
+        (r2, "r/2".into(), Some("b".into()))
+    );
+    assert_eq!(
+        next_change(&mut w).await,
+        (r3, "r/3".into(), Some("c".into()))
+    );
+    // And the cache followed too.
+    assert_eq!(keys(&store, "r/").await, ["r/1", "r/2", "r/3"]);
 }
 
 /// A 3-member etcd loses two members: writes fail UNAVAILABLE within a few deadlines and

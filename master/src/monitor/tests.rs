@@ -22,7 +22,7 @@ use super::{MonitorConfig, MonitorError, Outcome, Supervisor, router_monitor, we
 use crate::agents::Agents;
 use crate::core::{Core, HeartbeatConfig};
 use crate::store::memory::MemoryStore;
-use crate::store::{Revision, Rows, Store, StoreError, StoreFuture, Txn, keys};
+use crate::store::{ChangeStream, Revision, Rows, Store, StoreError, StoreFuture, Txn, keys};
 
 /// One fake worker: what the agent would report and what its controls hold.
 #[derive(Debug, Clone, Default)]
@@ -358,6 +358,10 @@ impl Store for FlakyStore {
 
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
         self.inner.commit(txn)
+    }
+
+    fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
+        self.inner.watch(prefix, after)
     }
 }
 

@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
+use futures::StreamExt;
+
+use super::{Change, ChangeStream, Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
 
 /// The generated etcd v3 client (a subset; see `master/proto/etcd/rpc.proto`).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
@@ -383,13 +385,13 @@ async fn follow(
     let mut delay = Duration::from_millis(50);
     while !stop.is_cancelled() {
         let from = cache.read().revision + 1;
-        let outcome = tokio::select! {
+        let broken = tokio::select! {
             _ = stop.cancelled() => return,
-            o = watch_from(&endpoints, &prefix, &cache, from) => o,
+            b = watch_from(&endpoints, &prefix, &cache, from) => b,
         };
         cache.set_live(false);
-        match outcome {
-            Err(Broken::Compacted) => match load_all(&endpoints, &prefix).await {
+        match broken {
+            Broken::Compacted(_) => match load_all(&endpoints, &prefix).await {
                 Ok((map, revision)) => {
                     tracing::warn!(revision, "etcd compacted past the cache: reloaded");
                     let mut state = cache.write();
@@ -401,8 +403,7 @@ async fn follow(
                 }
                 Err(error) => tracing::warn!(%error, "cannot reload from etcd"),
             },
-            Ok(()) => {}
-            Err(Broken::Stream(error)) => {
+            Broken::Stream(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "etcd watch broke; resuming");
                 endpoints.rotate();
             }
@@ -416,81 +417,178 @@ async fn follow(
 }
 
 enum Broken {
-    Compacted,
+    Compacted(Revision),
     Stream(String),
 }
 
-/// One watch: applies every change to the cache in revision order until the stream ends.
-async fn watch_from(
-    endpoints: &Endpoints,
-    prefix: &[u8],
-    cache: &Cache,
-    from: Revision,
-) -> Result<(), Broken> {
-    let (tx, rx) = mpsc::channel(1);
-    let create = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: prefix.to_vec(),
-                range_end: prefix_end(prefix),
-                start_revision: from as i64,
-                progress_notify: true,
-            },
-        )),
-    };
-    tx.send(create)
-        .await
-        .map_err(|e| Broken::Stream(e.to_string()))?;
-    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let mut stream = tokio::time::timeout(
-        endpoints.timeout,
-        WatchClient::new(endpoints.any()).watch(requests),
-    )
-    .await
-    .map_err(|_| Broken::Stream("no answer".into()))?
-    .map_err(|s| Broken::Stream(s.message().to_owned()))?
-    .into_inner();
-    let n = prefix.len();
-    loop {
-        let resp = match stream.message().await {
+/// What one watch response carries.
+enum Batch {
+    /// The watch was created: the changes after its start revision follow.
+    Created,
+    /// Changes in revision order (keys without the prefix).
+    Changes(Vec<Change>),
+    /// Every change up to this revision was sent.
+    Progress(Revision),
+}
+
+/// An etcd watch of every key under `prefix`, from revision `from` on.
+struct EtcdWatch {
+    stream: tonic::Streaming<pb::WatchResponse>,
+    /// Keeps the request side of the stream open.
+    _requests: mpsc::Sender<pb::WatchRequest>,
+    prefix_len: usize,
+}
+
+impl EtcdWatch {
+    async fn open(endpoints: &Endpoints, prefix: &[u8], from: Revision) -> Result<Self, Broken> {
+        let (tx, rx) = mpsc::channel(1);
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: prefix.to_vec(),
+                    range_end: prefix_end(prefix),
+                    start_revision: from as i64,
+                    progress_notify: true,
+                },
+            )),
+        };
+        tx.send(create)
+            .await
+            .map_err(|e| Broken::Stream(e.to_string()))?;
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut client = WatchClient::new(endpoints.any());
+        let stream = tokio::time::timeout(endpoints.timeout, client.watch(requests))
+            .await
+            .map_err(|_| Broken::Stream("no answer".into()))?
+            .map_err(|s| Broken::Stream(s.message().to_owned()))?
+            .into_inner();
+        Ok(EtcdWatch {
+            stream,
+            _requests: tx,
+            prefix_len: prefix.len(),
+        })
+    }
+
+    /// The next response, or why the watch ended.
+    async fn next(&mut self) -> Result<Batch, Broken> {
+        let resp = match self.stream.message().await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(Broken::Stream("stream ended".into())),
             Err(s) => return Err(Broken::Stream(s.message().to_owned())),
         };
         if resp.canceled {
             return Err(if resp.compact_revision > 0 {
-                Broken::Compacted
+                Broken::Compacted(resp.compact_revision as Revision)
             } else {
                 Broken::Stream(format!("watch cancelled: {}", resp.cancel_reason))
             });
         }
         if resp.created {
-            cache.set_live(true);
-            continue;
+            return Ok(Batch::Created);
         }
-        let mut state = cache.write();
-        let mut revision = state.revision;
-        for e in resp.events {
-            let Some(kv) = e.kv else { continue };
-            if kv.key.len() < n {
+        if resp.events.is_empty() {
+            let header = resp.header.map_or(0, |h| h.revision.max(0) as Revision);
+            return Ok(Batch::Progress(header));
+        }
+        let n = self.prefix_len;
+        let changes = resp
+            .events
+            .into_iter()
+            .filter_map(|e| {
+                let kv = e.kv?;
+                let deleted = e.r#type == pb::event::EventType::Delete as i32;
+                Some(Change {
+                    revision: kv.mod_revision.max(0) as Revision,
+                    key: kv.key.get(n..)?.to_vec(),
+                    value: (!deleted).then_some(kv.value),
+                })
+            })
+            .collect();
+        Ok(Batch::Changes(changes))
+    }
+}
+
+/// One watch: applies every change to the cache in revision order until the stream ends.
+async fn watch_from(endpoints: &Endpoints, prefix: &[u8], cache: &Cache, from: Revision) -> Broken {
+    let mut watch = match EtcdWatch::open(endpoints, prefix, from).await {
+        Ok(w) => w,
+        Err(broken) => return broken,
+    };
+    loop {
+        let changes = match watch.next().await {
+            Err(broken) => return broken,
+            Ok(Batch::Created) => {
+                cache.set_live(true);
                 continue;
             }
-            let key = kv.key[n..].to_vec();
-            if e.r#type == pb::event::EventType::Delete as i32 {
-                state.map.remove(&key);
-            } else {
-                state.map.insert(key, kv.value);
+            Ok(Batch::Progress(revision)) => {
+                let mut state = cache.write();
+                state.revision = state.revision.max(revision);
+                let revision = state.revision;
+                drop(state);
+                cache.applied.send_replace(revision);
+                continue;
             }
-            revision = revision.max(kv.mod_revision.max(0) as Revision);
-        }
-        if revision == state.revision {
-            // A progress notification: every change up to the header's revision was sent.
-            let header = resp.header.map_or(0, |h| h.revision.max(0) as Revision);
-            revision = revision.max(header);
+            Ok(Batch::Changes(changes)) => changes,
+        };
+        let mut state = cache.write();
+        let mut revision = state.revision;
+        for c in changes {
+            revision = revision.max(c.revision);
+            match c.value {
+                Some(v) => state.map.insert(c.key, v),
+                None => state.map.remove(&c.key),
+            };
         }
         state.revision = revision;
         drop(state);
         cache.applied.send_replace(revision);
+    }
+}
+
+/// The changes under `prefix` after `after`, for [`Store::watch`]: its own etcd watch, resumed
+/// from the last revision delivered when it breaks (nothing lost or repeated).
+async fn changes_after(
+    endpoints: Arc<Endpoints>,
+    prefix: Vec<u8>,
+    mut after: Revision,
+    tx: mpsc::Sender<Result<Change, StoreError>>,
+) {
+    let mut delay = Duration::from_millis(50);
+    while !tx.is_closed() {
+        let mut watch = match EtcdWatch::open(&endpoints, &prefix, after + 1).await {
+            Ok(w) => w,
+            Err(Broken::Compacted(oldest)) => {
+                let _ = tx.send(Err(StoreError::Compacted(oldest))).await;
+                return;
+            }
+            Err(Broken::Stream(error)) => {
+                tracing::debug!(%error, "etcd watch: reconnecting");
+                endpoints.rotate();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            match watch.next().await {
+                Ok(Batch::Changes(changes)) => {
+                    delay = Duration::from_millis(50);
+                    for c in changes {
+                        after = after.max(c.revision);
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Batch::Created | Batch::Progress(_)) => {}
+                Err(Broken::Compacted(oldest)) => {
+                    let _ = tx.send(Err(StoreError::Compacted(oldest))).await;
+                    return;
+                }
+                Err(Broken::Stream(_)) => break,
+            }
+        }
     }
 }
 
@@ -526,6 +624,34 @@ impl Store for EtcdStore {
             let end = prefix_end(&full);
             self.range(full, end).await
         })
+    }
+
+    fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
+        let after = if after == 0 {
+            self.cache.read().revision
+        } else {
+            after
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let full = self.full(prefix);
+        let endpoints = self.endpoints.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = changes_after(endpoints, full, after, tx) => {}
+            }
+        });
+        // Keys come back without the watched (full) prefix; put the store-relative part back.
+        let prefix = prefix.to_vec();
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(move |c| {
+                c.map(|mut c| {
+                    c.key = [prefix.as_slice(), &c.key].concat();
+                    c
+                })
+            })
+            .boxed()
     }
 
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {

@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Revision, Rows, Store, StoreFuture, Txn, check_conditions};
+use super::changes::ChangeLog;
+use super::{ChangeStream, Revision, Rows, Store, StoreFuture, Txn, check_conditions};
 
 /// A store in a `BTreeMap`.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    changes: ChangeLog,
 }
 
 #[derive(Debug, Default)]
@@ -44,14 +46,20 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let mut state = self.lock();
             check_conditions(&txn.conditions, |k| state.map.get(k).cloned())?;
-            for k in txn.deletes {
-                state.map.remove(&k);
+            for k in &txn.deletes {
+                state.map.remove(k);
             }
-            for (k, v) in txn.puts {
-                state.map.insert(k, v);
+            for (k, v) in &txn.puts {
+                state.map.insert(k.clone(), v.clone());
             }
             state.revision += 1;
+            self.changes.append(state.revision, &txn);
             Ok(state.revision)
         })
+    }
+
+    fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
+        let state = self.lock();
+        self.changes.watch(prefix, after, state.revision)
     }
 }

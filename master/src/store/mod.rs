@@ -8,6 +8,7 @@
 //! durable. Values are versioned records ([`codec`]): one version byte, then a protobuf message,
 //! which later versions can read.
 
+pub mod changes;
 pub mod codec;
 pub mod copy;
 pub mod etcd;
@@ -35,6 +36,10 @@ pub enum StoreError {
     /// The backend failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// A watch asked for changes older than the backend still has (the oldest it has): read
+    /// the current state again and watch from its revision.
+    #[error("changes before revision {0} are no longer kept")]
+    Compacted(Revision),
     /// The backend cannot be reached now (etcd down or without quorum); nothing was written,
     /// or, for a commit, the outcome is unknown. Retrying later is the remedy.
     #[error("{0}")]
@@ -102,6 +107,20 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// greater than all before it (etcd's revision; the embedded stores count their own).
 pub type Revision = u64;
 
+/// One committed change of a key: its new value, or `None` when it was deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The revision of the transaction that made it.
+    pub revision: Revision,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value (`None`: deleted).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Committed changes in revision order (changes of one transaction share its revision).
+pub type ChangeStream = futures::stream::BoxStream<'static, Result<Change, StoreError>>;
+
 /// The master's persistence.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value at `key`.
@@ -112,6 +131,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Applies `txn` atomically; resolves once it is durable, with its revision.
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision>;
+
+    /// Every change of a key under `prefix` committed after revision `after` (0: from now on),
+    /// in revision order, without end. A watcher resumes after a broken stream by watching
+    /// again after the last revision it saw: nothing is lost or repeated. Changes older than
+    /// the backend keeps end the stream with [`StoreError::Compacted`].
+    fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream;
 }
 
 /// Checks `conditions` against a lookup function (shared by the implementations).

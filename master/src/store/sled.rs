@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
+use super::changes::ChangeLog;
+use super::{ChangeStream, Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
 
 /// Where the last revision is kept (outside every table's prefix).
 pub const REVISION_KEY: &[u8] = b"\0meta/revision";
@@ -27,6 +28,8 @@ pub struct SledStore {
     tree: sled::Tree,
     /// The last committed revision; held while a transaction is applied.
     revision: Mutex<Revision>,
+    /// The latest transactions, for watchers.
+    changes: ChangeLog,
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     flusher: tokio::task::JoinHandle<()>,
 }
@@ -59,6 +62,7 @@ impl SledStore {
             db,
             tree,
             revision: Mutex::new(revision),
+            changes: ChangeLog::default(),
             flush,
             flusher,
         })
@@ -138,6 +142,7 @@ impl SledStore {
         match applied {
             Ok(()) => {
                 *revision = next;
+                self.changes.append(next, txn);
                 Ok(next)
             }
             Err(TransactionError::Abort(key)) => Err(StoreError::Conflict(key)),
@@ -159,6 +164,11 @@ impl Store for SledStore {
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
             .collect();
         Box::pin(async move { rows })
+    }
+
+    fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
+        let revision = self.revision.lock().unwrap_or_else(|p| p.into_inner());
+        self.changes.watch(prefix, after, *revision)
     }
 
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
