@@ -1086,7 +1086,7 @@ async fn keys_under(store: &dyn Store, prefix: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Every key of `store` whose key or value contains `needle` (an oid), in any table.
+/// Every row of `store` (the state; not the event history) whose key or value contains `needle`.
 async fn rows_naming(store: &dyn Store, needle: &str) -> Vec<String> {
     let hit = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
     store
@@ -1094,6 +1094,8 @@ async fn rows_naming(store: &dyn Store, needle: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
+        // The event history (`ev/`) names deleted objects by design: it is not their state.
+        .filter(|(k, _)| !k.starts_with(keys::EVENTS))
         .filter(|(k, v)| hit(k) || hit(v))
         .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
         .collect()

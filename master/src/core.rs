@@ -59,8 +59,8 @@ impl Core {
         shutdown: CancellationToken,
     ) -> Self {
         Core {
+            events: Events::start(store.clone(), shutdown.clone()),
             store,
-            events: Events::default(),
             liveness: Liveness::default(),
             heartbeat,
             shutdown,

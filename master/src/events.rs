@@ -1,20 +1,32 @@
 //! The master's event stream (EventService.Watch): every `on_*` event of the reference, typed,
 //! with a sequence number; filterable by type and oid. A watcher that falls behind the bounded
 //! buffer is ended with RESOURCE_EXHAUSTED; publishing never waits for anyone.
+//!
+//! Events travel through the store, so that every master sees every master's events, in one
+//! order: [`Events::publish`] queues an event; a writer task commits the queued events as rows
+//! of the `ev/` table (a batch per transaction); a pump task follows the store's watch of that
+//! table and hands each event, in commit order, to this master's watchers and monitors. A
+//! janitor keeps the newest [`KEPT_EVENTS`] rows. On a single master this costs one batched
+//! write per burst of events; on etcd it is what lets a follower's watchers see the leader's
+//! changes (docs/architecture.md, "The store").
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use switchyard::pb::master::v1::{Event, EventType, WatchRequest, Who, event};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::error::{Error, Result};
+use crate::store::{Revision, Store, StoreError, Txn, keys};
 
 /// Events buffered per watcher before it is dropped.
 pub const WATCH_BUFFER: usize = 4096;
+
+/// Event rows the store keeps (for watchers of other masters that resume after a hiccup).
+pub const KEPT_EVENTS: usize = 8192;
 
 /// The master's event bus. Events travel as `Arc`s: the ring holds pointers rather than whole
 /// events (4096 inline slots of a 600-byte `Event` are 2.4 MB, allocated up front), and every
@@ -22,22 +34,21 @@ pub const WATCH_BUFFER: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: broadcast::Sender<Arc<Event>>,
-    seq: Arc<AtomicU64>,
-}
-
-impl Default for Events {
-    fn default() -> Self {
-        Self::with_capacity(WATCH_BUFFER)
-    }
+    outbox: mpsc::UnboundedSender<Event>,
 }
 
 impl Events {
-    /// A bus buffering `capacity` events per watcher.
-    pub fn with_capacity(capacity: usize) -> Self {
-        Events {
-            tx: broadcast::channel(capacity).0,
-            seq: Arc::default(),
-        }
+    /// The bus of a master on `store`: starts its writer, pump and janitor (until `shutdown`).
+    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        let (tx, _) = broadcast::channel(WATCH_BUFFER);
+        let (outbox, queued) = mpsc::unbounded_channel();
+        // The pump watches from the store's current revision: taken now, before anything can
+        // be published, so that no event of this master is missed.
+        let changes = store.watch(keys::EVENTS, 0);
+        tokio::spawn(write(store.clone(), queued, shutdown.clone()));
+        tokio::spawn(pump(store.clone(), changes, tx.clone(), shutdown.clone()));
+        tokio::spawn(janitor(store, shutdown));
+        Events { tx, outbox }
     }
 
     /// A receiver of every event from now on (for the monitors' supervisor).
@@ -47,15 +58,14 @@ impl Events {
 
     /// Publishes an event about `oid`.
     pub fn publish(&self, kind: EventType, oid: &str, who: Option<Who>, object: event::Object) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.tx.send(Arc::new(Event {
-            seq,
+        let _ = self.outbox.send(Event {
+            seq: 0,
             r#type: kind as i32,
             ts: Some(SystemTime::now().into()),
             oid: oid.to_owned(),
             who,
             object: Some(object),
-        }));
+        });
     }
 
     /// A filtered stream of the events from now on.
@@ -110,6 +120,124 @@ impl Events {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
+    }
+}
+
+/// The key of an event row: time-ordered (for the janitor), unique.
+fn event_key(e: &Event) -> Vec<u8> {
+    let ns = e.ts.as_ref().map_or(0, |t| {
+        t.seconds.max(0) as u128 * 1_000_000_000 + t.nanos.max(0) as u128
+    });
+    let unique = uuid::Uuid::new_v4().simple();
+    [keys::EVENTS, format!("{ns:020}-{unique}").as_bytes()].concat()
+}
+
+/// Commits queued events, a batch per transaction, in the order they were published; a store
+/// that does not answer is retried (events wait, in order).
+async fn write(
+    store: Arc<dyn Store>,
+    mut queued: mpsc::UnboundedReceiver<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let n = tokio::select! {
+            n = queued.recv_many(&mut batch, 256) => n,
+            _ = shutdown.cancelled() => queued.recv_many(&mut batch, 256).await,
+        };
+        if n == 0 {
+            return;
+        }
+        let txn = batch.drain(..).fold(Txn::new(), |txn, e| {
+            txn.put(event_key(&e), crate::store::codec::encode(&e))
+        });
+        let mut delay = Duration::from_millis(50);
+        while let Err(error) = store.commit(txn.clone()).await {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!(%error, retry_in = ?delay, "cannot record events; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Hands every event committed to the store (by any master) to this master's subscribers, in
+/// commit order, with this master's sequence numbers. A broken watch resumes after the last
+/// revision delivered.
+async fn pump(
+    store: Arc<dyn Store>,
+    mut changes: crate::store::ChangeStream,
+    tx: broadcast::Sender<Arc<Event>>,
+    shutdown: CancellationToken,
+) {
+    let mut seq = 0u64;
+    let mut last: Revision = 0;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = changes.next() => next,
+        };
+        let change = match next {
+            Some(Ok(c)) => c,
+            Some(Err(StoreError::Compacted(oldest))) => {
+                tracing::warn!(
+                    after = last,
+                    oldest,
+                    "events were lost to the store's retention"
+                );
+                changes = store.watch(keys::EVENTS, 0);
+                continue;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "event watch broke; resuming");
+                changes = store.watch(keys::EVENTS, last);
+                continue;
+            }
+            None => {
+                changes = store.watch(keys::EVENTS, last);
+                continue;
+            }
+        };
+        last = change.revision;
+        let Some(bytes) = change.value else { continue }; // the janitor's deletes
+        match crate::store::codec::decode::<Event>(&change.key, &bytes) {
+            Ok(mut e) => {
+                seq += 1;
+                e.seq = seq;
+                let _ = tx.send(Arc::new(e));
+            }
+            Err(error) => tracing::warn!(%error, "skipping an unreadable event"),
+        }
+    }
+}
+
+/// Deletes all but the newest [`KEPT_EVENTS`] event rows, every few seconds.
+async fn janitor(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let rows = match store.scan(keys::EVENTS).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::debug!(%error, "event janitor: cannot scan");
+                continue;
+            }
+        };
+        let surplus = rows.len().saturating_sub(KEPT_EVENTS);
+        for chunk in rows[..surplus].chunks(100) {
+            let txn = chunk
+                .iter()
+                .fold(Txn::new(), |t, (k, _)| t.delete(k.clone()));
+            if let Err(error) = store.commit(txn).await {
+                tracing::debug!(%error, "event janitor: cannot delete");
+                break;
+            }
+        }
     }
 }
 

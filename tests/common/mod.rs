@@ -532,10 +532,16 @@ pub fn stable_port() -> u16 {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32768, 60999));
+    // Tests of one binary run in parallel: never hand out the same port twice (the first
+    // caller may not have bound it yet).
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
     let start = 20000 + (std::process::id() % 8000) as u16;
-    (0..8000u16)
+    let port = (0..8000u16)
         .map(|i| 20000 + (start - 20000 + i) % 8000)
-        .filter(|p| *p < low)
+        .filter(|p| *p < low && !given.contains(p))
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below the ephemeral range")
+        .expect("a free port below the ephemeral range");
+    given.push(port);
+    port
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use switchyard::error::reason_of;
 use switchyard::pb::agent::v1::{self as apb, WorkerStatus, WorkerType};
 use switchyard::pb::master::v1::{
     ClusterStatus, EventType, Node, NodeStatus, Placement, WebCluster, WebClusterNode, WebService,
@@ -148,20 +149,25 @@ async fn observe_node(
             services: BTreeMap::new(),
         };
         if status == WorkerStatus::Started {
+            // Only an answer counts: a call that fails (a node freezing mid-observation) fails
+            // the node's observation, rather than passing for "no listener, no services".
             let id = w.id.clone();
             let get = apb::GetWebTransportRequest { worker_id: id };
-            obs.transport = agents.get_web_transport(node, get).await.is_ok();
+            obs.transport = match agents.get_web_transport(node, get).await {
+                Ok(_) => true,
+                Err(s) if reason_of(&s).as_deref() == Some("NOT_STARTED") => false,
+                Err(s) => return Err(s),
+            };
             let list = apb::ListWebServicesRequest {
                 worker_id: w.id.clone(),
             };
-            // Unknown services are mounted again: StartWebService replaces a mounted one.
-            if let Ok(list) = agents.list_web_services(node, list).await {
-                obs.services = list
-                    .services
-                    .into_iter()
-                    .map(|s| (s.path.clone(), s))
-                    .collect();
-            }
+            obs.services = agents
+                .list_web_services(node, list)
+                .await?
+                .services
+                .into_iter()
+                .map(|s| (s.path.clone(), s))
+                .collect();
         }
         out.insert(w.id, obs);
     }

@@ -96,3 +96,6 @@ pub const NODES: &[u8] = b"node/";
 pub fn node_name(authid: &str) -> Vec<u8> {
     format!("nodename/{authid}").into_bytes()
 }
+/// `ev/<time ns, 20 digits>-<unique>` → an event as Watch delivers it (the newest few thousand;
+/// see `events.rs`).
+pub const EVENTS: &[u8] = b"ev/";
