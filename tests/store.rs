@@ -339,3 +339,259 @@ async fn losing_the_etcd_quorum_is_unavailable_and_recovers_by_itself() {
     );
     assert_eq!(keys(&store, "q/before").await, ["q/before"]);
 }
+
+/// `switchyard-master store copy` moves a stopped sled master with running web and router
+/// clusters to etcd; the master started on the copy resumes them without restarting a worker.
+#[tokio::test]
+async fn a_sled_master_copied_to_etcd_resumes_its_clusters_without_restarting_workers() {
+    use switchyard::pb::agent::v1::{
+        self as apb, node_controller_service_client::NodeControllerServiceClient,
+    };
+    use switchyard::pb::master::v1::{
+        self as pb, router_cluster_service_client::RouterClusterServiceClient,
+        web_cluster_service_client::WebClusterServiceClient,
+    };
+
+    let pki = common::Pki::new(&["node1"]);
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::stable_port());
+    let sled_master = common::Proc::master_on(&pki, data.path(), &listen);
+    let agent = common::Proc::agent(&pki, "node1", sled_master.addr);
+    common::nodes_online(&pki, sled_master.addr, 1, Duration::from_secs(15)).await;
+    let ch = common::channel(&pki, "admin", sled_master.addr).await;
+    let (mut web, mut router) = (
+        WebClusterServiceClient::new(ch.clone()),
+        RouterClusterServiceClient::new(ch),
+    );
+    let site = common::create_web_cluster(&mut web, "site", common::free_port()).await;
+    web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
+        webcluster_oid: site.clone(),
+        node_oid: "node1".into(),
+        config: Some(pb::WebClusterNodeConfig {
+            parallel: 2,
+            standby: false,
+        }),
+    })
+    .await
+    .unwrap();
+    web.add_web_cluster_service(pb::AddWebClusterServiceRequest {
+        webcluster_oid: site.clone(),
+        webservice: Some(pb::WebService {
+            path: "/".into(),
+            service: Some(pb::web_service::Service::Nodeinfo(Default::default())),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let routers = common::create_router_cluster(&mut router, "routers").await;
+    common::add_router_node(&mut router, &routers, "node1", None)
+        .await
+        .unwrap();
+    router
+        .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
+            routercluster_oid: routers.clone(),
+            workergroup: Some(pb::RouterWorkerGroup {
+                name: "grp".into(),
+                scale: 2,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    web.start_web_cluster(pb::StartWebClusterRequest {
+        webcluster_oid: site.clone(),
+    })
+    .await
+    .unwrap();
+    router
+        .start_router_cluster(pb::StartRouterClusterRequest {
+            routercluster_oid: routers.clone(),
+        })
+        .await
+        .unwrap();
+    let running =
+        |web: WebClusterServiceClient<tonic::transport::Channel>,
+         router: RouterClusterServiceClient<tonic::transport::Channel>| {
+            let (site, routers) = (site.clone(), routers.clone());
+            async move {
+                let (mut web, mut router) = (web, router);
+                let w = web
+                    .get_web_cluster(pb::GetWebClusterRequest {
+                        webcluster_oid: site,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .webcluster?;
+                let r = router
+                    .get_router_cluster(pb::GetRouterClusterRequest {
+                        routercluster_oid: routers,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .routercluster?;
+                let up = pb::ClusterStatus::Running as i32;
+                (w.status == up && r.status == up).then_some(())
+            }
+        };
+    eventually_async(
+        "both clusters RUNNING on sled",
+        Duration::from_secs(20),
+        || running(web.clone(), router.clone()),
+    )
+    .await;
+    let mut nc = NodeControllerServiceClient::new(common::channel(&pki, "admin", agent.addr).await);
+    let pids = |mut nc: NodeControllerServiceClient<tonic::transport::Channel>| async move {
+        let list = nc
+            .list_workers(apb::ListWorkersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        list.workers
+            .into_iter()
+            .filter(|w| w.status == apb::WorkerStatus::Started as i32)
+            .map(|w| (w.id, w.pid))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before = pids(nc.clone()).await;
+    assert_eq!(before.len(), 4, "2 web + 2 router workers: {before:?}");
+    drop(sled_master);
+
+    let etcd = Etcd::start(1);
+    let copy = |extra: &[&str]| {
+        let out = std::process::Command::new(common::master_bin())
+            .args(["store", "copy", "--from"])
+            .arg(format!("sled:{}", data.path().display()))
+            .args(["--to", &format!("etcd:{}", etcd.endpoints())])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            common::stdout(&out),
+            common::stderr(&out),
+        )
+    };
+    let (code, out, err) = copy(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for table in [
+        "  wc: 1",
+        "  wcn: 1",
+        "  ws: 1",
+        "  rc: 1",
+        "  rcn: 1",
+        "  wg: 1",
+        "  pl: 2",
+        "  wgsecret: 1",
+    ] {
+        assert!(
+            out.lines().any(|l| l == table),
+            "no line '{table}' in:\n{out}"
+        );
+    }
+    println!("{out}");
+    // Again: the target already holds exactly these rows.
+    let (code, out, err) = copy(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // A target holding other rows is refused without --force (exit 64, naming the count).
+    let other = etcd_store(&etcd, "/switchyard/").await;
+    other
+        .commit(Txn::new().put(k("zz/foreign"), k("x")))
+        .await
+        .unwrap();
+    let (code, _, err) = copy(&[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--force"), "{err}");
+
+    let mut cmd = std::process::Command::new(common::master_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        &listen,
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoints(),
+        "--pki-dir",
+    ])
+    .arg(&pki.path);
+    let etcd_master = common::Proc::spawn(cmd);
+    common::nodes_online(&pki, etcd_master.addr, 1, Duration::from_secs(15)).await;
+    let ch = common::channel(&pki, "admin", etcd_master.addr).await;
+    let (web, router) = (
+        WebClusterServiceClient::new(ch.clone()),
+        RouterClusterServiceClient::new(ch),
+    );
+    eventually_async(
+        "both clusters RUNNING on etcd",
+        Duration::from_secs(20),
+        || running(web.clone(), router.clone()),
+    )
+    .await;
+    // The copied statuses say RUNNING from the start: make both monitors act on these very
+    // workers (a new service on every web worker, a new group beside the old one), then check
+    // that every worker from before still runs as the same process.
+    let (mut web, mut router) = (web, router);
+    web.add_web_cluster_service(pb::AddWebClusterServiceRequest {
+        webcluster_oid: site.clone(),
+        webservice: Some(pb::WebService {
+            path: "/after".into(),
+            service: Some(pb::web_service::Service::Nodeinfo(Default::default())),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    router
+        .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
+            routercluster_oid: routers.clone(),
+            workergroup: Some(pb::RouterWorkerGroup {
+                name: "grp2".into(),
+                scale: 1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let web_ids: Vec<String> = before
+        .keys()
+        .filter(|id| id.starts_with("cpw-"))
+        .cloned()
+        .collect();
+    eventually_async(
+        "the etcd master's monitors to act",
+        Duration::from_secs(20),
+        || {
+            let (mut nc, web_ids) = (nc.clone(), web_ids.clone());
+            async move {
+                for id in web_ids {
+                    let s = nc
+                        .list_web_services(apb::ListWebServicesRequest { worker_id: id })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    s.services
+                        .iter()
+                        .any(|s| s.path == "/after")
+                        .then_some(())?;
+                }
+                let now = nc
+                    .list_workers(apb::ListWorkersRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                now.workers
+                    .iter()
+                    .any(|w| w.id == "grp2_0" && w.status == apb::WorkerStatus::Started as i32)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let mut after = pids(nc.clone()).await;
+    after.remove("grp2_0");
+    assert_eq!(after, before, "no worker was restarted");
+    let _ = &mut nc;
+}
