@@ -595,3 +595,106 @@ async fn a_sled_master_copied_to_etcd_resumes_its_clusters_without_restarting_wo
     assert_eq!(after, before, "no worker was restarted");
     let _ = &mut nc;
 }
+
+/// A master reaches etcd over TLS with a client certificate (etcd requiring one); without the
+/// client certificate etcd refuses it, and the master says it is waiting for etcd.
+#[tokio::test]
+async fn a_master_uses_etcd_over_tls_with_a_client_certificate() {
+    let pki = common::Pki::new(&["etcd"]);
+    let file = |f: &str| pki.path.join(f);
+    let etcd = Etcd::start_tls(&file("ca.pem"), &file("etcd.pem"), &file("etcd.key"));
+    let mut cmd = std::process::Command::new(common::master_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoints(),
+    ])
+    .args([
+        "--etcd-ca",
+        &pki.file("ca.pem"),
+        "--etcd-cert",
+        &pki.file("admin.pem"),
+    ])
+    .args(["--etcd-key", &pki.file("admin.key"), "--pki-dir"])
+    .arg(&pki.path);
+    let master = common::Proc::spawn(cmd);
+    let mut web =
+        switchyard::pb::master::v1::web_cluster_service_client::WebClusterServiceClient::new(
+            common::channel(&pki, "admin", master.addr).await,
+        );
+    let oid = common::create_web_cluster(&mut web, "overtls", 8080).await;
+    let store = {
+        let config = EtcdConfig {
+            tls: Some(switchyard_master::store::etcd::EtcdTls {
+                ca: file("ca.pem"),
+                cert: Some(file("admin.pem")),
+                key: Some(file("admin.key")),
+            }),
+            ..EtcdConfig::new(etcd.urls())
+        };
+        EtcdStore::connect(config, CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    assert!(
+        get(&store, &format!("wc/{oid}")).await.is_some(),
+        "written on etcd"
+    );
+
+    // Without a client certificate: refused by etcd; the master keeps waiting and says so.
+    let mut cmd = std::process::Command::new(common::master_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoints(),
+    ])
+    .args(["--etcd-ca", &pki.file("ca.pem"), "--pki-dir"])
+    .arg(&pki.path);
+    let (refused, _serving) = common::Proc::start_background(cmd);
+    common::eventually(
+        "the master to wait for etcd",
+        Duration::from_secs(15),
+        || refused.logs().contains("waiting for etcd").then_some(()),
+    );
+}
+
+/// A master started before its etcd waits for it (logging what it waits for), then serves.
+#[tokio::test]
+async fn a_master_started_before_etcd_waits_for_it() {
+    let pki = common::Pki::new(&[]);
+    let mut etcd = Etcd::start(1);
+    etcd.kill(0); // its ports and data exist; nothing listens
+    let mut cmd = std::process::Command::new(common::master_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoints(),
+        "--pki-dir",
+    ])
+    .arg(&pki.path);
+    let (starting, serving) = common::Proc::start_background(cmd);
+    common::eventually(
+        "the master to wait for etcd",
+        Duration::from_secs(15),
+        || starting.logs().contains("waiting for etcd").then_some(()),
+    );
+    etcd.restart(0);
+    let master = starting.serving(&serving, Duration::from_secs(30));
+    let mut web =
+        switchyard::pb::master::v1::web_cluster_service_client::WebClusterServiceClient::new(
+            common::channel(&pki, "admin", master.addr).await,
+        );
+    common::create_web_cluster(&mut web, "late", 8080).await;
+}

@@ -25,6 +25,9 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     initial_cluster: String,
+    /// Client TLS: (CA, certificate, key) PEM files; clients must present a certificate of
+    /// the CA.
+    tls: Option<[PathBuf; 3]>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -63,6 +66,20 @@ impl Etcd {
     /// A cluster of `n` members with its data under `dir`; started again on the same `dir` (in
     /// this test process), it has the same data on the same ports.
     pub fn start_in(dir: &Path, n: usize) -> Etcd {
+        Etcd::launch(dir, n, None)
+    }
+
+    /// A one-member etcd serving clients over TLS only, with `cert`/`key` (signed by `ca`), and
+    /// requiring client certificates of `ca`.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Etcd {
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = [ca.to_owned(), cert.to_owned(), key.to_owned()];
+        let mut etcd = Etcd::launch(tmp.path(), 1, Some(tls));
+        etcd._tmp = Some(tmp);
+        etcd
+    }
+
+    fn launch(dir: &Path, n: usize, tls: Option<[PathBuf; 3]>) -> Etcd {
         static PORTS: Mutex<Vec<(PathBuf, Vec<u16>)>> = Mutex::new(Vec::new());
         let ports = {
             let mut known = PORTS.lock().unwrap();
@@ -75,11 +92,12 @@ impl Etcd {
                 }
             }
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 dir: dir.join(format!("etcd-m{i}")),
-                client: format!("http://127.0.0.1:{}", ports[2 * i]),
+                client: format!("{scheme}://127.0.0.1:{}", ports[2 * i]),
                 peer: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
                 child: None,
             })
@@ -92,6 +110,7 @@ impl Etcd {
         let mut etcd = Etcd {
             members,
             initial_cluster,
+            tls,
             _tmp: None,
         };
         for i in 0..n {
@@ -104,6 +123,15 @@ impl Etcd {
     }
 
     fn spawn(&mut self, i: usize) {
+        let tls: Vec<String> = match &self.tls {
+            Some([ca, cert, key]) => vec![
+                "--client-cert-auth".into(),
+                format!("--trusted-ca-file={}", ca.display()),
+                format!("--cert-file={}", cert.display()),
+                format!("--key-file={}", key.display()),
+            ],
+            None => Vec::new(),
+        };
         let m = &mut self.members[i];
         // A member that ran before keeps its identity in its data dir; the initial-* flags are
         // then ignored. --max-txn-ops: a cluster delete removes every row of the cluster in one
@@ -138,6 +166,7 @@ impl Etcd {
                 "--log-level",
                 "error",
             ])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -149,6 +178,14 @@ impl Etcd {
     /// Waits until member `i` answers (a one-member cluster: is ready for requests).
     fn wait_healthy(&self, i: usize) {
         let client = self.members[i].client.clone();
+        let tls: Vec<String> = match &self.tls {
+            Some([ca, cert, key]) => vec![
+                format!("--cacert={}", ca.display()),
+                format!("--cert={}", cert.display()),
+                format!("--key={}", key.display()),
+            ],
+            None => Vec::new(),
+        };
         eventually(
             &format!("etcd {client} healthy"),
             Duration::from_secs(30),
@@ -162,6 +199,7 @@ impl Etcd {
                         "endpoint",
                         "health",
                     ])
+                    .args(&tls)
                     .env("ETCDCTL_API", "3")
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

@@ -187,7 +187,40 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` (which must log JSON) and waits for its "serving" line with `listen`.
-    pub fn spawn(mut cmd: Command) -> Proc {
+    pub fn spawn(cmd: Command) -> Proc {
+        let (mut child, logs, rx) = Proc::start(cmd);
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Proc {
+            child,
+            addr,
+            logs,
+            etcd: None,
+        }
+    }
+
+    /// Spawns `cmd` without waiting: its logs can be read while it starts; `serving` (a
+    /// receiver of its listen address) tells when it serves.
+    pub fn start_background(cmd: Command) -> (Starting, mpsc::Receiver<SocketAddr>) {
+        let (child, logs, rx) = Proc::start(cmd);
+        (
+            Starting {
+                child: Some(child),
+                logs,
+            },
+            rx,
+        )
+    }
+
+    fn start(mut cmd: Command) -> (Child, Arc<Mutex<Vec<String>>>, mpsc::Receiver<SocketAddr>) {
         cmd.env("RUST_LOG", "info")
             .arg("--log-format")
             .arg("json")
@@ -208,22 +241,7 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start; log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Proc {
-            child,
-            addr,
-            logs,
-            etcd: None,
-        }
+        (child, logs, rx)
     }
 
     /// A master with its own data directory.
@@ -290,6 +308,41 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// A server started by [`Proc::start_background`] that may not serve yet.
+pub struct Starting {
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Starting {
+    /// Its log so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The server, once `serving` reported its address (within `within`).
+    pub fn serving(mut self, serving: &mpsc::Receiver<SocketAddr>, within: Duration) -> Proc {
+        let Ok(addr) = serving.recv_timeout(within) else {
+            panic!("server did not start; log:\n{}", self.logs());
+        };
+        Proc {
+            child: self.child.take().unwrap(),
+            addr,
+            logs: self.logs.clone(),
+            etcd: None,
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
