@@ -333,6 +333,39 @@ async fn metrics_are_scraped_and_parse() {
             >= 1.0
     );
     assert_eq!(families["switchyard_monitor_errors"]["type"], "counter");
+    // The control plane a pager needs: when the cluster and the node were last seen well, how
+    // long iterations and commits take.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (family, labels) in [
+        (
+            "switchyard_cluster_last_converged_timestamp_seconds",
+            &[("kind", "web"), ("cluster", "site")][..],
+        ),
+        (
+            "switchyard_node_last_heartbeat_timestamp_seconds",
+            &[("node", "node1")][..],
+        ),
+    ] {
+        let t = sample(&families, family, family, labels).unwrap_or_else(|| panic!("{family}"));
+        assert!(
+            (now - 60.0..=now + 1.0).contains(&t),
+            "{family} = {t}, now {now}"
+        );
+    }
+    for (family, labels) in [
+        (
+            "switchyard_monitor_iteration_duration_seconds",
+            &[("kind", "web")][..],
+        ),
+        ("switchyard_store_commit_duration_seconds", &[][..]),
+    ] {
+        assert_eq!(families[family]["type"], "histogram", "{family}");
+        let count = sample(&families, family, &format!("{family}_count"), labels).unwrap();
+        assert!(count >= 1.0, "{family}: {count}");
+    }
     let create = "/switchyard.master.v1.WebClusterService/CreateWebCluster";
     assert_eq!(
         sample(

@@ -48,6 +48,10 @@ pub struct Core {
     pub agents: Arc<Agents>,
     /// Desired and running workers per cluster, as the monitors last saw them (for metrics).
     pub gauges: crate::metrics::ClusterGauges,
+    /// Commit durations of the store (for metrics).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Nodes gone offline, by node and why (for metrics).
+    pub offline_total: crate::metrics::OfflineCounters,
 }
 
 impl Core {
@@ -58,9 +62,14 @@ impl Core {
         agents: Arc<Agents>,
         shutdown: CancellationToken,
     ) -> Self {
+        let metered = crate::store::metered::MeteredStore::new(store);
+        let commit_seconds = metered.seconds.clone();
+        let store: Arc<dyn Store> = Arc::new(metered);
         Core {
             events: Events::start(store.clone(), shutdown.clone()),
             store,
+            commit_seconds,
+            offline_total: Default::default(),
             liveness: Liveness::default(),
             heartbeat,
             shutdown,

@@ -1,14 +1,19 @@
-//! The master's `/metrics`: per-cluster status and desired/running workers (as the monitors last
-//! saw them), node liveness, monitor iterations and errors, and RPC counts and latencies.
+//! The master's `/metrics`: per-cluster status and desired/running/unplaced workers (as the
+//! monitors last saw them) and when each was last converged, node liveness (last heartbeat,
+//! offline transitions by reason), monitor iterations, latencies, errors and restarts, store
+//! commit latency, and RPC counts and latencies. docs/operations.md lists every family.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use switchyard::metrics::{RpcMetrics, Scrape};
 use switchyard::pb::master::v1::{ClusterStatus, NodeStatus, RouterCluster, WebCluster};
@@ -24,34 +29,77 @@ pub struct WorkerCounts {
     pub desired: u64,
     /// Workers found running.
     pub running: u64,
+    /// Router workers no member can take within its hardlimit.
+    pub unplaced: u64,
 }
 
-/// Worker counts by cluster oid, written by the monitors.
+/// What the monitors last saw, by cluster oid.
 #[derive(Debug, Default)]
-pub struct ClusterGauges(Mutex<BTreeMap<String, WorkerCounts>>);
+pub struct ClusterGauges(Mutex<BTreeMap<String, ClusterSeen>>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ClusterSeen {
+    counts: WorkerCounts,
+    /// When an iteration last found the cluster converged (RUNNING, nothing to do).
+    converged: Option<SystemTime>,
+}
 
 impl ClusterGauges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterSeen>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records the counts of cluster `oid`.
     pub fn set(&self, oid: &str, counts: WorkerCounts) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(oid.to_owned(), counts);
+        self.lock().entry(oid.to_owned()).or_default().counts = counts;
+    }
+
+    /// Records that cluster `oid` is converged now.
+    pub fn converged(&self, oid: &str) {
+        self.lock().entry(oid.to_owned()).or_default().converged = Some(SystemTime::now());
     }
 
     /// Forgets cluster `oid` (its monitor ended).
     pub fn remove(&self, oid: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(oid);
+        self.lock().remove(oid);
     }
 
-    fn get(&self, oid: &str) -> WorkerCounts {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(oid)
-            .copied()
-            .unwrap_or_default()
+    fn get(&self, oid: &str) -> ClusterSeen {
+        self.lock().get(oid).copied().unwrap_or_default()
     }
+}
+
+/// Nodes gone offline, by node and reason (`missed`: no heartbeat within the grace period;
+/// `stream_ended`: the heartbeat stream broke).
+pub type OfflineCounters = Family<NodeReasonLabels, Counter>;
+
+/// Labels of [`OfflineCounters`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeReasonLabels {
+    /// The node's authid.
+    pub node: String,
+    /// Why it went offline.
+    pub reason: &'static str,
+}
+
+/// Labels of the monitor iteration histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `web` or `router`.
+    pub kind: &'static str,
+}
+
+/// Monitor iteration durations by kind of cluster.
+pub type IterationSeconds = Family<KindLabels, Histogram, fn() -> Histogram>;
+
+/// A histogram of monitor iterations: 1 ms .. 8 s.
+pub fn iteration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +145,8 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
     let status = Family::<StatusLabels, Gauge>::default();
     let desired = Family::<ClusterLabels, Gauge>::default();
     let running = Family::<ClusterLabels, Gauge>::default();
+    let unplaced = Family::<ClusterLabels, Gauge>::default();
+    let converged = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
     let mut clusters: Vec<(&str, String, String, i32)> = Vec::new();
     for c in core
         .store
@@ -122,8 +172,8 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
                 status: status_name(s),
             })
             .set(1);
-        let counts = if s == ClusterStatus::Stopped as i32 {
-            WorkerCounts::default()
+        let seen = if s == ClusterStatus::Stopped as i32 {
+            ClusterSeen::default()
         } else {
             core.gauges.get(&oid)
         };
@@ -131,9 +181,31 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
             kind: kind.to_owned(),
             cluster: name,
         };
-        desired.get_or_create(&labels).set(counts.desired as i64);
-        running.get_or_create(&labels).set(counts.running as i64);
+        desired
+            .get_or_create(&labels)
+            .set(seen.counts.desired as i64);
+        running
+            .get_or_create(&labels)
+            .set(seen.counts.running as i64);
+        if kind == "router" {
+            unplaced
+                .get_or_create(&labels)
+                .set(seen.counts.unplaced as i64);
+        }
+        if let Some(t) = seen.converged {
+            converged.get_or_create(&labels).set(unix_seconds(t));
+        }
     }
+    r.register(
+        "switchyard_cluster_unplaced_workers",
+        "Router workers of a started cluster that no member can take within its hardlimit",
+        unplaced,
+    );
+    r.register(
+        "switchyard_cluster_last_converged_timestamp_seconds",
+        "When the cluster's monitor last found it converged (RUNNING, nothing to do); alert on time() minus this",
+        converged,
+    );
     r.register(
         "switchyard_cluster_status",
         "1 for each cluster's current status (label status)",
@@ -151,15 +223,35 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
     );
 
     let online = Family::<NodeLabels, Gauge>::default();
+    let last_heartbeat = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
     for n in core.list_nodes(None).await.unwrap_or_default() {
+        let labels = NodeLabels { node: n.authid };
         online
-            .get_or_create(&NodeLabels { node: n.authid })
+            .get_or_create(&labels)
             .set(i64::from(n.status == NodeStatus::Online as i32));
+        if let Some(t) = n.last_heartbeat.and_then(|t| SystemTime::try_from(t).ok()) {
+            last_heartbeat.get_or_create(&labels).set(unix_seconds(t));
+        }
     }
     r.register(
         "switchyard_node_online",
         "1 while a node's agent heartbeats, 0 when it is offline",
         online,
+    );
+    r.register(
+        "switchyard_node_last_heartbeat_timestamp_seconds",
+        "When this master last received the node's heartbeat (late heartbeats: time() minus this)",
+        last_heartbeat,
+    );
+    r.register(
+        "switchyard_node_offline",
+        "Times a node went offline, by reason: missed (no heartbeat within the grace period) or stream_ended",
+        core.offline_total.clone(),
+    );
+    r.register(
+        "switchyard_store_commit_duration_seconds",
+        "Time from commit to durable acknowledgement by the master's store (sled flush, etcd quorum)",
+        core.commit_seconds.clone(),
     );
 
     let iterations = Counter::<u64>::default();
@@ -175,6 +267,11 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
         "switchyard_monitor_errors",
         "Reconciliation iterations that failed (retried)",
         errors,
+    );
+    r.register(
+        "switchyard_monitor_iteration_duration_seconds",
+        "Duration of one reconciliation iteration (observe, plan, execute, status)",
+        supervisor.stats.iteration_seconds.clone(),
     );
     let restarts = Counter::<u64>::default();
     restarts.inc_by(supervisor.stats.restarts.load(Ordering::Relaxed));

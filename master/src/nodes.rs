@@ -180,7 +180,8 @@ impl Core {
             }
         };
         if went_offline {
-            self.node_went_offline(oid, "heartbeat stream ended").await;
+            self.node_went_offline(oid, "stream_ended", "heartbeat stream ended")
+                .await;
         }
     }
 
@@ -198,14 +199,19 @@ impl Core {
                 .collect()
         };
         for oid in expired {
-            self.node_went_offline(&oid, "no heartbeat within the grace period")
+            self.node_went_offline(&oid, "missed", "no heartbeat within the grace period")
                 .await;
         }
     }
 
-    async fn node_went_offline(&self, oid: &str, why: &str) {
+    async fn node_went_offline(&self, oid: &str, reason: &'static str, why: &str) {
         if let Ok(Some((node, _))) = self.store.load::<Node>(&keys::node(oid)).await {
             tracing::warn!(node = %node.authid, %oid, why, "node offline");
+            let labels = crate::metrics::NodeReasonLabels {
+                node: node.authid.clone(),
+                reason,
+            };
+            self.offline_total.get_or_create(&labels).inc();
             let node = self.with_liveness(node);
             self.events.publish(
                 EventType::OnNodeShutdown,

@@ -69,7 +69,7 @@ impl Default for MonitorConfig {
 }
 
 /// Counters of all monitors.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Reconciliation iterations.
     pub iterations: AtomicU64,
@@ -77,6 +77,21 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Monitors restarted after they ended unexpectedly (a panic).
     pub restarts: AtomicU64,
+    /// Iteration durations by kind of cluster.
+    pub iteration_seconds: crate::metrics::IterationSeconds,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            iterations: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            restarts: AtomicU64::default(),
+            iteration_seconds: prometheus_client::metrics::family::Family::new_with_constructor(
+                crate::metrics::iteration_histogram,
+            ),
+        }
+    }
 }
 
 /// Why an iteration failed; the monitor logs it, counts it and retries.
@@ -304,12 +319,21 @@ impl Supervisor {
             }
             self.stats.iterations.fetch_add(1, Ordering::Relaxed);
             let agents = &*self.agents;
+            let started = std::time::Instant::now();
             let outcome = match kind {
                 Kind::Web => web_monitor::reconcile(&self.core, agents, &oid).await,
                 Kind::Router => {
                     router_monitor::reconcile(&self.core, agents, &oid, &mut verified).await
                 }
             };
+            let labels = crate::metrics::KindLabels {
+                kind: match kind {
+                    Kind::Web => "web",
+                    Kind::Router => "router",
+                },
+            };
+            let histogram = self.stats.iteration_seconds.get_or_create(&labels);
+            histogram.observe(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(Outcome::Done) => {
                     self.core.gauges.remove(&oid);

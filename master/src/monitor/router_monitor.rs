@@ -78,6 +78,7 @@ pub async fn reconcile(
         crate::metrics::WorkerCounts {
             desired: placed.slots.len() as u64,
             running: running_wanted(&desired, &observed),
+            unplaced: placed.unplaced.len() as u64,
         },
     );
     let mut acted = !planned.actions.is_empty();

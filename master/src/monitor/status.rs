@@ -84,6 +84,9 @@ pub async fn apply<C: ClusterRecord>(
         Verdict::Keep(outcome) => Ok(outcome),
         Verdict::Set(status, reason) => {
             set_status::<C>(core, oid, status, &reason).await?;
+            if status == ClusterStatus::Running {
+                core.gauges.converged(oid);
+            }
             Ok(Outcome::Continue)
         }
     }

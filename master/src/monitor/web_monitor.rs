@@ -82,6 +82,7 @@ pub async fn reconcile(
                 .flat_map(|ws| ws.values())
                 .filter(|w| w.status == WorkerStatus::Started)
                 .count() as u64,
+            unplaced: 0,
         },
     );
     let acted = !actions.is_empty();

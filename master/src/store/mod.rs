@@ -14,6 +14,7 @@ pub mod copy;
 pub mod etcd;
 pub mod keys;
 pub mod memory;
+pub mod metered;
 pub mod sled;
 
 use std::future::Future;
