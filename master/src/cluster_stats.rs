@@ -47,15 +47,12 @@ impl Matcher {
 }
 
 impl Core {
-    async fn matcher(&self, only: Option<&str>) -> Matcher {
+    /// Which workers belong to which running cluster; a store error is returned (the stream
+    /// keeps its previous matcher), never taken for "no cluster".
+    async fn matcher(&self, only: Option<&str>) -> Result<Matcher> {
         let mut m = Matcher::default();
         let running = |s: i32| s != ClusterStatus::Stopped as i32;
-        for c in self
-            .store
-            .list::<WebCluster>(keys::WEBCLUSTERS)
-            .await
-            .unwrap_or_default()
-        {
+        for c in self.store.list::<WebCluster>(keys::WEBCLUSTERS).await? {
             if running(c.status) && only.is_none_or(|o| o == c.oid) {
                 m.web.push((web_prefix(&c.oid), c.oid));
             }
@@ -63,21 +60,16 @@ impl Core {
         for c in self
             .store
             .list::<RouterCluster>(keys::ROUTERCLUSTERS)
-            .await
-            .unwrap_or_default()
+            .await?
         {
             if running(c.status) && only.is_none_or(|o| o == c.oid) {
-                for g in self
-                    .store
-                    .list::<RouterWorkerGroup>(&keys::workergroups(&c.oid))
-                    .await
-                    .unwrap_or_default()
-                {
+                let groups = keys::workergroups(&c.oid);
+                for g in self.store.list::<RouterWorkerGroup>(&groups).await? {
                     m.groups.insert(g.name, c.oid.clone());
                 }
             }
         }
-        m
+        Ok(m)
     }
 
     /// The merged stats stream of cluster `cluster_oid` (empty: every cluster).
@@ -115,8 +107,12 @@ impl Core {
                     _ = tx.closed() => break,
                     _ = ticker.tick() => {}
                 }
-                *matcher.write().unwrap_or_else(|p| p.into_inner()) =
-                    core.matcher(only.as_deref()).await;
+                match core.matcher(only.as_deref()).await {
+                    Ok(m) => *matcher.write().unwrap_or_else(|p| p.into_inner()) = m,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the clusters; keeping the last view");
+                    }
+                }
                 feeds.retain(|_, task| !task.is_finished());
                 let online = match core.list_nodes(Some(NodeStatus::Online)).await {
                     Ok(nodes) => nodes,
