@@ -501,6 +501,12 @@ fn store_command(command: StoreCommand) -> Result<(), Failure> {
     let to = parse_store(&to, &etcd_prefix, &tls)?;
     runtime()?.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
+        // A store that does not answer within this is an error, not a wait.
+        let give_up = stop.clone();
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            give_up.cancel();
+        });
         let open = |choice: StoreChoice| {
             let stop = stop.clone();
             async move {
@@ -511,6 +517,7 @@ fn store_command(command: StoreCommand) -> Result<(), Failure> {
         };
         let (source, source_sled) = open(from.clone()).await?;
         let (target, target_sled) = open(to.clone()).await?;
+        deadline.abort();
         let copied = crate::store::copy::copy(&*source, &*target, force)
             .await
             .map_err(|e| match e {

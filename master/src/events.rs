@@ -6,9 +6,12 @@
 //! order: [`Events::publish`] queues an event; a writer task commits the queued events as rows
 //! of the `ev/` table (a batch per transaction); a pump task follows the store's watch of that
 //! table and hands each event, in commit order, to this master's watchers and monitors. A
-//! janitor keeps the newest [`KEPT_EVENTS`] rows. On a single master this costs one batched
-//! write per burst of events; on etcd it is what lets a follower's watchers see the leader's
-//! changes (docs/architecture.md, "The store").
+//! janitor keeps the newest [`KEPT_EVENTS`] rows. This costs one batched write per burst of
+//! events; on etcd it is what lets every client of the store (another master, a restarted one)
+//! see the events in one order (docs/architecture.md, "The store"). An event is written after the
+//! change it reports, in publishing order: two changes committed at nearly the same time by
+//! different tasks may be reported in the other order, and a master that dies between a change
+//! and its event loses that event.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -44,9 +47,9 @@ impl Events {
         let (outbox, queued) = mpsc::unbounded_channel();
         // The pump watches from the store's current revision: taken now, before anything can
         // be published, so that no event of this master is missed.
-        let changes = store.watch(keys::EVENTS, 0);
+        let from = store.revision();
         tokio::spawn(write(store.clone(), queued, shutdown.clone()));
-        tokio::spawn(pump(store.clone(), changes, tx.clone(), shutdown.clone()));
+        tokio::spawn(pump(store.clone(), from, tx.clone(), shutdown.clone()));
         tokio::spawn(janitor(store, shutdown));
         Events { tx, outbox }
     }
@@ -132,8 +135,13 @@ fn event_key(e: &Event) -> Vec<u8> {
     [keys::EVENTS, format!("{ns:020}-{unique}").as_bytes()].concat()
 }
 
-/// Commits queued events, a batch per transaction, in the order they were published; a store
-/// that does not answer is retried (events wait, in order).
+/// Events per transaction: below etcd's default limit of 128 operations per transaction.
+const BATCH: usize = 100;
+
+/// Commits queued events, a batch per transaction, in the order they were published. A store
+/// that does not answer is retried (events wait, in order); each row is written only if absent,
+/// so a retried batch that had been applied after all is not written twice. A batch the store
+/// refuses for good is logged and dropped rather than holding every later event back.
 async fn write(
     store: Arc<dyn Store>,
     mut queued: mpsc::UnboundedReceiver<Event>,
@@ -141,39 +149,78 @@ async fn write(
 ) {
     let mut batch = Vec::new();
     loop {
-        let n = tokio::select! {
-            n = queued.recv_many(&mut batch, 256) => n,
-            _ = shutdown.cancelled() => queued.recv_many(&mut batch, 256).await,
-        };
-        if n == 0 {
-            return;
-        }
-        let txn = batch.drain(..).fold(Txn::new(), |txn, e| {
-            txn.put(event_key(&e), crate::store::codec::encode(&e))
-        });
-        let mut delay = Duration::from_millis(50);
-        while let Err(error) = store.commit(txn.clone()).await {
-            if shutdown.is_cancelled() {
-                return;
+        let stopping = tokio::select! {
+            n = queued.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                false
             }
-            tracing::warn!(%error, retry_in = ?delay, "cannot record events; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            _ = shutdown.cancelled() => {
+                // What was published before shutdown is still written, then the task ends.
+                while batch.len() < BATCH {
+                    match queued.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                true
+            }
+        };
+        if !batch.is_empty() {
+            commit_events(&*store, batch.drain(..), &shutdown).await;
+        }
+        if stopping && queued.is_empty() {
+            return;
         }
     }
 }
 
-/// Hands every event committed to the store (by any master) to this master's subscribers, in
-/// commit order, with this master's sequence numbers. A broken watch resumes after the last
-/// revision delivered.
+async fn commit_events(
+    store: &dyn Store,
+    events: impl Iterator<Item = Event>,
+    shutdown: &CancellationToken,
+) {
+    let txn = events.fold(Txn::new(), |txn, e| {
+        let key = event_key(&e);
+        txn.absent(key.clone())
+            .put(key, crate::store::codec::encode(&e))
+    });
+    let mut delay = Duration::from_millis(50);
+    let mut retried = false;
+    loop {
+        match store.commit(txn.clone()).await {
+            Ok(_) => return,
+            // Written by an earlier attempt whose answer was lost.
+            Err(StoreError::Conflict(_)) if retried => return,
+            Err(StoreError::Unavailable(error)) if !shutdown.is_cancelled() => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot record events; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                retried = true;
+            }
+            Err(error) => {
+                let n = txn.puts.len();
+                tracing::error!(%error, events = n, "events dropped: the store refused them");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands every event committed to the store (by any client of it) to this master's
+/// subscribers, in commit order, with this master's sequence numbers. A broken watch resumes
+/// after the last revision delivered, after a short pause.
 async fn pump(
     store: Arc<dyn Store>,
-    mut changes: crate::store::ChangeStream,
+    from: Revision,
     tx: broadcast::Sender<Arc<Event>>,
     shutdown: CancellationToken,
 ) {
     let mut seq = 0u64;
-    let mut last: Revision = 0;
+    let mut last = from;
+    let mut changes = store.watch(keys::EVENTS, last);
+    let mut delay = Duration::from_millis(20);
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -181,25 +228,29 @@ async fn pump(
         };
         let change = match next {
             Some(Ok(c)) => c,
-            Some(Err(StoreError::Compacted(oldest))) => {
-                tracing::warn!(
-                    after = last,
-                    oldest,
-                    "events were lost to the store's retention"
-                );
-                changes = store.watch(keys::EVENTS, 0);
-                continue;
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "event watch broke; resuming");
-                changes = store.watch(keys::EVENTS, last);
-                continue;
-            }
-            None => {
+            broken => {
+                match broken {
+                    Some(Err(StoreError::Compacted(oldest))) => {
+                        tracing::warn!(
+                            after = last,
+                            oldest,
+                            "events were lost to the store's retention"
+                        );
+                        last = oldest.saturating_sub(1);
+                    }
+                    Some(Err(error)) => tracing::warn!(%error, "event watch broke; resuming"),
+                    _ => tracing::warn!("event watch ended; resuming"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
                 changes = store.watch(keys::EVENTS, last);
                 continue;
             }
         };
+        delay = Duration::from_millis(20);
         last = change.revision;
         let Some(bytes) = change.value else { continue }; // the janitor's deletes
         match crate::store::codec::decode::<Event>(&change.key, &bytes) {
@@ -229,7 +280,7 @@ async fn janitor(store: Arc<dyn Store>, shutdown: CancellationToken) {
             }
         };
         let surplus = rows.len().saturating_sub(KEPT_EVENTS);
-        for chunk in rows[..surplus].chunks(100) {
+        for chunk in rows[..surplus].chunks(BATCH) {
             let txn = chunk
                 .iter()
                 .fold(Txn::new(), |t, (k, _)| t.delete(k.clone()));

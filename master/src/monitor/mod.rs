@@ -44,6 +44,12 @@ use crate::store::{StoreError, StoreExt, keys};
 use agent::{AgentApi, unreachable};
 use owner::{Owner, live};
 
+/// How often the supervisor looks in the store for active clusters without a monitor.
+const RESUME_EVERY: Duration = Duration::from_secs(10);
+
+/// How many times a sweep is tried while the store cannot answer.
+const SWEEP_ATTEMPTS: usize = 10;
+
 /// Which kind of cluster a monitor runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -104,6 +110,9 @@ pub enum MonitorError {
     /// A read through the master's core failed.
     #[error(transparent)]
     Core(#[from] crate::error::Error),
+    /// An agent call failed (where the whole step depends on it).
+    #[error("agent: {}", .0.message())]
+    Agent(#[from] tonic::Status),
 }
 
 impl MonitorError {
@@ -151,15 +160,25 @@ impl Supervisor {
         if !self.resume().await {
             return;
         }
+        // Monitors start from start events; a start event missed (this receiver lagged, or the
+        // store's event history was compacted past it) is found by resuming again from the
+        // store, now and then.
+        let mut safety = tokio::time::interval(RESUME_EVERY);
+        safety.reset();
         loop {
             let event = tokio::select! {
                 _ = self.core.shutdown.cancelled() => return,
+                _ = safety.tick() => {
+                    self.resume().await;
+                    continue;
+                }
                 e = events.recv() => e,
             };
             let event = match event {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     self.wake_all();
+                    self.resume().await;
                     continue;
                 }
                 Err(_) => return,
@@ -288,9 +307,7 @@ impl Supervisor {
                 continue;
             }
             self.lock_monitors().remove(&oid);
-            if self.core.shutdown.is_cancelled()
-                || !matches!(is_active(&self.core, kind, &oid).await, Ok(true))
-            {
+            if self.core.shutdown.is_cancelled() || !self.active_after_all(kind, &oid).await {
                 break;
             }
             // Started again before the deregistration: its start event found this monitor
@@ -303,6 +320,21 @@ impl Supervisor {
             monitors.insert(oid.clone(), notify.clone());
         }
         tracing::info!("monitor ended");
+    }
+
+    /// Whether cluster `oid` is active after all, asking the store until it answers (or
+    /// shutdown).
+    async fn active_after_all(&self, kind: Kind, oid: &str) -> bool {
+        loop {
+            match is_active(&self.core, kind, oid).await {
+                Ok(active) => return active,
+                Err(error) => tracing::warn!(%error, "cannot read the cluster; asking again"),
+            }
+            tokio::select! {
+                _ = self.core.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(self.config.period) => {}
+            }
+        }
     }
 
     /// The monitor loop of one cluster; returns once the cluster is STOPPED or deleted, or on
@@ -397,10 +429,11 @@ async fn is_active(core: &Core, kind: Kind, oid: &str) -> Result<bool, StoreErro
             .await?
             .map(|(c, _)| c.status),
     };
-    Ok(status.is_some_and(|s| s != ClusterStatus::Stopped as i32))
+    Ok(status.is_some_and(needs_monitor))
 }
 
-/// Whether the cluster `oid` (web or router) exists and is not STOPPED.
+/// Whether the cluster `oid` (web or router) exists in a status that has a monitor (its workers
+/// are that monitor's business).
 async fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
     Ok(is_active(core, Kind::Web, oid).await? || is_active(core, Kind::Router, oid).await?)
 }
@@ -409,7 +442,7 @@ async fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
 /// deleted while the node was unreachable), recognised by their owner labels. Running
 /// clusters' monitors handle the rest. Retried while the store cannot answer.
 async fn sweep(core: Arc<Core>, agents: Arc<dyn AgentApi>, node: Node, period: Duration) {
-    for _ in 0..10 {
+    for _ in 0..SWEEP_ATTEMPTS {
         match sweep_once(&core, &*agents, &node).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(node = %node.authid, %error, "sweep failed; retrying"),
@@ -423,9 +456,7 @@ async fn sweep(core: Arc<Core>, agents: Arc<dyn AgentApi>, node: Node, period: D
 
 async fn sweep_once(core: &Core, agents: &dyn AgentApi, node: &Node) -> Result<(), MonitorError> {
     let list = apb::ListWorkersRequest::default();
-    let Ok(list) = agents.list_workers(node, list).await else {
-        return Ok(()); // gone again; its next return sweeps
-    };
+    let list = agents.list_workers(node, list).await?;
     let mut running: HashMap<String, bool> = HashMap::new();
     for w in list.workers.into_iter().filter(|w| live(w.status)) {
         let Some(owner) = Owner::of(&w) else { continue };
@@ -441,15 +472,14 @@ async fn sweep_once(core: &Core, agents: &dyn AgentApi, node: &Node) -> Result<(
                 worker_id: w.id.clone(),
                 kill: false,
             };
-            if let Ok(r) = agents.stop_worker(node, req).await {
-                publish_worker(
-                    core,
-                    node,
-                    r.worker,
-                    &owner.group,
-                    EventType::OnWorkerStopped,
-                );
-            }
+            let r = agents.stop_worker(node, req).await?;
+            publish_worker(
+                core,
+                node,
+                r.worker,
+                &owner.group,
+                EventType::OnWorkerStopped,
+            );
         }
     }
     Ok(())
@@ -474,6 +504,18 @@ async fn nodes_by_oid(core: &Core) -> Result<BTreeMap<String, Node>, MonitorErro
         .into_iter()
         .map(|n| (n.oid.clone(), n))
         .collect())
+}
+
+/// Whether a node is online now that the iteration did not observe (it came back meanwhile):
+/// a stopping cluster is not STOPPED before that node was looked at too.
+async fn online_unseen<T>(
+    core: &Core,
+    observed: &BTreeMap<String, T>,
+) -> Result<bool, MonitorError> {
+    Ok(nodes_by_oid(core)
+        .await?
+        .values()
+        .any(|n| n.status == NodeStatus::Online as i32 && !observed.contains_key(&n.oid)))
 }
 
 /// How long observing one node may take in all: each call has its own (shorter) deadline, and

@@ -97,9 +97,12 @@ pub async fn reconcile(
     acted |= store_ports(core, oid, &current, &ports).await?;
 
     let shortfall = shortfall(&placed.unplaced, &planned.blocked);
+    for e in &unobserved {
+        tracing::warn!(cluster = %cluster.name, error = %e, "node not observed");
+    }
     let findings = Findings {
         stopping,
-        unobserved: !unobserved.is_empty(),
+        unobserved: !unobserved.is_empty() || super::online_unseen(core, &observed).await?,
         acted,
         failures,
         cannot_run: if members.is_empty() {

@@ -50,8 +50,11 @@ pub fn decide(f: &Findings) -> Verdict {
     if f.stopping {
         return if !f.acted && !f.unobserved {
             Verdict::Stopped
-        } else {
+        } else if f.acted {
             Verdict::Keep(retry)
+        } else {
+            // Waiting for a node to answer: at the ticker's pace, not in a loop.
+            Verdict::Keep(Outcome::Continue)
         };
     }
     if let Some(reason) = &f.cannot_run {
@@ -209,7 +212,7 @@ mod tests {
             unobserved: true,
             ..stopping.clone()
         };
-        assert_eq!(decide(&unobserved), Verdict::Keep(Outcome::Again));
+        assert_eq!(decide(&unobserved), Verdict::Keep(Outcome::Continue));
         let failed = Findings {
             acted: true,
             failures: vec!["n1 stop w: timed out".into()],

@@ -363,6 +363,10 @@ impl Store for FlakyStore {
     fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
         self.inner.watch(prefix, after)
     }
+
+    fn revision(&self) -> Revision {
+        self.inner.revision()
+    }
 }
 
 /// A core on `store` with nodes `names` online; returns it and the nodes' oids by name.

@@ -8,7 +8,7 @@ use switchyard::pb::agent::v1::{WebService, WebTransport, WorkerStatus};
 /// What a web cluster wants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
-    /// Worker id prefix `cpw-<cluster oid 8>-`.
+    /// Worker id prefix `cpw-<cluster oid>-` (see `owner::web_prefix`).
     pub prefix: String,
     /// Node oid → number of web workers.
     pub nodes: BTreeMap<String, u32>,
@@ -96,10 +96,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             }
         }
         for id in &wanted {
-            let current = workers
-                .get(id)
-                .filter(|w| w.status == WorkerStatus::Started);
-            let Some(w) = current else {
+            let current = workers.get(id);
+            if current.is_some_and(|w| {
+                matches!(w.status, WorkerStatus::Starting | WorkerStatus::Stopping)
+            }) {
+                continue; // on its way: observed again next time
+            }
+            let Some(w) = current.filter(|w| w.status == WorkerStatus::Started) else {
                 // Missing, stopped or failed: (re)start it with its transport and services.
                 actions.push(Action::StartWorker {
                     node: node.clone(),
@@ -314,6 +317,32 @@ mod tests {
             }
         );
         assert!(a.iter().all(|x| x.node() == "n1"));
+    }
+
+    #[test]
+    fn a_worker_on_its_way_up_or_down_is_left_alone() {
+        let d = desired(&[("n1", 2)], &[]);
+        let on_the_way = |status| WorkerObs {
+            status,
+            transport: false,
+            services: BTreeMap::new(),
+        };
+        let o: Observed = [(
+            "n1".to_string(),
+            [
+                (
+                    "cpw-abcdef01-0".to_string(),
+                    on_the_way(WorkerStatus::Starting),
+                ),
+                (
+                    "cpw-abcdef01-1".to_string(),
+                    on_the_way(WorkerStatus::Stopping),
+                ),
+            ]
+            .into(),
+        )]
+        .into();
+        assert!(plan(&d, &o).is_empty(), "{:?}", plan(&d, &o));
     }
 
     #[test]

@@ -44,13 +44,16 @@ pub async fn reconcile(
     let owner = Owner::web(oid);
     let (observed, unobserved) =
         observe_online(&nodes, |node| observe_node(agents, node, &owner)).await;
+    // Liveness comes from heartbeats: a member that answered one call late is not failed over.
     let facts: Vec<Member> = members
         .iter()
         .map(|m| Member {
             node: m.node_oid.clone(),
             parallel: m.parallel.max(1),
             standby: m.standby,
-            online: observed.contains_key(&m.node_oid),
+            online: nodes
+                .get(&m.node_oid)
+                .is_some_and(|n| n.status == NodeStatus::Online as i32),
         })
         .collect();
     let (assigned, unreplaced) = if stopping {
@@ -96,16 +99,20 @@ pub async fn reconcile(
     for e in &failures {
         tracing::warn!(cluster = %cluster.name, error = %e, "action failed");
     }
+    for e in &unobserved {
+        tracing::warn!(cluster = %cluster.name, error = %e, "node not observed");
+    }
     let findings = Findings {
         stopping,
-        unobserved: !unobserved.is_empty(),
+        unobserved: !unobserved.is_empty() || super::online_unseen(core, &observed).await?,
         acted,
         failures,
         cannot_run: cannot_run(&facts, desired.nodes.is_empty()),
         shortfall: (unreplaced > 0).then(|| {
             format!("{unreplaced} active member(s) offline and no standby to replace them")
         }),
-        pending: false,
+        // Workers assigned to an online node that did not answer: wait for it.
+        pending: desired.nodes.keys().any(|n| !observed.contains_key(n)),
     };
     Ok(apply::<WebCluster>(core, oid, decide(&findings)).await?)
 }

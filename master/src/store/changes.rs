@@ -84,6 +84,15 @@ impl ChangeLog {
         // carries exactly the entries after it.
         replay
             .chain(follow)
+            // A watcher that fell behind is told so, and the stream ends there: it resumes
+            // after the last revision it saw (the trait's contract), never past a gap.
+            .scan(false, |ended, e| {
+                let item = (!*ended).then(|| {
+                    *ended = e.is_err();
+                    e
+                });
+                futures::future::ready(item)
+            })
             .flat_map(move |e| {
                 let changes: Vec<Result<Change, StoreError>> = match e {
                     Ok(entry) => entry

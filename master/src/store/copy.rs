@@ -38,11 +38,11 @@ impl Copied {
     }
 }
 
-/// The rows of a store's tables (a backend's own bookkeeping keys, which start with a NUL byte,
-/// are not part of the state).
+/// The rows of a store's tables: the state. A backend's own bookkeeping keys (starting with a
+/// NUL byte) and the event history (`ev/`, of no use to a new master) are left out.
 async fn rows(store: &dyn Store) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
     let mut rows = store.scan(b"").await?;
-    rows.retain(|(k, _)| !k.starts_with(b"\0"));
+    rows.retain(|(k, _)| !k.starts_with(b"\0") && !k.starts_with(super::keys::EVENTS));
     Ok(rows)
 }
 

@@ -131,8 +131,11 @@ impl Endpoints {
     }
 
     /// Runs `call` against the member that answered last, then the others in turn while they
-    /// do not answer (unavailable or past the deadline: down, or without quorum).
-    async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    /// do not answer (unavailable or past the deadline: down, or without quorum). A call that
+    /// writes (`writes`) moves on only when the member could not be reached at all: one that
+    /// reached a member and then failed or timed out may have been applied, and is answered
+    /// `Unavailable` (outcome unknown) rather than sent again elsewhere.
+    async fn call<T, F, Fut>(&self, what: &str, writes: bool, call: F) -> Result<T, StoreError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -142,16 +145,23 @@ impl Endpoints {
         for i in 0..self.channels.len() {
             let n = (start + i) % self.channels.len();
             let (url, channel) = &self.channels[n];
-            match tokio::time::timeout(self.timeout, call(channel.clone())).await {
-                Ok(Ok(response)) => {
-                    self.current.store(n, Ordering::Relaxed);
-                    return Ok(response.into_inner());
-                }
-                Ok(Err(s)) if !retryable(&s) => {
-                    return Err(StoreError::Backend(format!("etcd {what}: {}", s.message())));
-                }
-                Ok(Err(s)) => last = format!("{url}: {}", s.message()),
-                Err(_) => last = format!("{url}: no answer within {:?}", self.timeout),
+            let (failure, unreached) =
+                match tokio::time::timeout(self.timeout, call(channel.clone())).await {
+                    Ok(Ok(response)) => {
+                        self.current.store(n, Ordering::Relaxed);
+                        return Ok(response.into_inner());
+                    }
+                    Ok(Err(s)) if !retryable(&s) => {
+                        return Err(StoreError::Backend(format!("etcd {what}: {}", s.message())));
+                    }
+                    Ok(Err(s)) => (format!("{url}: {}", s.message()), not_connected(&s)),
+                    Err(_) => (format!("{url}: no answer within {:?}", self.timeout), false),
+                };
+            last = failure;
+            if writes && !unreached {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd did not confirm the {what} (down or without quorum; it may still apply it: retry): {last}"
+                )));
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -167,6 +177,18 @@ impl Endpoints {
     fn rotate(&self) {
         self.current.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Whether the request never reached the member (no connection): safe to send elsewhere.
+fn not_connected(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    s.code() == tonic::Code::Unavailable
+        && s.source().is_some_and(|e| {
+            e.downcast_ref::<tonic::transport::Error>().is_some()
+                || e.to_string().contains("connect")
+        })
+        || s.message().contains("error trying to connect")
+        || s.message().contains("transport error")
 }
 
 /// Whether another member may answer where this one failed.
@@ -216,6 +238,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 struct Cache {
     state: RwLock<CacheState>,
+    /// A commit waited in vain for the watch: reconnect (a member cut off from the leader can
+    /// keep a watch open and silent).
+    behind: tokio::sync::Notify,
     /// The revision the cache reflects, for commits waiting to read their own write.
     applied: watch::Sender<Revision>,
 }
@@ -255,6 +280,7 @@ impl EtcdStore {
         let prefix = config.prefix.clone().into_bytes();
         let cache = Arc::new(Cache {
             state: RwLock::new(CacheState::default()),
+            behind: tokio::sync::Notify::new(),
             applied: watch::channel(0).0,
         });
         let mut delay = Duration::from_millis(100);
@@ -317,7 +343,12 @@ impl EtcdStore {
             .await
             .is_err()
         {
-            tracing::warn!(revision, "the etcd watch is behind this master's own write");
+            tracing::warn!(
+                revision,
+                "the etcd watch is behind this master's own write; reconnecting it"
+            );
+            self.cache.set_live(false);
+            self.cache.behind.notify_one();
         }
     }
 }
@@ -341,7 +372,7 @@ async fn range_all(
             serializable: false,
         };
         let resp = endpoints
-            .call("range", |ch| {
+            .call("range", false, |ch| {
                 let req = req.clone();
                 async move { KvClient::new(ch).range(req).await }
             })
@@ -374,8 +405,10 @@ async fn load_all(
     ))
 }
 
-/// Keeps the cache following etcd: a watch from the cache's revision, re-established (from
-/// where it stopped) when it breaks, and a full reload when etcd compacted that revision away.
+/// Keeps the cache following etcd: a watch from the cache's revision; when it breaks (or a
+/// commit found it behind), the prefix is read again at one revision and watched from there, so
+/// the cache never goes live on state older than what a reader may have read from etcd itself
+/// meanwhile.
 async fn follow(
     endpoints: Arc<Endpoints>,
     prefix: Vec<u8>,
@@ -383,36 +416,48 @@ async fn follow(
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(50);
+    let mut reload = false;
     while !stop.is_cancelled() {
-        let from = cache.read().revision + 1;
-        let broken = tokio::select! {
-            _ = stop.cancelled() => return,
-            b = watch_from(&endpoints, &prefix, &cache, from) => b,
-        };
-        cache.set_live(false);
-        match broken {
-            Broken::Compacted(_) => match load_all(&endpoints, &prefix).await {
+        if reload {
+            match load_all(&endpoints, &prefix).await {
                 Ok((map, revision)) => {
-                    tracing::warn!(revision, "etcd compacted past the cache: reloaded");
                     let mut state = cache.write();
                     state.map = map;
                     state.revision = revision;
                     drop(state);
                     cache.applied.send_replace(revision);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "cannot read the prefix from etcd");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
                     continue;
                 }
-                Err(error) => tracing::warn!(%error, "cannot reload from etcd"),
-            },
-            Broken::Stream(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "etcd watch broke; resuming");
-                endpoints.rotate();
             }
         }
-        tokio::select! {
+        let from = cache.read().revision + 1;
+        let broken = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = cache.behind.notified() => Broken::Stream("a commit found the watch behind".into()),
+            b = watch_from(&endpoints, &prefix, &cache, from) => b,
+        };
+        cache.set_live(false);
+        reload = true;
+        match broken {
+            Broken::Compacted(_) => tracing::warn!("etcd compacted past the cache: reloading"),
+            Broken::Stream(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "etcd watch broke; reloading and resuming");
+                endpoints.rotate();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -455,7 +500,12 @@ impl EtcdWatch {
         tx.send(create)
             .await
             .map_err(|e| Broken::Stream(e.to_string()))?;
-        let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut requests = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        // A member cut off from the leader then cancels the watch instead of keeping it silent.
+        requests.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
         let mut client = WatchClient::new(endpoints.any());
         let stream = tokio::time::timeout(endpoints.timeout, client.watch(requests))
             .await
@@ -571,7 +621,11 @@ async fn changes_after(
             }
         };
         loop {
-            match watch.next().await {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                next = watch.next() => next,
+            };
+            match next {
                 Ok(Batch::Changes(changes)) => {
                     delay = Duration::from_millis(50);
                     for c in changes {
@@ -586,7 +640,13 @@ async fn changes_after(
                     let _ = tx.send(Err(StoreError::Compacted(oldest))).await;
                     return;
                 }
-                Err(Broken::Stream(_)) => break,
+                Err(Broken::Stream(error)) => {
+                    tracing::debug!(%error, "etcd watch: resuming");
+                    endpoints.rotate();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    break;
+                }
             }
         }
     }
@@ -626,6 +686,10 @@ impl Store for EtcdStore {
         })
     }
 
+    fn revision(&self) -> Revision {
+        self.cache.read().revision
+    }
+
     fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
         let after = if after == 0 {
             self.cache.read().revision
@@ -659,7 +723,7 @@ impl Store for EtcdStore {
             let req = self.to_etcd(&txn);
             let resp = self
                 .endpoints
-                .call("txn", |ch| {
+                .call("txn", true, |ch| {
                     let req = req.clone();
                     async move { KvClient::new(ch).txn(req).await }
                 })

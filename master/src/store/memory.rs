@@ -62,4 +62,8 @@ impl Store for MemoryStore {
         let state = self.lock();
         self.changes.watch(prefix, after, state.revision)
     }
+
+    fn revision(&self) -> Revision {
+        self.lock().revision
+    }
 }

@@ -46,4 +46,8 @@ impl Store for MeteredStore {
     fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream {
         self.inner.watch(prefix, after)
     }
+
+    fn revision(&self) -> Revision {
+        self.inner.revision()
+    }
 }

@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// again after the last revision it saw: nothing is lost or repeated. Changes older than
     /// the backend keeps end the stream with [`StoreError::Compacted`].
     fn watch(&self, prefix: &[u8], after: Revision) -> ChangeStream;
+
+    /// The revision of the last commit this store knows of (a watch from it misses nothing
+    /// committed later).
+    fn revision(&self) -> Revision;
 }
 
 /// Checks `conditions` against a lookup function (shared by the implementations).

@@ -171,6 +171,10 @@ impl Store for SledStore {
         self.changes.watch(prefix, after, *revision)
     }
 
+    fn revision(&self) -> Revision {
+        *self.revision.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
         Box::pin(async move {
             let revision = self.apply(&txn)?;
