@@ -48,6 +48,8 @@ pub struct Core {
     pub agents: Arc<Agents>,
     /// Desired and running workers per cluster, as the monitors last saw them (for metrics).
     pub gauges: crate::metrics::ClusterGauges,
+    /// Node certificates: the CA key, their lifetime, the revocations.
+    pub issuing: crate::join::Issuing,
 }
 
 impl Core {
@@ -66,7 +68,16 @@ impl Core {
             shutdown,
             agents,
             gauges: Default::default(),
+            issuing: Default::default(),
         }
+    }
+}
+
+impl Core {
+    /// This core issuing node certificates with `issuing`.
+    pub fn with_issuing(mut self, issuing: crate::join::Issuing) -> Self {
+        self.issuing = issuing;
+        self
     }
 }
 

@@ -96,3 +96,15 @@ pub const NODES: &[u8] = b"node/";
 pub fn node_name(authid: &str) -> Vec<u8> {
     format!("nodename/{authid}").into_bytes()
 }
+/// `jointoken/<id>` → join token (its public record and the digest of its secret).
+pub fn join_token(id: &str) -> Vec<u8> {
+    format!("jointoken/{id}").into_bytes()
+}
+/// Prefix of every join token.
+pub const JOIN_TOKENS: &[u8] = b"jointoken/";
+/// `revoked/<authid>` → the revocation of a node's certificates (`RevokedNode`).
+pub fn revoked_node(authid: &str) -> Vec<u8> {
+    format!("revoked/{authid}").into_bytes()
+}
+/// Prefix of every node revocation.
+pub const REVOKED_NODES: &[u8] = b"revoked/";
