@@ -344,3 +344,355 @@ async fn refused_joins_say_why_and_write_nothing() {
     let list = tokens(&pki, &master).await;
     assert_eq!(list.iter().find(|t| t.id == two_id).unwrap().uses, 0);
 }
+
+/// Holds `(seconds since start, what)` of what a background stream saw.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>;
+
+/// Follows the master's node events for `oid` into a list.
+async fn watch_node(pki: &Pki, master: &Proc, oid: &str, start: std::time::Instant) -> Seen {
+    use switchyard::pb::master::v1::event_service_client::EventServiceClient;
+    let mut events = EventServiceClient::new(channel(pki, "admin", master.addr).await);
+    let mut stream = events
+        .watch(pb::WatchRequest {
+            types: vec![],
+            oids: vec![oid.to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = Seen::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            let t = e.event.map_or(0, |e| e.r#type);
+            let name = pb::EventType::try_from(t).map_or("?", |t| t.as_str_name());
+            sink.lock()
+                .unwrap()
+                .push((start.elapsed().as_secs_f64(), name.to_owned()));
+        }
+        sink.lock()
+            .unwrap()
+            .push((start.elapsed().as_secs_f64(), "END".into()));
+    });
+    seen
+}
+
+/// Follows the agent's stats through the master's gateway (`switchyard-node: node`).
+async fn gateway_stats(pki: &Pki, master: &Proc, node: &str, start: std::time::Instant) -> Seen {
+    use switchyard::pb::agent::v1::{
+        self as apb, native_process_service_client::NativeProcessServiceClient,
+    };
+    let mut np = NativeProcessServiceClient::new(channel(pki, "admin", master.addr).await);
+    let mut req = tonic::Request::new(apb::StreamProcessStatsRequest {
+        interval: 0.5,
+        processes: vec!["controller".into()],
+    });
+    req.metadata_mut()
+        .insert("switchyard-node", node.parse().unwrap());
+    let mut stream = np.stream_process_stats(req).await.unwrap().into_inner();
+    let seen = Seen::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let what = match stream.message().await {
+                Ok(Some(_)) => "sample".to_owned(),
+                Ok(None) => "END".to_owned(),
+                Err(s) => format!("ERROR {s}"),
+            };
+            let end = what != "sample";
+            sink.lock()
+                .unwrap()
+                .push((start.elapsed().as_secs_f64(), what));
+            if end {
+                break;
+            }
+        }
+    });
+    seen
+}
+
+/// grpcurl's health check on `addr` with the client certificate `cert`/`key` (`None`: none).
+fn health(ca: &Path, cert: Option<(&Path, &Path)>, addr: std::net::SocketAddr) -> Output {
+    let mut tls = vec!["-cacert".to_owned(), ca.to_string_lossy().into_owned()];
+    if let Some((c, k)) = cert {
+        tls.extend([
+            "-cert".to_owned(),
+            c.to_string_lossy().into_owned(),
+            "-key".to_owned(),
+            k.to_string_lossy().into_owned(),
+        ]);
+    }
+    common::grpcurl(
+        &tls,
+        &[
+            "-connect-timeout",
+            "3",
+            &addr.to_string(),
+            "grpc.health.v1.Health/Check",
+        ],
+    )
+}
+
+/// `not_after` of the certificate in `pem`, as Unix seconds.
+fn not_after(pem: &Path) -> i64 {
+    let text = std::fs::read_to_string(pem).unwrap();
+    let der = switchyard::issuer::pem_certificates(&text).remove(0);
+    switchyard::issuer::validity(&der).unwrap().1
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_twice_without_the_node_going_offline() {
+    let pki = Pki::new(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master_with(
+        &pki,
+        data.path(),
+        "127.0.0.1:0",
+        // A stream that broke at a rotation would put the node offline at once; the longer
+        // grace only keeps a loaded test machine's scheduling pauses from looking like one.
+        &["--node-cert-ttl", "30s", "--heartbeat-grace-ms", "5000"],
+    );
+    let pin = ca_pin(&pki.path);
+    let token = token(&pki, &master, &["--ttl", "1h"]);
+    let node = tempfile::tempdir().unwrap();
+    let dir = node.path().join("pki");
+    let agent = Proc::spawn(join_cmd(&master, "node7", &dir, &token, &pin));
+    common::nodes_online(&pki, master.addr, 1, Duration::from_secs(10)).await;
+    let start = std::time::Instant::now();
+    let oid = node_oid(&pki, &master, "node7").await;
+    let events = watch_node(&pki, &master, &oid, start).await;
+    let stats = gateway_stats(&pki, &master, "node7", start).await;
+
+    // Keep the first certificate aside, to try it after it expired.
+    let old = tempfile::tempdir().unwrap();
+    let (old_pem, old_key) = (old.path().join("old.pem"), old.path().join("old.key"));
+    std::fs::copy(dir.join("node7.pem"), &old_pem).unwrap();
+    std::fs::copy(dir.join("node7.key"), &old_key).unwrap();
+    let ca = dir.join("ca.pem");
+    assert!(
+        health(&ca, Some((&old_pem, &old_key)), master.addr)
+            .status
+            .success(),
+        "the first certificate works while it is valid"
+    );
+
+    // Two renewals, each with a new key, both written to the node's files.
+    eventually_async("two renewals", Duration::from_secs(75), || async {
+        (agent.logs().matches("node certificate renewed").count() >= 2).then_some(())
+    })
+    .await;
+    let new_key = std::fs::read_to_string(dir.join("node7.key")).unwrap();
+    assert_ne!(new_key, std::fs::read_to_string(&old_key).unwrap());
+    assert_eq!(mode(&dir.join("node7.key")), 0o600);
+    assert_eq!(files(&dir), ["ca.pem", "node7.key", "node7.pem"]);
+
+    // The old certificate is refused once it expired; the current one works, and the agent
+    // serves its current certificate to new connections.
+    let expiry = not_after(&old_pem);
+    eventually_async(
+        "the first certificate to expire",
+        Duration::from_secs(40),
+        || async { (unix_now() > expiry + 1).then_some(()) },
+    )
+    .await;
+    let out = health(&ca, Some((&old_pem, &old_key)), master.addr);
+    assert!(!out.status.success(), "an expired certificate was accepted");
+    let current = (dir.join("node7.pem"), dir.join("node7.key"));
+    let out = health(&ca, Some((&current.0, &current.1)), master.addr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = (pki.path.join("admin.pem"), pki.path.join("admin.key"));
+    let out = health(&ca, Some((&admin.0, &admin.1)), agent.addr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Throughout: never offline, and the gateway stream never stopped or paused.
+    let events_handle = events;
+    let events = events_seen(&events_handle);
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| e.contains("SHUTDOWN") || e == "END"),
+        "{events:?}\nmaster:\n{}\nagent:\n{}",
+        master.logs(),
+        agent.logs()
+    );
+    let stats = stats.lock().unwrap().clone();
+    assert!(
+        stats.iter().all(|(_, s)| s == "sample"),
+        "{:?}",
+        stats.last()
+    );
+    let gaps = stats
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .fold(0.0, f64::max);
+    assert!(gaps < 3.0, "the stream paused {gaps:.1} s");
+    assert!(stats.last().unwrap().0 > start.elapsed().as_secs_f64() - 3.0);
+    assert!(stats.len() > 40, "{} samples", stats.len());
+    assert_eq!(
+        agent
+            .logs()
+            .matches("heartbeat stream moved to the renewed certificate")
+            .count(),
+        2,
+        "{}",
+        agent.logs()
+    );
+
+    // The watcher does see a node going offline (so its silence above meant something).
+    drop(agent);
+    eventually_async("node7 offline", Duration::from_secs(10), || async {
+        let e = events_seen(&events_handle);
+        e.iter().any(|(_, e)| e.contains("SHUTDOWN")).then_some(())
+    })
+    .await;
+}
+
+fn events_seen(seen: &Seen) -> Vec<(f64, String)> {
+    seen.lock().unwrap().clone()
+}
+
+/// Whether grpcurl was refused for a revoked certificate (its reflection query fails first, so
+/// the status's message is what it prints).
+fn refused_as_revoked(out: &Output) -> bool {
+    let err = String::from_utf8_lossy(&out.stderr);
+    !out.status.success() && err.contains("PermissionDenied") && err.contains("was revoked")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_nodes_certificate_is_refused_by_the_master_and_the_agents() {
+    let pki = Pki::new(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master(&pki, data.path());
+    let pin = ca_pin(&pki.path);
+    let two = token(&pki, &master, &["--ttl", "1h", "--uses", "2"]);
+    let (a_home, b_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_dir, b_dir) = (a_home.path().join("pki"), b_home.path().join("pki"));
+    let agent_a = Proc::spawn(join_cmd(&master, "node-a", &a_dir, &two, &pin));
+    let agent_b = Proc::spawn(join_cmd(&master, "node-b", &b_dir, &two, &pin));
+    common::nodes_online(&pki, master.addr, 2, Duration::from_secs(10)).await;
+    let ca = a_dir.join("ca.pem");
+    let a_cert = (a_dir.join("node-a.pem"), a_dir.join("node-a.key"));
+    let a_tls = Some((a_cert.0.as_path(), a_cert.1.as_path()));
+    assert!(health(&ca, a_tls, master.addr).status.success());
+    assert!(health(&ca, a_tls, agent_b.addr).status.success());
+
+    let out = cli(&pki, &master, &["node", "remove", "node-a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+
+    // The master refuses it at once, on a new connection and on the heartbeat stream it had.
+    let out = health(&ca, a_tls, master.addr);
+    assert!(
+        refused_as_revoked(&out),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "node-a told its certificate is refused",
+        Duration::from_secs(10),
+        || agent_a.logs().contains("CERTIFICATE_REVOKED").then_some(()),
+    );
+    // The other agent learns it from its heartbeats.
+    eventually(
+        "node-b to refuse node-a's certificate",
+        Duration::from_secs(10),
+        || refused_as_revoked(&health(&ca, a_tls, agent_b.addr)).then_some(()),
+    );
+    let names = || {
+        let out = cli(&pki, &master, &["node", "list"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!names().contains("node-a"), "{}", names());
+
+    // Back with its old certificate: still refused, not registered again.
+    drop(agent_a);
+    let again = Proc::spawn(join_cmd(&master, "node-a", &a_dir, &two, &pin));
+    eventually(
+        "the old certificate refused again",
+        Duration::from_secs(10),
+        || again.logs().contains("CERTIFICATE_REVOKED").then_some(()),
+    );
+    assert!(!names().contains("node-a"), "{}", names());
+    drop(again);
+
+    // A new token, on a machine without the old files: node-a is back, with a certificate both
+    // the master and node-b accept.
+    std::fs::remove_dir_all(&a_dir).unwrap();
+    let fresh = token(&pki, &master, &["--ttl", "1h"]);
+    let _back = Proc::spawn(join_cmd(&master, "node-a", &a_dir, &fresh, &pin));
+    common::nodes_online(&pki, master.addr, 2, Duration::from_secs(10)).await;
+    assert!(health(&ca, a_tls, master.addr).status.success());
+    assert!(health(&ca, a_tls, agent_b.addr).status.success());
+}
+
+#[tokio::test]
+async fn tokens_are_created_offline_on_a_stopped_masters_store() {
+    let pki = Pki::new(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let offline = |args: &[&str]| {
+        Command::new(master_bin())
+            .args(["token", "create", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No store yet: a clear error, nothing created.
+    let out = offline(&["--ttl", "10m"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no master store"));
+
+    let master = Proc::master(&pki, data.path());
+    // While the master runs, its store is locked: the error points to the online path.
+    let out = offline(&["--ttl", "10m"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("switchyard token create"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = master.addr;
+    drop(master);
+    let out = offline(&["--ttl", "10m", "--name-prefix", "n"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+
+    let master = Proc::master_on(&pki, data.path(), &addr.to_string());
+    let node = tempfile::tempdir().unwrap();
+    let _agent = Proc::spawn(join_cmd(
+        &master,
+        "n1",
+        &node.path().join("pki"),
+        &token,
+        &ca_pin(&pki.path),
+    ));
+    common::nodes_online(&pki, master.addr, 1, Duration::from_secs(10)).await;
+}
