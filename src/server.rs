@@ -69,9 +69,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha);
 
     let names = services.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let stop = shutdown.clone();
     let drained = async move {
-        stop.cancelled().await;
+        shutdown.cancelled().await;
         for name in names {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -81,7 +80,7 @@ pub async fn serve(
     let builder = Server::builder().layer(crate::metrics::RpcMetricsLayer(rpc));
     match security {
         Security::Mtls(tls) => {
-            let incoming = tls_incoming(listener, tls.acceptor(), shutdown);
+            let incoming = tls_incoming(listener, tls.acceptor());
             builder
                 .layer(AuthLayer::new(policy, tls.revocations().clone()))
                 .add_routes(routes)
@@ -103,17 +102,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// TLS connections of `listener`: accepted until `shutdown`, handshakes in their own tasks.
+/// TLS connections of `listener`, handshakes in their own tasks. Accepting stops (and the port
+/// closes) when the server drops the stream: at shutdown, after the health services were marked
+/// not serving.
 fn tls_incoming(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
                 _ = tx.closed() => return,
                 accepted = listener.accept() => accepted,
             };

@@ -48,8 +48,9 @@ pub struct Core {
     pub agents: Arc<Agents>,
     /// Desired and running workers per cluster, as the monitors last saw them (for metrics).
     pub gauges: crate::metrics::ClusterGauges,
-    /// Node certificates: the CA key, their lifetime, the revocations.
-    pub issuing: crate::join::Issuing,
+    /// Node certificates: the CA key, their lifetime, the revocations (set once at start-up,
+    /// [`Core::start_issuing`]; defaults until then).
+    issuing: std::sync::OnceLock<crate::join::Issuing>,
 }
 
 impl Core {
@@ -68,16 +69,35 @@ impl Core {
             shutdown,
             agents,
             gauges: Default::default(),
-            issuing: Default::default(),
+            issuing: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Core {
-    /// This core issuing node certificates with `issuing`.
-    pub fn with_issuing(mut self, issuing: crate::join::Issuing) -> Self {
-        self.issuing = issuing;
-        self
+    /// How this master issues node certificates.
+    pub fn issuing(&self) -> &crate::join::Issuing {
+        self.issuing.get_or_init(Default::default)
+    }
+
+    /// Issues node certificates with `signer` for `node_cert_ttl`, with the revocations of the
+    /// store; returns the revocations for the role layer. Called once, before serving.
+    pub async fn start_issuing(
+        &self,
+        signer: Option<Arc<switchyard::issuer::CaSigner>>,
+        node_cert_ttl: Duration,
+    ) -> Result<Arc<switchyard::revocation::Revocations>, crate::store::StoreError> {
+        let revocations = Arc::new(switchyard::revocation::Revocations::new());
+        let issuing = crate::join::Issuing {
+            signer,
+            node_cert_ttl,
+            revocations: revocations.clone(),
+        };
+        if self.issuing.set(issuing).is_err() {
+            tracing::error!("node certificate issuing started twice; keeping the first");
+        }
+        self.load_revocations().await?;
+        Ok(self.issuing().revocations.clone())
     }
 }
 

@@ -53,7 +53,7 @@ const JOIN_ATTEMPTS: usize = 8;
 
 impl Core {
     fn signer(&self) -> Result<&CaSigner> {
-        self.issuing.signer.as_deref().ok_or_else(|| {
+        self.issuing().signer.as_deref().ok_or_else(|| {
             Error::domain(
                 Reason::FeatureUnavailable,
                 "this master holds no CA key (ca.key in its PKI directory): issue node certificates with `switchyard-master ca issue`",
@@ -63,7 +63,7 @@ impl Core {
 
     fn sign(&self, authid: &str, csr_pem: &str) -> Result<SignedCert> {
         let floor = self
-            .issuing
+            .issuing()
             .revocations
             .revoked_until(authid)
             .map(|s| UNIX_EPOCH + Duration::from_secs(s.max(0) as u64));
@@ -71,7 +71,7 @@ impl Core {
             .sign_node(&NodeCertRequest {
                 csr_pem,
                 authid,
-                ttl: self.issuing.node_cert_ttl,
+                ttl: self.issuing().node_cert_ttl,
                 not_before_floor: floor,
             })
             .map_err(|e| match e {
@@ -187,7 +187,7 @@ impl Core {
             .into_iter()
             .map(|r| (r.authid, r.revoked_until.map_or(0, |t| t.seconds)))
             .collect();
-        self.issuing.revocations.replace(nodes);
+        self.issuing().revocations.replace(nodes);
         Ok(())
     }
 
@@ -198,7 +198,7 @@ impl Core {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let until = self
-            .issuing
+            .issuing()
             .revocations
             .revoked_until(authid)
             .map_or(now, |t| t.max(now));
@@ -216,7 +216,7 @@ impl Core {
     pub fn revocation_list(&self) -> RevocationList {
         RevocationList {
             nodes: self
-                .issuing
+                .issuing()
                 .revocations
                 .snapshot()
                 .into_iter()

@@ -111,21 +111,14 @@ pub async fn serve(
         })?,
     );
     let agents = Arc::new(agents::Agents::new(options.identity.clone()));
-    let revocations = Arc::new(switchyard::revocation::Revocations::new());
-    let core = Arc::new(
-        Core::new(
-            sled.clone(),
-            options.heartbeat,
-            agents.clone(),
-            shutdown.clone(),
-        )
-        .with_issuing(join::Issuing {
-            signer: options.signer.clone(),
-            node_cert_ttl: options.node_cert_ttl,
-            revocations: revocations.clone(),
-        }),
-    );
-    core.load_revocations()
+    let core = Arc::new(Core::new(
+        sled.clone(),
+        options.heartbeat,
+        agents.clone(),
+        shutdown.clone(),
+    ));
+    let revocations = core
+        .start_issuing(options.signer.clone(), options.node_cert_ttl)
         .await
         .map_err(|source| MasterError::Store {
             path: options.data_dir.clone(),

@@ -294,7 +294,7 @@ impl Core {
                     .put(revoked_key, revoked),
             )
             .await?;
-        self.issuing.revocations.revoke(&node.authid, until);
+        self.issuing().revocations.revoke(&node.authid, until);
         tracing::warn!(node = %node.authid, oid = %node.oid, "node removed; its certificates are revoked");
         self.liveness.lock().remove(&node.oid);
         self.events.publish(

@@ -53,12 +53,12 @@ impl NodeService for NodeApi {
         let revoked = move |core: &Core| {
             cert.as_ref()
                 .zip(principal.as_ref())
-                .is_some_and(|(c, p)| core.issuing.revocations.is_revoked(p, c.not_before))
+                .is_some_and(|(c, p)| core.issuing().revocations.is_revoked(p, c.not_before))
         };
         let node = core.heartbeat(&first, true).await?;
         let interval_ms = core.heartbeat.interval.as_millis() as u32;
         let reply = move |core: &Core, node_oid: String, agent_version: u64| {
-            let version = core.issuing.revocations.version();
+            let version = core.issuing().revocations.version();
             HeartbeatResponse {
                 node_oid,
                 heartbeat_interval_ms: interval_ms,
