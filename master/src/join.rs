@@ -231,3 +231,121 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::tokens::TokenSpec;
+    use switchyard::pb::master::v1::RemoveNodeRequest;
+
+    async fn core(ca: &std::path::Path) -> Arc<Core> {
+        switchyard::pki::init_ca(ca).unwrap();
+        let core = Arc::new(Core::new(
+            Arc::new(MemoryStore::default()),
+            Default::default(),
+            Arc::new(crate::agents::Agents::new(None)),
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let signer = CaSigner::load(ca).unwrap().map(Arc::new);
+        core.start_issuing(signer, Duration::from_secs(60))
+            .await
+            .unwrap();
+        core
+    }
+
+    fn request(token: &str, authid: &str) -> JoinNodeRequest {
+        let (_, csr_pem) = switchyard::issuer::node_csr(authid, &[]).unwrap();
+        JoinNodeRequest {
+            token: token.to_owned(),
+            authid: authid.to_owned(),
+            csr_pem,
+        }
+    }
+
+    fn reason(e: Error) -> Reason {
+        match e {
+            Error::Domain { reason, .. } => reason,
+            other => panic!("{other}"),
+        }
+    }
+
+    fn not_before(pem: &str) -> i64 {
+        let der = switchyard::issuer::pem_certificates(pem).remove(0);
+        switchyard::issuer::validity(&der).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn racing_joins_for_the_last_use_of_a_token_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path()).await;
+        let spec = TokenSpec {
+            ttl: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let (token, _) = tokens::create(core.store.as_ref(), &spec).await.unwrap();
+        let joins = (0..8).map(|i| {
+            let (core, req) = (core.clone(), request(&token, &format!("n{i}")));
+            tokio::spawn(async move { core.join_node(&req).await })
+        });
+        let results = futures::future::join_all(joins).await;
+        let (won, lost): (Vec<_>, Vec<_>) = results
+            .into_iter()
+            .map(|r| r.unwrap())
+            .partition(|r| r.is_ok());
+        assert_eq!(won.len(), 1);
+        for e in lost {
+            assert_eq!(reason(e.unwrap_err()), Reason::TokenExhausted);
+        }
+        assert_eq!(core.list_nodes(None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_removed_nodes_next_certificate_starts_after_its_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path()).await;
+        let spec = TokenSpec {
+            ttl: Duration::from_secs(60),
+            uses: 2,
+            ..Default::default()
+        };
+        let (token, _) = tokens::create(core.store.as_ref(), &spec).await.unwrap();
+        let first = core.join_node(&request(&token, "n1")).await.unwrap();
+        // The name is taken while the node is registered.
+        let taken = core.join_node(&request(&token, "n1")).await.unwrap_err();
+        assert_eq!(reason(taken), Reason::AlreadyExists);
+        let api = crate::api::NodeApi(core.clone());
+        use switchyard::pb::master::v1::node_service_server::NodeService;
+        api.remove_node(tonic::Request::new(RemoveNodeRequest {
+            node_oid: first.node_oid.clone(),
+        }))
+        .await
+        .unwrap();
+        let until = core.issuing().revocations.revoked_until("n1").unwrap();
+        assert!(not_before(&first.certificate_pem) <= until);
+        // Renewals need a registered node; a new join gets a certificate past the revocation.
+        let (_, csr) = switchyard::issuer::node_csr("n1", &[]).unwrap();
+        let unregistered = core.renew_node_certificate("n1", &csr).await.unwrap_err();
+        assert_eq!(reason(unregistered), Reason::NotAuthorized);
+        let again = core.join_node(&request(&token, "n1")).await.unwrap();
+        assert!(not_before(&again.certificate_pem) > until);
+        let renewed = core.renew_node_certificate("n1", &csr).await.unwrap();
+        assert!(not_before(&renewed.certificate_pem) > until);
+        // The revocation survives a restart of the master (it is in the store).
+        core.issuing().revocations.replace(Default::default());
+        core.load_revocations().await.unwrap();
+        assert_eq!(core.issuing().revocations.revoked_until("n1"), Some(until));
+    }
+
+    #[tokio::test]
+    async fn without_a_ca_key_joins_are_unavailable() {
+        let core = Arc::new(Core::new(
+            Arc::new(MemoryStore::default()),
+            Default::default(),
+            Arc::new(crate::agents::Agents::new(None)),
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let e = core.join_node(&request("x", "n1")).await.unwrap_err();
+        assert_eq!(reason(e), Reason::FeatureUnavailable);
+    }
+}
