@@ -63,11 +63,16 @@ async fn main() {
         let options = AgentOptions {
             authid: name.clone(),
             master: master.addr.to_string(),
-            security: Security::Mtls(identity.server_tls()),
+            security: Security::Mtls(
+                identity
+                    .server(switchyard::tls::ClientAuth::Required)
+                    .unwrap(),
+            ),
             worker_exe: "/nonexistent".into(),
             runtime_dir: runtime.path().join(name),
             stop_timeout: Duration::from_secs(1),
             identity: Some(identity),
+            pki_dir: None,
             advertise: None,
             labels: Default::default(),
             launcher: Launcher::Record,

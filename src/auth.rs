@@ -7,6 +7,11 @@
 //! the peer certificate, checks the [`Policy`] of the server against the gRPC method path, and
 //! either rejects with PERMISSION_DENIED (reason `NOT_AUTHORIZED`) or passes the request on with
 //! the [`Principal`] in its extensions for handlers that need it (`who`, heartbeat authid).
+//!
+//! The layer also refuses, on every call (so on connections opened earlier too), a certificate
+//! that has expired (UNAUTHENTICATED, `CERTIFICATE_EXPIRED`) or was revoked (PERMISSION_DENIED,
+//! `CERTIFICATE_REVOKED`; [`crate::revocation`]). The master accepts connections without a
+//! client certificate, for `NodeService/JoinNode` alone ([`OPEN_WITHOUT_CERTIFICATE`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::error::{Reason, status};
+use crate::revocation::Revocations;
 
 /// The URI prefix of every Switchyard principal.
 pub const SPIFFE_PREFIX: &str = "spiffe://switchyard/";
@@ -163,7 +169,14 @@ pub enum Policy {
 }
 
 /// gRPC method paths of the node-facing part of the master.
-const NODE_FACING: &[&str] = &["/switchyard.master.v1.NodeService/Heartbeat"];
+const NODE_FACING: &[&str] = &[
+    "/switchyard.master.v1.NodeService/Heartbeat",
+    "/switchyard.master.v1.NodeService/RenewNodeCertificate",
+];
+
+/// Methods of the master a client may call without a certificate: a joining node has none yet
+/// (it proves itself with a join token instead).
+pub const OPEN_WITHOUT_CERTIFICATE: &[&str] = &["/switchyard.master.v1.NodeService/JoinNode"];
 
 /// Services any authenticated caller may use: they reveal nothing and change nothing.
 const OPEN_SERVICES: &[&str] = &[
@@ -175,7 +188,8 @@ const OPEN_SERVICES: &[&str] = &[
 impl Policy {
     /// Whether `principal` may call the gRPC method at `path` (`/package.Service/Method`).
     pub fn allows(self, principal: &Principal, path: &str) -> bool {
-        if OPEN_SERVICES.iter().any(|p| path.starts_with(p)) {
+        if OPEN_SERVICES.iter().any(|p| path.starts_with(p)) || self.open_without_certificate(path)
+        {
             return true;
         }
         let node_facing = NODE_FACING.contains(&path);
@@ -186,6 +200,13 @@ impl Policy {
             (Policy::Agent, Role::Admin | Role::Master) => true,
             (Policy::Agent, Role::Node) => false,
         }
+    }
+}
+
+impl Policy {
+    /// Whether a caller without a certificate may call `path`.
+    pub fn open_without_certificate(self, path: &str) -> bool {
+        self == Policy::Master && OPEN_WITHOUT_CERTIFICATE.contains(&path)
     }
 }
 
@@ -209,17 +230,20 @@ pub struct AuthLayer {
 #[derive(Debug)]
 struct AuthConfig {
     policy: Policy,
+    /// Revoked node certificates.
+    revocations: Arc<Revocations>,
     /// Plaintext server (`--insecure`): there is no certificate, every caller is
     /// [`Principal::insecure`], an admin.
     insecure: bool,
 }
 
 impl AuthLayer {
-    /// Enforce `policy` on requests over mTLS.
-    pub fn new(policy: Policy) -> Self {
+    /// Enforce `policy` on requests over mTLS, refusing certificates in `revocations`.
+    pub fn new(policy: Policy, revocations: Arc<Revocations>) -> Self {
         AuthLayer {
             inner: Arc::new(AuthConfig {
                 policy,
+                revocations,
                 insecure: false,
             }),
         }
@@ -231,6 +255,7 @@ impl AuthLayer {
         AuthLayer {
             inner: Arc::new(AuthConfig {
                 policy,
+                revocations: Arc::default(),
                 insecure: true,
             }),
         }
@@ -255,35 +280,119 @@ pub struct AuthService<S> {
     config: Arc<AuthConfig>,
 }
 
-impl AuthService<()> {
-    fn principal_of<B>(_config: &AuthConfig, request: &http::Request<B>) -> Option<Principal> {
-        let info = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()?;
-        let certs = info.peer_certs()?;
-        cached_principal(certs.first()?.as_ref())
+/// What the role layer knows of a caller's certificate (also in the request's extensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The principal its URI SAN names, if any.
+    pub principal: Option<Principal>,
+    /// Its `not_before`, Unix seconds.
+    pub not_before: i64,
+    /// Its `not_after`, Unix seconds.
+    pub not_after: i64,
+}
+
+impl PeerCert {
+    /// Parses a DER certificate.
+    pub fn from_der(der: &[u8]) -> Self {
+        let (not_before, not_after) = crate::issuer::validity(der).unwrap_or((i64::MAX, 0));
+        PeerCert {
+            principal: Principal::from_certificate(der),
+            not_before,
+            not_after,
+        }
     }
 }
 
-/// Principals of recently seen certificates: parsing X.509 on every call would cost more than
-/// the call itself. Bounded; cleared when full (a cluster has few distinct certificates).
-fn cached_principal(der: &[u8]) -> Option<Principal> {
+/// The caller's certificate (`None`: none was presented).
+fn peer_cert<B>(request: &http::Request<B>) -> Option<Arc<PeerCert>> {
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    Some(cached_cert(certs.first()?.as_ref()))
+}
+
+/// Recently seen certificates: parsing X.509 on every call would cost more than the call
+/// itself. Bounded; cleared when full (a cluster has few distinct certificates).
+fn cached_cert(der: &[u8]) -> Arc<PeerCert> {
     use std::collections::HashMap;
     use std::sync::{OnceLock, RwLock};
     const MAX: usize = 4096;
-    type Cache = HashMap<Vec<u8>, Option<Principal>, std::hash::BuildHasherDefault<TailHasher>>;
+    type Cache = HashMap<Vec<u8>, Arc<PeerCert>, std::hash::BuildHasherDefault<TailHasher>>;
     static CACHE: OnceLock<RwLock<Cache>> = OnceLock::new();
     let cache = CACHE.get_or_init(RwLock::default);
     if let Some(hit) = cache.read().unwrap_or_else(|p| p.into_inner()).get(der) {
         return hit.clone();
     }
-    let principal = Principal::from_certificate(der);
+    let cert = Arc::new(PeerCert::from_der(der));
     let mut map = cache.write().unwrap_or_else(|p| p.into_inner());
     if map.len() >= MAX {
         map.clear();
     }
-    map.insert(der.to_vec(), principal.clone());
-    principal
+    map.insert(der.to_vec(), cert.clone());
+    cert
+}
+
+/// The current time, Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl AuthConfig {
+    /// The verdict on a call to `path` by the holder of `cert`: its principal, or the refusal.
+    fn verdict(
+        &self,
+        cert: Option<&PeerCert>,
+        path: &str,
+    ) -> Result<Option<Principal>, tonic::Status> {
+        let Some(cert) = cert else {
+            if self.policy.open_without_certificate(path) {
+                return Ok(None);
+            }
+            return Err(status(
+                Reason::Unauthenticated,
+                format!(
+                    "{path} requires a client certificate of the cluster CA (only {} is open without one)",
+                    OPEN_WITHOUT_CERTIFICATE.join(", ")
+                ),
+            ));
+        };
+        let Some(principal) = cert.principal.clone() else {
+            return Err(status(
+                Reason::NotAuthorized,
+                "the client certificate names no Switchyard principal (URI SAN spiffe://switchyard/...)",
+            ));
+        };
+        if unix_now() > cert.not_after {
+            tracing::warn!(%principal, path, "expired certificate refused");
+            return Err(status(
+                Reason::CertificateExpired,
+                format!("the certificate of {principal} has expired"),
+            ));
+        }
+        if self.revocations.is_revoked(&principal, cert.not_before) {
+            tracing::warn!(%principal, path, "revoked certificate refused");
+            return Err(status(
+                Reason::CertificateRevoked,
+                format!(
+                    "the certificate of {principal} was revoked (its node was removed); join again with a new token"
+                ),
+            ));
+        }
+        if !self.policy.allows(&principal, path) {
+            tracing::warn!(%principal, path, "permission denied");
+            return Err(status(
+                Reason::NotAuthorized,
+                format!(
+                    "{principal} (role {}) may not call {path}",
+                    principal.role.as_str()
+                ),
+            ));
+        }
+        Ok(Some(principal))
+    }
 }
 
 /// Hashes only the last 32 bytes of what it is given: for certificates, part of the CA's
@@ -329,27 +438,15 @@ where
             request.extensions_mut().insert(Insecure);
             return futures::future::Either::Left(self.inner.call(request));
         }
-        let path = request.uri().path();
-        let verdict = match AuthService::principal_of(&self.config, &request) {
-            None => Err(status(
-                Reason::NotAuthorized,
-                "the client certificate names no Switchyard principal (URI SAN spiffe://switchyard/...)",
-            )),
-            Some(principal) if !self.config.policy.allows(&principal, path) => {
-                tracing::warn!(%principal, path, "permission denied");
-                Err(status(
-                    Reason::NotAuthorized,
-                    format!(
-                        "{principal} (role {}) may not call {path}",
-                        principal.role.as_str()
-                    ),
-                ))
-            }
-            Some(principal) => Ok(principal),
-        };
-        match verdict {
+        let cert = peer_cert(&request);
+        match self.config.verdict(cert.as_deref(), request.uri().path()) {
             Ok(principal) => {
-                request.extensions_mut().insert(principal);
+                if let Some(principal) = principal {
+                    request.extensions_mut().insert(principal);
+                }
+                if let Some(cert) = cert {
+                    request.extensions_mut().insert(cert);
+                }
                 futures::future::Either::Left(self.inner.call(request))
             }
             Err(status) => {
@@ -422,6 +519,12 @@ mod tests {
         assert!(!Policy::Master.allows(&node, gw));
         assert!(!Policy::Master.allows(&master, web));
         assert!(Policy::Master.allows(&node, "/grpc.health.v1.Health/Check"));
+        let renew = "/switchyard.master.v1.NodeService/RenewNodeCertificate";
+        assert!(Policy::Master.allows(&node, renew));
+        assert!(!Policy::Master.allows(&admin, renew));
+        let token = "/switchyard.master.v1.NodeService/CreateJoinToken";
+        assert!(Policy::Master.allows(&admin, token));
+        assert!(!Policy::Master.allows(&node, token));
     }
 
     #[test]
@@ -430,6 +533,71 @@ mod tests {
         assert!(Policy::Agent.allows(&Principal::admin("a"), np));
         assert!(Policy::Agent.allows(&Principal::master(), np));
         assert!(!Policy::Agent.allows(&Principal::node("n1"), np));
+    }
+
+    fn config(policy: Policy) -> AuthConfig {
+        AuthConfig {
+            policy,
+            revocations: Arc::default(),
+            insecure: false,
+        }
+    }
+
+    fn cert(principal: Principal, not_before: i64, not_after: i64) -> PeerCert {
+        PeerCert {
+            principal: Some(principal),
+            not_before,
+            not_after,
+        }
+    }
+
+    fn reason(r: Result<Option<Principal>, tonic::Status>) -> String {
+        crate::error::reason_of(&r.unwrap_err()).unwrap()
+    }
+
+    #[test]
+    fn only_join_node_is_open_without_a_certificate_and_only_on_the_master() {
+        let join = "/switchyard.master.v1.NodeService/JoinNode";
+        let list = "/switchyard.master.v1.NodeService/ListNodes";
+        assert_eq!(config(Policy::Master).verdict(None, join).unwrap(), None);
+        assert_eq!(
+            reason(config(Policy::Master).verdict(None, list)),
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(
+            reason(config(Policy::Agent).verdict(None, join)),
+            "UNAUTHENTICATED"
+        );
+    }
+
+    #[test]
+    fn expired_and_revoked_certificates_are_refused_on_every_call() {
+        let hb = "/switchyard.master.v1.NodeService/Heartbeat";
+        let now = unix_now();
+        let c = config(Policy::Master);
+        let fresh = cert(Principal::node("n1"), now - 10, now + 100);
+        assert_eq!(
+            c.verdict(Some(&fresh), hb).unwrap(),
+            Some(Principal::node("n1"))
+        );
+        let expired = cert(Principal::node("n1"), now - 100, now - 1);
+        assert_eq!(reason(c.verdict(Some(&expired), hb)), "CERTIFICATE_EXPIRED");
+        c.revocations.revoke("n1", now);
+        assert_eq!(reason(c.verdict(Some(&fresh), hb)), "CERTIFICATE_REVOKED");
+        // One issued after the revocation passes; other nodes are untouched.
+        let reissued = cert(Principal::node("n1"), now + 1, now + 100);
+        assert!(c.verdict(Some(&reissued), hb).is_ok());
+        let other = cert(Principal::node("n2"), now - 10, now + 100);
+        assert!(c.verdict(Some(&other), hb).is_ok());
+        // A revoked node's certificate is refused for its revocation before the role check.
+        let a = config(Policy::Agent);
+        a.revocations.revoke("n1", now);
+        let uptime = "/switchyard.agent.v1.NativeProcessService/Uptime";
+        assert_eq!(
+            reason(a.verdict(Some(&fresh), uptime)),
+            "CERTIFICATE_REVOKED"
+        );
+        assert_eq!(reason(a.verdict(Some(&other), uptime)), "NOT_AUTHORIZED");
     }
 
     #[test]

@@ -43,10 +43,43 @@ pub fn layered_opt<T>(
     }
 }
 
+/// Parses a whole-second duration: a number with a unit `s`, `m`, `h` or `d` (`30s`, `1h`,
+/// `7d`), or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, scale) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86_400),
+        _ => (t, 1),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&s| s > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is not a duration (e.g. 30s, 15m, 1h, 7d)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{Arg, Command};
+
+    #[test]
+    fn durations_take_units() {
+        let secs = |t| parse_duration(t).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("15m"), Ok(900));
+        assert_eq!(secs("1h"), Ok(3600));
+        assert_eq!(secs("7d"), Ok(604_800));
+        assert_eq!(secs("45"), Ok(45));
+        for bad in ["", "0s", "1w", "-1h", "h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -46,6 +46,23 @@ pub enum Reason {
     InUse,
     /// The object changed concurrently; read it again and retry.
     ConcurrentChange,
+    /// No client certificate where one is required (only `NodeService/JoinNode` is open
+    /// without one).
+    Unauthenticated,
+    /// The caller's certificate has expired (a connection opened before it did).
+    CertificateExpired,
+    /// The caller's certificate was revoked: its node was removed.
+    CertificateRevoked,
+    /// The join token is unknown or its secret is wrong.
+    TokenInvalid,
+    /// The join token has expired.
+    TokenExpired,
+    /// The join token has been used as often as it may.
+    TokenExhausted,
+    /// The join token was revoked.
+    TokenRevoked,
+    /// The join token does not allow this node name (its name prefix).
+    NameNotAllowed,
     /// Anything else: logged with context, never detailed to the client.
     Internal,
 }
@@ -70,6 +87,14 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::InUse => "IN_USE",
             Reason::ConcurrentChange => "CONCURRENT_CHANGE",
+            Reason::Unauthenticated => "UNAUTHENTICATED",
+            Reason::CertificateExpired => "CERTIFICATE_EXPIRED",
+            Reason::CertificateRevoked => "CERTIFICATE_REVOKED",
+            Reason::TokenInvalid => "TOKEN_INVALID",
+            Reason::TokenExpired => "TOKEN_EXPIRED",
+            Reason::TokenExhausted => "TOKEN_EXHAUSTED",
+            Reason::TokenRevoked => "TOKEN_REVOKED",
+            Reason::NameNotAllowed => "NAME_NOT_ALLOWED",
             Reason::Internal => "INTERNAL",
         }
     }
@@ -87,7 +112,14 @@ impl Reason {
             | Reason::NotStarted
             | Reason::InUse => Code::FailedPrecondition,
             Reason::ConcurrentChange => Code::Aborted,
-            Reason::NotAuthorized => Code::PermissionDenied,
+            Reason::NotAuthorized
+            | Reason::CertificateRevoked
+            | Reason::TokenInvalid
+            | Reason::TokenExpired
+            | Reason::TokenExhausted
+            | Reason::TokenRevoked
+            | Reason::NameNotAllowed => Code::PermissionDenied,
+            Reason::Unauthenticated | Reason::CertificateExpired => Code::Unauthenticated,
             Reason::FeatureUnavailable => Code::Unimplemented,
             Reason::CannotListen | Reason::NodeUnavailable | Reason::StoreUnavailable => {
                 Code::Unavailable

@@ -3,6 +3,9 @@
 //! - [`pb`]: the generated gRPC API (`switchyard.master.v1`, `switchyard.agent.v1`) and the
 //!   encoded file descriptor set served by reflection.
 //! - [`pki`]: the cluster CA and certificate issuance (`ca init`, `ca issue`), key files 0600.
+//! - [`issuer`]: node certificates issued online (CA pins, CSRs, the master's signer);
+//!   [`revocation`]: revoked node certificates; [`tls`]: rustls configurations (swappable
+//!   server certificates, optional client certificates, the CA-pin verifier).
 //! - [`auth`]: principals from certificate URI SANs and the role policy, enforced by one tower
 //!   layer per server (docs/security.md).
 //! - [`error`]: the single mapping of domain errors to gRPC status codes and `ErrorInfo` reasons
@@ -15,12 +18,15 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod issuer;
 pub mod metrics;
 pub mod pb;
 pub mod pki;
+pub mod revocation;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// The version of this build, reported by agents and the master.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -69,6 +69,11 @@ pub enum PkiError {
 pub struct KeyPem(String);
 
 impl KeyPem {
+    /// Wraps a PEM private key.
+    pub fn new(pem: String) -> Self {
+        KeyPem(pem)
+    }
+
     /// The PEM text.
     pub fn expose(&self) -> &str {
         &self.0
@@ -102,8 +107,26 @@ impl Identity {
         })
     }
 
-    /// The server TLS configuration: this identity, client certificates required and verified
-    /// against the CA.
+    /// From PEM texts already in memory (an agent that just joined or renewed).
+    pub fn from_pem(ca_pem: String, cert_pem: String, key: KeyPem) -> Self {
+        Identity {
+            ca_pem,
+            cert_pem,
+            key,
+        }
+    }
+
+    /// The server TLS of Switchyard's servers ([`crate::server::Security::Mtls`]): this
+    /// identity (swappable), clients verified against the CA, certificates required or optional.
+    pub fn server(
+        &self,
+        client_auth: crate::tls::ClientAuth,
+    ) -> Result<crate::tls::ServerTls, crate::tls::TlsError> {
+        crate::tls::ServerTls::new(self, client_auth)
+    }
+
+    /// A tonic server TLS configuration: this identity, client certificates required and
+    /// verified against the CA (for servers other than Switchyard's own, e.g. in benchmarks).
     pub fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
         tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(
@@ -126,7 +149,7 @@ impl Identity {
     }
 }
 
-fn read_pem(path: &Path, label: &str) -> Result<String, PkiError> {
+pub(crate) fn read_pem(path: &Path, label: &str) -> Result<String, PkiError> {
     let text = std::fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.to_owned(),
         source,
@@ -141,7 +164,7 @@ fn read_pem(path: &Path, label: &str) -> Result<String, PkiError> {
 }
 
 /// Writes a new file (never overwriting) with the given mode.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+pub(crate) fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -261,49 +284,19 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, PkiError> {
 
     let principal = request.principal();
     let server = matches!(request.role, Role::Master | Role::Node);
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, principal.uri());
-    let uri = principal
-        .uri()
-        .try_into()
-        .map_err(|e: rcgen::Error| PkiError::Argument(e.to_string()))?;
-    params.subject_alt_names.push(SanType::URI(uri));
-    if server {
-        let mut sans = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        sans.extend(request.sans.iter().cloned());
-        sans.dedup();
-        for san in sans {
-            params.subject_alt_names.push(parse_san(&san)?);
-        }
-    } else if !request.sans.is_empty() {
+    if !server && !request.sans.is_empty() {
         return Err(PkiError::Argument(
             "--san is only for master and node certificates".into(),
         ));
     }
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = if server {
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ]
-    } else {
-        vec![ExtendedKeyUsagePurpose::ClientAuth]
-    };
-    params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + LEAF_VALIDITY;
+    let params = leaf_params(
+        &principal,
+        server,
+        &request.sans,
+        now - Duration::hours(1),
+        now + LEAF_VALIDITY,
+    )?;
 
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
@@ -322,7 +315,66 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, PkiError> {
     })
 }
 
-fn parse_san(san: &str) -> Result<SanType, PkiError> {
+/// The parameters of a leaf certificate naming `principal`: server and client certificate
+/// carrying `localhost`, `127.0.0.1`, `::1` and `sans` (`server`), or client only.
+pub(crate) fn leaf_params(
+    principal: &Principal,
+    server: bool,
+    sans: &[String],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, principal.uri());
+    let uri = principal
+        .uri()
+        .try_into()
+        .map_err(|e: rcgen::Error| PkiError::Argument(e.to_string()))?;
+    params.subject_alt_names.push(SanType::URI(uri));
+    if server {
+        let mut all = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        for san in sans {
+            if !all.contains(san) {
+                all.push(san.clone());
+            }
+        }
+        for san in all {
+            params.subject_alt_names.push(parse_san(&san)?);
+        }
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = if server {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    params.use_authority_key_identifier_extension = true;
+    // A random serial: certificates the master issues are told apart by serial too.
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| PkiError::Argument("no system randomness".into()))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.not_before = not_before;
+    params.not_after = not_after;
+    Ok(params)
+}
+
+pub(crate) fn parse_san(san: &str) -> Result<SanType, PkiError> {
     if let Ok(ip) = san.parse::<std::net::IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }

@@ -1,22 +1,32 @@
 //! The gRPC server both the master and the agent run: mTLS (or explicit plaintext), the role
 //! layer, server reflection v1 and v1alpha, `grpc.health.v1`, TCP_NODELAY, graceful shutdown.
 //!
-//! The caller binds the listener and owns the shutdown token (tests bind `127.0.0.1:0`).
+//! The caller binds the listener and owns the shutdown token (tests bind `127.0.0.1:0`). TLS
+//! handshakes run here on rustls ([`crate::tls`]), each in its own task with a deadline, so a
+//! slow or silent client holds up nobody; tonic sees finished TLS streams.
 
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, Policy};
+use crate::tls::ServerTls;
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a server protects its port.
 #[derive(Debug, Clone)]
 pub enum Security {
-    /// Mutual TLS: a certificate of the cluster CA is required to connect.
-    Mtls(ServerTlsConfig),
+    /// Mutual TLS: a certificate of the cluster CA is required (the master admits connections
+    /// without one to `NodeService/JoinNode` only).
+    Mtls(ServerTls),
     /// Plaintext, every caller an admin. Only through `--insecure`; logs a warning.
     Insecure,
 }
@@ -58,35 +68,77 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    let mut builder = Server::builder();
-    let layer = match security {
+    let names = services.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let drained = async move {
+        shutdown.cancelled().await;
+        for name in names {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let builder = Server::builder().layer(crate::metrics::RpcMetricsLayer(rpc));
+    match security {
         Security::Mtls(tls) => {
-            builder = builder.tls_config(tls)?;
-            AuthLayer::new(policy)
+            let incoming = tls_incoming(listener, tls.acceptor());
+            builder
+                .layer(AuthLayer::new(policy, tls.revocations().clone()))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, drained)
+                .await?;
         }
         Security::Insecure => {
             tracing::warn!(
                 "serving PLAINTEXT gRPC without authentication (--insecure): every caller is an admin"
             );
-            AuthLayer::insecure(policy)
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            builder
+                .layer(AuthLayer::insecure(policy))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, drained)
+                .await?;
         }
-    };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let names = services.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    builder
-        .layer(crate::metrics::RpcMetricsLayer(rpc))
-        .layer(layer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.cancelled().await;
-            for name in names {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-        })
-        .await?;
+    }
     Ok(())
+}
+
+/// TLS connections of `listener`, handshakes in their own tasks. Accepting stops (and the port
+/// closes) when the server drops the stream: at shutdown, after the health services were marked
+/// not serving.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Reflection advertising exactly the services this server serves, with their comments.

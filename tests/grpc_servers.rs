@@ -171,12 +171,14 @@ fn mtls_and_roles_are_enforced() {
     let a = agent.addr.to_string();
     let list = "switchyard.master.v1.WebClusterService/ListWebClusters";
 
-    // No client certificate: the call fails (the handshake is refused).
+    // No client certificate: the master admits the connection for JoinNode only; the call is
+    // UNAUTHENTICATED.
     let out = grpcurl(&pki.grpcurl_tls(None), &["-d", "{}", &m, list]);
     assert!(
         !out.status.success(),
         "a call without a client certificate succeeded"
     );
+    assert!(stderr(&out).contains("Unauthenticated"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("Unimplemented"), "{}", stderr(&out));
 
     // A certificate from another CA: refused as well.

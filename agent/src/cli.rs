@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the agent's gRPC API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run as a worker process (started by the agent, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -52,7 +52,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// TOML file with any of these options (keys: listen, master, name, pki_dir, insecure,
-    /// worker_exe, runtime_dir, stop_timeout, advertise, labels, metrics_listen, log_format).
+    /// worker_exe, runtime_dir, stop_timeout, advertise, labels, metrics_listen, log_format,
+    /// join_token_file, ca_pin).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration (TOML) and exit.
@@ -92,6 +93,18 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (default: not served).
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A join token: with no certificate in the PKI directory yet, the agent joins the cluster
+    /// with it (needs --ca-pin); ignored once the certificate exists. Prefer the environment or
+    /// --join-token-file (a flag shows in the process list). Never in --config.
+    #[arg(long, env = "SWITCHYARD_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file holding the join token (instead of --join-token).
+    #[arg(long, env = "SWITCHYARD_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The CA pin the master is trusted by when joining: sha256:<hex> of the CA's public key
+    /// (`switchyard-master ca pin`).
+    #[arg(long, env = "SWITCHYARD_CA_PIN")]
+    ca_pin: Option<String>,
 }
 
 /// The agent's configuration file, and the effective configuration `--print-config` shows.
@@ -110,6 +123,8 @@ struct ServeFile {
     labels: Option<BTreeMap<String, String>>,
     metrics_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    join_token_file: Option<PathBuf>,
+    ca_pin: Option<String>,
 }
 
 /// Merges file < environment < flags into the effective configuration.
@@ -163,6 +178,13 @@ fn effective(
             log_format,
             file.log_format,
         )),
+        join_token_file: config::layered_opt(
+            serve,
+            "join_token_file",
+            args.join_token_file,
+            file.join_token_file,
+        ),
+        ca_pin: config::layered_opt(serve, "ca_pin", args.ca_pin, file.ca_pin),
     })
 }
 
@@ -181,10 +203,11 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(mut args) => {
             let print = args.print_config;
-            match effective(&matches, cli.log_format, args) {
-                Ok(config) => serve(config, print),
+            let join_token = args.join_token.take();
+            match effective(&matches, cli.log_format, *args) {
+                Ok(config) => serve(config, print, join_token),
                 Err(e) => config_error(&e),
             }
         }
@@ -195,7 +218,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: ServeFile, print: bool) -> ExitCode {
+fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode {
     if print {
         return match toml::to_string(&config) {
             Ok(text) => {
@@ -206,10 +229,10 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
         };
     }
     telemetry::init(config.log_format.unwrap_or_default());
-    let Some(name) = config.name else {
+    let Some(name) = config.name.clone() else {
         return config_error("name is required (--name, SWITCHYARD_NODE_NAME or name in --config)");
     };
-    let Some(master) = config.master else {
+    let Some(master) = config.master.clone() else {
         return config_error(
             "master is required (--master, SWITCHYARD_MASTER or master in --config)",
         );
@@ -221,17 +244,9 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
     if !(stop_timeout.is_finite() && stop_timeout > 0.0 && stop_timeout <= 3600.0) {
         return config_error("stop_timeout must be between 0 and 3600 seconds");
     }
-    let (security, identity) = match (config.insecure.unwrap_or(false), &config.pki_dir) {
-        (true, _) => (Security::Insecure, None),
-        (false, Some(dir)) => match Identity::load(dir, &name) {
-            Ok(identity) => (Security::Mtls(identity.server_tls()), Some(identity)),
-            Err(e) => return config_error(&e.to_string()),
-        },
-        (false, None) => {
-            return config_error(
-                "pki_dir is required (--pki-dir, SWITCHYARD_PKI_DIR or pki_dir in --config) unless --insecure",
-            );
-        }
+    let credentials = match credentials(&config, &name, join_token) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
     };
     let worker_exe = match config.worker_exe.map_or_else(std::env::current_exe, Ok) {
         Ok(exe) => exe,
@@ -245,14 +260,19 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
     let listen = config
         .listen
         .unwrap_or_else(|| ([127, 0, 0, 1], 9701).into());
-    let options = AgentOptions {
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen.to_string());
+    let mut options = AgentOptions {
         authid: name,
         master,
-        security,
+        security: Security::Insecure,
         worker_exe,
         runtime_dir,
         stop_timeout: Duration::from_secs_f64(stop_timeout),
-        identity,
+        identity: None,
+        pki_dir: config.pki_dir.clone(),
         advertise: config.advertise,
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         launcher: Default::default(),
@@ -266,6 +286,13 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        match credentials.resolve(&options, &advertised).await {
+            Ok((security, identity)) => {
+                options.security = security;
+                options.identity = identity;
+            }
+            Err(code) => return code,
+        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => return config_error(&format!("cannot listen on {listen}: {e}")),
@@ -283,4 +310,104 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
 fn config_error(message: &str) -> ExitCode {
     eprintln!("switchyard-agent: {message}");
     ExitCode::from(switchyard::EXIT_CONFIG)
+}
+
+/// How the agent gets its certificate.
+enum Credentials {
+    /// `--insecure`: none.
+    Insecure,
+    /// `DIR/NAME.pem` and `NAME.key` are there.
+    Loaded(Identity),
+    /// None yet: join with a token.
+    Join {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// The join token.
+        token: String,
+        /// The CA pin.
+        pin: String,
+    },
+}
+
+/// Decides from the configuration (and what `DIR` holds) how to get the node's certificate.
+fn credentials(
+    config: &ServeFile,
+    name: &str,
+    join_token: Option<String>,
+) -> Result<Credentials, String> {
+    if config.insecure.unwrap_or(false) {
+        return Ok(Credentials::Insecure);
+    }
+    let Some(dir) = &config.pki_dir else {
+        return Err(
+            "pki_dir is required (--pki-dir, SWITCHYARD_PKI_DIR or pki_dir in --config) unless --insecure".into(),
+        );
+    };
+    let token = match (join_token, &config.join_token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read join_token_file {}: {e}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if dir.exists() {
+        crate::certs::recover(dir, name)
+            .map_err(|e| format!("cannot repair {}: {e}", dir.display()))?;
+    }
+    if crate::certs::has_certificate(dir, name) || token.is_none() {
+        if token.is_some() {
+            tracing::info!(pki_dir = %dir.display(), "the node has its certificate: the join token is ignored");
+        }
+        return Identity::load(dir, name)
+            .map(Credentials::Loaded)
+            .map_err(|e| format!("{e} (a new node joins with --join-token and --ca-pin)"));
+    }
+    let pin = config.ca_pin.clone().ok_or(
+        "ca_pin is required to join (--ca-pin sha256:..., from `switchyard-master ca pin`)",
+    )?;
+    switchyard::issuer::parse_pin(&pin)?;
+    Ok(Credentials::Join {
+        dir: dir.clone(),
+        token: token.unwrap_or_default(),
+        pin,
+    })
+}
+
+impl Credentials {
+    /// The server's security and the node's identity, joining first if need be.
+    async fn resolve(
+        self,
+        options: &AgentOptions,
+        advertised: &str,
+    ) -> Result<(Security, Option<Identity>), ExitCode> {
+        let identity = match self {
+            Credentials::Insecure => return Ok((Security::Insecure, None)),
+            Credentials::Loaded(identity) => identity,
+            Credentials::Join { dir, token, pin } => {
+                let request = crate::join::JoinRequest {
+                    master: &options.master,
+                    authid: &options.authid,
+                    token: &token,
+                    ca_pin: &pin,
+                    sans: crate::certs::sans_for(advertised),
+                    pki_dir: &dir,
+                };
+                match crate::join::join(&request).await {
+                    Ok(identity) => identity,
+                    Err(crate::join::JoinError::Refused(e)) => return Err(config_error(&e)),
+                    Err(crate::join::JoinError::Failed(e)) => {
+                        eprintln!("switchyard-agent: {e}");
+                        return Err(ExitCode::FAILURE);
+                    }
+                }
+            }
+        };
+        match identity.server(switchyard::tls::ClientAuth::Required) {
+            Ok(tls) => Ok((Security::Mtls(tls), Some(identity))),
+            Err(e) => Err(config_error(&e.to_string())),
+        }
+    }
 }

@@ -1,17 +1,26 @@
 //! The agent's heartbeat stream to the master: registers the node on first contact and keeps it
-//! online; reconnects with exponential backoff while the master is away.
+//! online; reconnects with exponential backoff while the master is away. The master's answers
+//! carry the revocation list ([`switchyard::revocation`]) the agent's role layer checks.
+//!
+//! When the node's certificate is renewed ([`crate::certs`]), the stream moves to a connection
+//! made with the new certificate: the new stream is up (its first answer arrived) before the old
+//! one is dropped, and the master keeps a node online while any of its streams is.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use switchyard::pb::master::v1::HeartbeatRequest;
+use std::sync::Arc;
+
 use switchyard::pb::master::v1::node_service_client::NodeServiceClient;
+use switchyard::pb::master::v1::{HeartbeatRequest, HeartbeatResponse};
 use switchyard::pki::Identity;
+use switchyard::revocation::Revocations;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+use crate::certs::NodeCerts;
 use crate::worker::Workers;
 
 /// Where and as whom to heartbeat.
@@ -20,7 +29,9 @@ pub struct HeartbeatConfig {
     /// The master's `host:port`.
     pub master: String,
     /// The node's certificate; `None` with `--insecure` (plaintext).
-    pub identity: Option<Identity>,
+    pub certs: Option<Arc<NodeCerts>>,
+    /// The revocations the master sends, checked by the agent's role layer.
+    pub revocations: Arc<Revocations>,
     /// The node's authid.
     pub authid: String,
     /// The agent endpoint the master should call.
@@ -56,6 +67,9 @@ impl MasterLink {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Capped at two heartbeat intervals, so a restarted master sees its nodes again within its grace period.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The pause after the master refused the node's certificate (revoked or expired): retrying
+/// cannot help until an operator acts, so the master is not asked every second.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Heartbeats until `shutdown`.
 pub async fn run(
@@ -71,15 +85,20 @@ pub async fn run(
             r = session(&config, &link, &workers, &shutdown) => r,
         };
         link.connected.store(false, Ordering::Relaxed);
+        let mut pause = backoff;
         match result {
             Ok(()) => return,
+            Err(e) if e.contains("CERTIFICATE_REVOKED") || e.contains("CERTIFICATE_EXPIRED") => {
+                tracing::error!(master = %config.master, error = %e, retry_in = ?REFUSED_BACKOFF, "the master refuses this node's certificate: join again with a new token");
+                pause = REFUSED_BACKOFF;
+            }
             Err(e) => {
                 tracing::warn!(master = %config.master, error = %e, retry_in = ?backoff, "heartbeat to master failed");
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
         if link.connected() {
@@ -88,37 +107,43 @@ pub async fn run(
     }
 }
 
-/// One heartbeat stream; returns `Ok` only on shutdown.
-async fn session(
-    config: &HeartbeatConfig,
-    link: &MasterLink,
-    workers: &Workers,
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let scheme = if config.identity.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", config.master))
+/// A gRPC status as one line: code, reason, message.
+pub fn describe(status: &tonic::Status) -> String {
+    match switchyard::error::reason_of(status) {
+        Some(reason) => format!("{:?} ({reason}): {}", status.code(), status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// The endpoint of the master at `master` (`host:port`), over mTLS as `identity` (`None`:
+/// plaintext).
+pub fn master_endpoint(master: &str, identity: Option<&Identity>) -> Result<Endpoint, String> {
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{master}"))
         .map_err(|e| format!("bad master address: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    if let Some(identity) = &config.identity {
-        let host = config
-            .master
+    if let Some(identity) = identity {
+        let host = master
             .rsplit_once(':')
-            .map_or(config.master.as_str(), |(h, _)| h)
+            .map_or(master, |(h, _)| h)
             .trim_start_matches('[')
             .trim_end_matches(']');
         endpoint = endpoint
             .tls_config(identity.client_tls(host))
             .map_err(|e| e.to_string())?;
     }
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let mut client = NodeServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let beat = || HeartbeatRequest {
+    Ok(endpoint)
+}
+
+/// One open heartbeat stream.
+struct Beats {
+    tx: tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    replies: tonic::Streaming<HeartbeatResponse>,
+}
+
+fn beat(config: &HeartbeatConfig, workers: &Workers) -> HeartbeatRequest {
+    HeartbeatRequest {
         authid: config.authid.clone(),
         endpoint: config.endpoint.clone(),
         cluster_ip: config.cluster_ip.clone(),
@@ -126,38 +151,114 @@ async fn session(
         version: switchyard::VERSION.to_owned(),
         labels: config.labels.clone(),
         workers: workers.list().iter().filter(|w| w.is_live()).count() as u32,
-    };
-    tx.send(beat()).await.map_err(|e| e.to_string())?;
+        revocations_version: config.revocations.version(),
+    }
+}
+
+/// Opens a stream with the current certificate; returns it once the master answered.
+async fn open(
+    config: &HeartbeatConfig,
+    workers: &Workers,
+) -> Result<(Beats, HeartbeatResponse), String> {
+    let identity = config.certs.as_ref().map(|c| c.current());
+    let channel = master_endpoint(&config.master, identity.as_ref())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = NodeServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(beat(config, workers))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut replies = client
         .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| describe(&s))?
         .into_inner();
+    match replies.message().await {
+        Ok(Some(first)) => Ok((Beats { tx, replies }, first)),
+        Ok(None) => Err("the master ended the heartbeat stream".into()),
+        Err(s) => Err(describe(&s)),
+    }
+}
+
+/// Resolves at the next certificate renewal (never without certificates).
+async fn renewed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One heartbeat session (its stream moved to each renewed certificate); returns `Ok` only
+/// on shutdown.
+async fn session(
+    config: &HeartbeatConfig,
+    link: &MasterLink,
+    workers: &Workers,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let mut changes = config.certs.as_ref().map(|c| c.subscribe());
+    let (mut beats, first) = open(config, workers).await?;
     let mut interval = Duration::from_millis(500);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
+    let mut reply = Some(first);
     loop {
+        if let Some(r) = reply.take() {
+            answered(config, link, r, &mut interval, &mut ticker).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {
-                tx.send(beat()).await.map_err(|_| "heartbeat stream closed".to_owned())?;
+                beats.tx.send(beat(config, workers)).await.map_err(|_| "heartbeat stream closed".to_owned())?;
             }
-            reply = replies.message() => match reply {
-                Ok(Some(r)) => {
-                    if !link.connected.swap(true, Ordering::Relaxed) {
-                        tracing::info!(master = %config.master, node_oid = %r.node_oid, "connected to master");
-                    }
-                    *link.node_oid.lock().unwrap_or_else(|p| p.into_inner()) = r.node_oid;
-                    let wanted = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(10)));
-                    if wanted != interval {
-                        interval = wanted;
-                        ticker = tokio::time::interval(interval);
-                        ticker.tick().await;
-                    }
+            _ = renewed(&mut changes) => match open(config, workers).await {
+                Ok((next, first)) => {
+                    tracing::info!(master = %config.master, "heartbeat stream moved to the renewed certificate");
+                    beats = next; // the old stream ends here, after the new one is up
+                    reply = Some(first);
                 }
+                Err(e) => tracing::warn!(master = %config.master, error = %e, "cannot open a heartbeat stream with the renewed certificate; keeping the old one"),
+            },
+            next = beats.replies.message() => match next {
+                Ok(Some(r)) => reply = Some(r),
                 Ok(None) => return Err("the master ended the heartbeat stream".into()),
-                Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+                Err(s) => return Err(describe(&s)),
             },
         }
+    }
+}
+
+/// Takes in one answer of the master: the node oid, the interval, the revocations.
+async fn answered(
+    config: &HeartbeatConfig,
+    link: &MasterLink,
+    r: HeartbeatResponse,
+    interval: &mut Duration,
+    ticker: &mut tokio::time::Interval,
+) {
+    if !link.connected.swap(true, Ordering::Relaxed) {
+        tracing::info!(master = %config.master, node_oid = %r.node_oid, "connected to master");
+    }
+    *link.node_oid.lock().unwrap_or_else(|p| p.into_inner()) = r.node_oid;
+    if let Some(list) = r.revocations {
+        let nodes = list
+            .nodes
+            .into_iter()
+            .map(|n| (n.authid, n.revoked_until.map_or(0, |t| t.seconds)))
+            .collect();
+        config.revocations.replace(nodes);
+        tracing::info!(version = r.revocations_version, "revocation list updated");
+    }
+    let wanted = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(10)));
+    if wanted != *interval {
+        *interval = wanted;
+        *ticker = tokio::time::interval(wanted);
+        ticker.tick().await;
     }
 }

@@ -7,16 +7,20 @@
 //! - [`process`]: process control of the current process (stats, affinity, info, trim).
 //! - [`manhole`]: the SSH debug console.
 //! - [`events`]: the node's process event bus behind `Watch`.
+//! - [`join`]: joining the cluster with a join token; [`certs`]: the node's certificate,
+//!   renewed while the agent runs.
 //! - [`system`]: host statistics.
 //! - [`web`], [`wamp`]: what web and router workers serve.
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod events;
 pub mod heartbeat;
+pub mod join;
 pub mod manhole;
 pub mod metrics;
 pub mod process;
@@ -57,6 +61,8 @@ pub struct AgentOptions {
     pub stop_timeout: Duration,
     /// The node certificate used to call the master (`None` with `--insecure`).
     pub identity: Option<switchyard::pki::Identity>,
+    /// Where renewed certificates are written (`None`: kept in memory only).
+    pub pki_dir: Option<PathBuf>,
     /// The endpoint the master should call (default: the bound listen address).
     pub advertise: Option<String>,
     /// Labels reported to the master.
@@ -156,10 +162,37 @@ pub async fn serve(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    let revocations = Arc::new(switchyard::revocation::Revocations::new());
+    let (security, certs) = match options.security {
+        Security::Mtls(tls) => {
+            let certs = options.identity.clone().map(|identity| {
+                certs::NodeCerts::new(
+                    options.pki_dir.clone(),
+                    options.authid.clone(),
+                    certs::sans_for(&endpoint),
+                    identity,
+                    tls.certificates().clone(),
+                )
+            });
+            (
+                Security::Mtls(tls.with_revocations(revocations.clone())),
+                certs,
+            )
+        }
+        Security::Insecure => (Security::Insecure, None),
+    };
+    if let Some(certs) = &certs {
+        tokio::spawn(certs::run(
+            certs.clone(),
+            options.master.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(heartbeat::run(
         heartbeat::HeartbeatConfig {
             master: options.master.clone(),
-            identity: options.identity.clone(),
+            certs,
+            revocations,
             authid: options.authid.clone(),
             endpoint,
             cluster_ip,
@@ -183,7 +216,7 @@ pub async fn serve(
     tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
     let served = server::serve(
         listener,
-        options.security,
+        security,
         Policy::Agent,
         api::routes(agent),
         switchyard::pb::AGENT_SERVICES,

@@ -86,6 +86,35 @@ pub enum Command {
     /// The SSH debug console of a process.
     #[command(subcommand)]
     Manhole(ManholeCmd),
+    /// Join tokens, for adding nodes.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a join token; prints its record, then the token alone on the last line.
+    Create {
+        /// How long it joins nodes: 30s, 15m, 1h, 7d (at most 7d).
+        #[arg(long, default_value = "1h", value_parser = switchyard::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Node names must start with this.
+        #[arg(long, default_value = "")]
+        name_prefix: String,
+        /// A note shown in lists.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every join token (never their secrets).
+    List,
+    /// Revoke a join token.
+    Revoke {
+        /// The token's id (or the whole token).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +124,11 @@ pub enum NodeCmd {
     /// One node.
     Show {
         /// The node's authid.
+        name: String,
+    },
+    /// Remove a node and revoke its certificates (it must be no cluster's member).
+    Remove {
+        /// The node's authid or oid.
         name: String,
     },
 }

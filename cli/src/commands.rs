@@ -39,6 +39,7 @@ pub async fn run(cli: Cli) -> R {
             count,
         } => stats(channel, f, &node, &process, interval, count).await,
         Command::Manhole(c) => manhole(channel, f, c).await,
+        Command::Token(c) => crate::tokens::token(channel, f, c).await,
     }
 }
 
@@ -131,7 +132,43 @@ async fn node(ch: Channel, f: Format, c: NodeCmd) -> R {
             ]);
             Ok(())
         }
+        NodeCmd::Remove { name } => {
+            let node_oid = match looks_like_oid(&name) {
+                true => name,
+                false => {
+                    api.get_node_by_name(pb::GetNodeByNameRequest { authid: name })
+                        .await?
+                        .into_inner()
+                        .node
+                        .unwrap_or_default()
+                        .oid
+                }
+            };
+            let n = api
+                .remove_node(pb::RemoveNodeRequest { node_oid })
+                .await?
+                .into_inner()
+                .node
+                .unwrap_or_default();
+            if f == Format::Json {
+                return print_json("switchyard.master.v1.Node", &n);
+            }
+            println!(
+                "removed node {} ({}); its certificates are revoked",
+                n.authid, n.oid
+            );
+            Ok(())
+        }
     }
+}
+
+/// Whether `s` has the shape of an oid (a hyphenated UUID).
+fn looks_like_oid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 // ---- web clusters ----

@@ -5,7 +5,7 @@
 //! - [`args`]: the command line.
 //! - [`connect`]: the mTLS channel to the master from `--pki-dir` or `--ca/--cert/--key`.
 //! - [`output`]: tables and JSON.
-//! - [`commands`]: one function per command.
+//! - [`commands`]: one function per command; [`tokens`]: join tokens.
 //!
 //! Exit codes: 0 success; 1 the API refused or failed (one line: code, reason, message); 2 bad
 //! usage (clap); 64 unusable configuration (missing certificate files, bad address).
@@ -14,6 +14,7 @@ pub mod args;
 pub mod commands;
 pub mod connect;
 pub mod output;
+pub mod tokens;
 
 use std::process::ExitCode;
 

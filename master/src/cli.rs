@@ -14,6 +14,7 @@ use switchyard::config;
 use switchyard::pki::{self, Identity, IssueRequest};
 use switchyard::server::Security;
 use switchyard::telemetry::{self, LogFormat};
+use switchyard::tls::{ClientAuth, ServerTls};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-master", version, about = "Switchyard master")]
@@ -59,6 +60,34 @@ enum Command {
         /// The agent executable (default: switchyard-agent next to this executable).
         #[arg(long)]
         agent_exe: Option<PathBuf>,
+    },
+    /// Manage join tokens offline, in a stopped master's store (a running master: `switchyard
+    /// token`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token; prints its record, then the token alone on the last line.
+    Create {
+        /// Directory of the master's database.
+        #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// How long it joins nodes: 30s, 15m, 1h, 7d (at most 7d).
+        #[arg(long, default_value = "1h", value_parser = switchyard::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Node names must start with this.
+        #[arg(long, default_value = "")]
+        name_prefix: String,
+        /// A note shown in lists.
+        #[arg(long, default_value = "")]
+        description: String,
     },
 }
 
@@ -114,8 +143,8 @@ enum StoreKind {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML file with any of these options (keys: listen, data_dir, pki_dir, insecure,
-    /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format, store,
-    /// etcd_endpoints, etcd_prefix, etcd_ca, etcd_cert, etcd_key).
+    /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format, node_cert_ttl,
+    /// store, etcd_endpoints, etcd_prefix, etcd_ca, etcd_cert, etcd_key).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration (TOML) and exit.
@@ -155,6 +184,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (default: not served).
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Lifetime of the node certificates the master issues (joins, renewals): 30s, 12h, 7d
+    /// (10s..=365d); agents renew at about two thirds of it.
+    #[arg(long, default_value = "7d", env = "SWITCHYARD_NODE_CERT_TTL")]
+    node_cert_ttl: String,
 }
 
 /// The master's configuration file, and the effective configuration `--print-config` shows.
@@ -175,6 +208,7 @@ struct ServeFile {
     etcd_ca: Option<PathBuf>,
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
+    node_cert_ttl: Option<String>,
 }
 
 impl ServeFile {
@@ -259,6 +293,12 @@ fn effective(
         etcd_ca: config::layered_opt(serve, "etcd_ca", args.etcd_tls.etcd_ca, file.etcd_ca),
         etcd_cert: config::layered_opt(serve, "etcd_cert", args.etcd_tls.etcd_cert, file.etcd_cert),
         etcd_key: config::layered_opt(serve, "etcd_key", args.etcd_tls.etcd_key, file.etcd_key),
+        node_cert_ttl: Some(config::layered(
+            serve,
+            "node_cert_ttl",
+            args.node_cert_ttl,
+            file.node_cert_ttl,
+        )),
     })
 }
 
@@ -284,6 +324,13 @@ enum CaCommand {
         /// Extra DNS name or IP address for master and node certificates (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
+    },
+    /// Print the CA pin agents join with (`--ca-pin`): sha256:<hex> of the CA's public key
+    /// (one line per CA in ca.pem).
+    Pin {
+        /// The PKI directory holding ca.pem.
+        #[arg(long, env = "SWITCHYARD_PKI_DIR")]
+        pki_dir: PathBuf,
     },
 }
 
@@ -328,6 +375,7 @@ fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Ca { command } => ca(command),
         Command::Store { command } => store_command(command),
+        Command::Token { command } => runtime()?.block_on(token(command)),
         Command::Serve(_) => Err(Failure::Config("serve is handled by main".into())),
         Command::Dev {
             dir,
@@ -373,12 +421,17 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
         interval: std::time::Duration::from_millis(interval),
         grace: std::time::Duration::from_millis(grace),
     };
+    let node_cert_ttl = node_cert_ttl(config.node_cert_ttl.as_deref())?;
+    let mut signer = None;
     let (security, identity) = match (config.insecure.unwrap_or(false), config.pki_dir) {
         (true, _) => (Security::Insecure, None),
         (false, Some(dir)) => {
             let identity =
                 Identity::load(&dir, "master").map_err(|e| Failure::Config(e.to_string()))?;
-            (Security::Mtls(identity.server_tls()), Some(identity))
+            let tls = ServerTls::new(&identity, ClientAuth::Optional)
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            signer = pki_signer(&dir)?;
+            (Security::Mtls(tls), Some(identity))
         }
         (false, None) => {
             return Err(Failure::Config(
@@ -398,6 +451,8 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
             identity,
             monitor: Default::default(),
             metrics_listen: config.metrics_listen,
+            signer,
+            node_cert_ttl,
         };
         crate::serve(listener, options, shutdown)
             .await
@@ -537,6 +592,34 @@ fn store_command(command: StoreCommand) -> Result<(), Failure> {
     })
 }
 
+/// `--node-cert-ttl`: 10 s to 365 days.
+fn node_cert_ttl(text: Option<&str>) -> Result<std::time::Duration, Failure> {
+    let Some(text) = text else {
+        return Ok(crate::join::DEFAULT_NODE_CERT_TTL);
+    };
+    let ttl =
+        config::parse_duration(text).map_err(|e| Failure::Config(format!("node_cert_ttl: {e}")))?;
+    if !(10..=365 * 86_400).contains(&ttl.as_secs()) {
+        return Err(Failure::Config(format!(
+            "node_cert_ttl: '{text}' is not between 10s and 365d"
+        )));
+    }
+    Ok(ttl)
+}
+
+/// The CA key in the master's PKI directory, if there is one (joins and renewals need it).
+fn pki_signer(
+    dir: &std::path::Path,
+) -> Result<Option<std::sync::Arc<switchyard::issuer::CaSigner>>, Failure> {
+    let signer = switchyard::issuer::CaSigner::load(dir)
+        .map_err(|e| Failure::Config(e.to_string()))?
+        .map(std::sync::Arc::new);
+    if signer.is_none() {
+        tracing::info!(pki_dir = %dir.display(), "no ca.key: nodes cannot join or renew their certificates through this master");
+    }
+    Ok(signer)
+}
+
 fn ca(command: CaCommand) -> Result<(), Failure> {
     let config = |e: pki::PkiError| Failure::Config(e.to_string());
     match command {
@@ -565,8 +648,64 @@ fn ca(command: CaCommand) -> Result<(), Failure> {
                 pki::issue(&pki_dir, &IssueRequest { role, name, sans }).map_err(config)?;
             println!("{}\n{}", issued.cert.display(), issued.key.display());
         }
+        CaCommand::Pin { pki_dir } => {
+            for pin in switchyard::issuer::ca_pins(&pki_dir).map_err(config)? {
+                println!("{pin}");
+            }
+        }
     }
     Ok(())
+}
+
+/// `token create` on a stopped master's sled store (the running master holds its lock).
+async fn token(command: TokenCommand) -> Result<(), Failure> {
+    let TokenCommand::Create {
+        data_dir,
+        ttl,
+        uses,
+        name_prefix,
+        description,
+    } = command;
+    if !data_dir.join("switchyard.sled").exists() {
+        return Err(Failure::Config(format!(
+            "{} holds no master store",
+            data_dir.display()
+        )));
+    }
+    let store = crate::store::sled::SledStore::open(&data_dir).map_err(|e| {
+        Failure::Config(format!(
+            "cannot open the store in {} ({e}): if the master is running, create the token through it: switchyard token create",
+            data_dir.display()
+        ))
+    })?;
+    let spec = crate::tokens::TokenSpec {
+        ttl,
+        uses,
+        name_prefix,
+        description,
+    };
+    let created = crate::tokens::create(&store, &spec).await;
+    store
+        .close()
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let (token, info) = created.map_err(|e| Failure::Config(e.to_string()))?;
+    print_token(&token, &info);
+    Ok(())
+}
+
+/// A new token's record, then the token alone on the last line (for scripts).
+pub fn print_token(token: &str, info: &switchyard::pb::master::v1::JoinToken) {
+    let expires = info
+        .expires
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| time::OffsetDateTime::from(t).to_string())
+        .unwrap_or_default();
+    println!(
+        "join token {} (uses: {}, name prefix: '{}', expires: {expires})",
+        info.id, info.max_uses, info.name_prefix
+    );
+    println!("{token}");
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -52,6 +52,9 @@ pub struct Core {
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Nodes gone offline, by node and why (for metrics).
     pub offline_total: crate::metrics::OfflineCounters,
+    /// Node certificates: the CA key, their lifetime, the revocations (set once at start-up,
+    /// [`Core::start_issuing`]; defaults until then).
+    issuing: std::sync::OnceLock<crate::join::Issuing>,
 }
 
 impl Core {
@@ -75,7 +78,35 @@ impl Core {
             shutdown,
             agents,
             gauges: Default::default(),
+            issuing: std::sync::OnceLock::new(),
         }
+    }
+}
+
+impl Core {
+    /// How this master issues node certificates.
+    pub fn issuing(&self) -> &crate::join::Issuing {
+        self.issuing.get_or_init(Default::default)
+    }
+
+    /// Issues node certificates with `signer` for `node_cert_ttl`, with the revocations of the
+    /// store; returns the revocations for the role layer. Called once, before serving.
+    pub async fn start_issuing(
+        &self,
+        signer: Option<Arc<switchyard::issuer::CaSigner>>,
+        node_cert_ttl: Duration,
+    ) -> Result<Arc<switchyard::revocation::Revocations>, crate::store::StoreError> {
+        let revocations = Arc::new(switchyard::revocation::Revocations::new());
+        let issuing = crate::join::Issuing {
+            signer,
+            node_cert_ttl,
+            revocations: revocations.clone(),
+        };
+        if self.issuing.set(issuing).is_err() {
+            tracing::error!("node certificate issuing started twice; keeping the first");
+        }
+        self.load_revocations().await?;
+        Ok(self.issuing().revocations.clone())
     }
 }
 

@@ -2,7 +2,8 @@
 //! heartbeat API, the event stream, and the monitors that make started clusters run.
 //!
 //! - [`store`]: the `Store` trait, sled (default) and in-memory implementations.
-//! - [`core`]: state shared by the services; [`web`], [`router`], [`nodes`]: its operations.
+//! - [`core`]: state shared by the services; [`web`], [`router`], [`nodes`]: its operations;
+//!   [`tokens`], [`join`]: join tokens, node certificates issued online, revocation.
 //! - [`api`]: the gRPC services (thin adapters).
 //! - [`events`]: the event bus behind `EventService.Watch`.
 //! - [`monitor`]: one monitor per started cluster; [`agents`]: the master's agent clients.
@@ -18,12 +19,14 @@ pub mod dev;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod join;
 pub mod metrics;
 pub mod monitor;
 pub mod nodes;
 pub mod router;
 pub mod stats;
 pub mod store;
+pub mod tokens;
 pub mod validate;
 pub mod web;
 
@@ -62,6 +65,10 @@ pub struct MasterOptions {
     pub monitor: monitor::MonitorConfig,
     /// Where `/metrics` is served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The CA key node certificates are signed with (joins, renewals); `None`: not issued here.
+    pub signer: Option<Arc<switchyard::issuer::CaSigner>>,
+    /// The lifetime of the node certificates the master issues.
+    pub node_cert_ttl: std::time::Duration,
 }
 
 /// Errors that stop the master.
@@ -110,6 +117,17 @@ pub async fn serve(
         agents.clone(),
         shutdown.clone(),
     ));
+    let revocations = core
+        .start_issuing(options.signer.clone(), options.node_cert_ttl)
+        .await
+        .map_err(|source| MasterError::Store {
+            store: options.store.to_string(),
+            source,
+        })?;
+    let security = match options.security {
+        Security::Mtls(tls) => Security::Mtls(tls.with_revocations(revocations)),
+        Security::Insecure => Security::Insecure,
+    };
     tokio::spawn(expire_heartbeats(core.clone()));
     let supervisor = monitor::Supervisor::new(core.clone(), agents.clone(), options.monitor);
     let supervising = tokio::spawn(supervisor.clone().run());
@@ -130,7 +148,7 @@ pub async fn serve(
     tracing::info!(listen = %local, store = %options.store, "master serving");
     let served = server::serve(
         listener,
-        options.security,
+        security,
         Policy::Master,
         api::routes(core),
         switchyard::pb::MASTER_SERVICES,

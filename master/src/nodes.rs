@@ -269,7 +269,7 @@ impl Core {
             .collect())
     }
 
-    /// Forgets a node that is no cluster's member.
+    /// Forgets a node that is no cluster's member, revoking its certificates.
     pub async fn remove_node(
         &self,
         oid: &str,
@@ -293,13 +293,19 @@ impl Core {
                 ),
             ));
         }
+        // Its certificates are revoked in the same transaction: the name is free for a new
+        // machine, never for the old certificate.
+        let (revoked_key, revoked, until) = self.revocation(&node.authid);
         self.store
             .commit(
                 Txn::new()
                     .delete(keys::node(&node.oid))
-                    .delete(keys::node_name(&node.authid)),
+                    .delete(keys::node_name(&node.authid))
+                    .put(revoked_key, revoked),
             )
             .await?;
+        self.issuing().revocations.revoke(&node.authid, until);
+        tracing::warn!(node = %node.authid, oid = %node.oid, "node removed; its certificates are revoked");
         self.liveness.lock().remove(&node.oid);
         self.events.publish(
             EventType::OnNodeRemoved,

@@ -99,3 +99,15 @@ pub fn node_name(authid: &str) -> Vec<u8> {
 /// `ev/<time ns, 20 digits>-<unique>` → an event as Watch delivers it (the newest few thousand;
 /// see `events.rs`).
 pub const EVENTS: &[u8] = b"ev/";
+/// `jointoken/<id>` → join token (its public record and the digest of its secret).
+pub fn join_token(id: &str) -> Vec<u8> {
+    format!("jointoken/{id}").into_bytes()
+}
+/// Prefix of every join token.
+pub const JOIN_TOKENS: &[u8] = b"jointoken/";
+/// `revoked/<authid>` → the revocation of a node's certificates (`RevokedNode`).
+pub fn revoked_node(authid: &str) -> Vec<u8> {
+    format!("revoked/{authid}").into_bytes()
+}
+/// Prefix of every node revocation.
+pub const REVOKED_NODES: &[u8] = b"revoked/";
