@@ -84,11 +84,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             .map(|n| (0..*n).map(|i| worker_id(&desired.prefix, i)).collect())
             .unwrap_or_default();
         for (id, w) in workers {
-            let live = matches!(
-                w.status,
-                WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Stopping
-            );
-            if !wanted.contains(id) && live {
+            if !wanted.contains(id) && super::owner::live(w.status as i32) {
                 actions.push(Action::StopWorker {
                     node: node.clone(),
                     id: id.clone(),
@@ -96,6 +92,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             }
         }
         for id in &wanted {
+            if workers
+                .get(id)
+                .is_some_and(|w| w.status == WorkerStatus::Restarting)
+            {
+                // Its agent starts it again, configuration included: wait for it.
+                continue;
+            }
             let current = workers
                 .get(id)
                 .filter(|w| w.status == WorkerStatus::Started);
@@ -314,6 +317,30 @@ mod tests {
             }
         );
         assert!(a.iter().all(|x| x.node() == "n1"));
+    }
+
+    #[test]
+    fn a_worker_its_agent_restarts_is_waited_for_and_stopped_when_unwanted() {
+        let restarting = WorkerObs {
+            status: WorkerStatus::Restarting,
+            transport: false,
+            services: BTreeMap::new(),
+        };
+        let d = desired(&[("n1", 1)], &["/"]);
+        let o: Observed = [(
+            "n1".to_string(),
+            [("cpw-abcdef01-0".to_string(), restarting.clone())].into(),
+        )]
+        .into();
+        assert_eq!(plan(&d, &o), [], "neither started again nor configured");
+        let gone = desired(&[], &["/"]);
+        assert_eq!(
+            plan(&gone, &o),
+            [Action::StopWorker {
+                node: "n1".into(),
+                id: "cpw-abcdef01-0".into()
+            }]
+        );
     }
 
     #[test]
