@@ -106,7 +106,16 @@ impl RuntimeDir {
         for name in [KEY_FILE, LOCK_FILE] {
             let _ = std::fs::remove_file(self.path.join(name));
         }
-        let _ = std::fs::remove_dir(&self.path);
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            let left: Vec<String> = std::fs::read_dir(&self.path)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            tracing::warn!(dir = %self.path.display(), error = %e, ?left, "cannot remove the runtime directory");
+        }
     }
 }
 
@@ -130,10 +139,12 @@ pub fn stop(dir: &Path, timeout: Duration, stop_timeout: Duration) -> Result<Str
                 dir.display()
             ));
         }
+        let agent = ProcessId::of(pid);
         kill(Pid::from_raw(pid as i32), Signal::SIGINT)
             .map_err(|e| format!("cannot signal agent pid {pid}: {e}"))?;
         let deadline = Instant::now() + timeout;
-        while running_agent(dir).is_some() {
+        // Done when the process is gone (it removes the directory just before it exits).
+        while agent.is_some_and(|a| a.is_running()) || running_agent(dir).is_some() {
             if Instant::now() > deadline {
                 return Err(format!(
                     "agent pid {pid} did not stop within {timeout:?} (it is still stopping its workers)"

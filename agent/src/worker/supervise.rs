@@ -361,6 +361,8 @@ impl Workers {
     /// The worker ended for good: stopped if that was asked for, else failed.
     pub(super) fn ended(&self, worker: &Worker, exit: &Exit) {
         let requested = worker.stop.is_cancelled();
+        // Files first: whoever waits for the status (a stop) finds them gone.
+        self.retire(worker);
         worker.state.send_modify(|s| {
             s.status = if requested {
                 WorkerStatus::Stopped
@@ -379,7 +381,6 @@ impl Workers {
                 exit.reason.clone()
             };
         });
-        self.retire(worker);
         if requested {
             tracing::info!(worker = %worker.id, reason = %exit.reason, "worker stopped");
         } else {
