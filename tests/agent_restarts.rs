@@ -36,10 +36,17 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
-/// An agent on runtime directory `run` that keeps its workers on SIGTERM.
+/// An agent on runtime directory `run` that keeps its workers on SIGTERM. Its workers wait
+/// 10 s for a new agent (the harness kills agents when a test ends: they do not linger 30 s).
 fn agent(pki: &Pki, master: &str, run: &Path, extra: &[&str]) -> Proc {
     let run = run.display().to_string();
-    let mut args = vec!["--runtime-dir", run.as_str(), "--keep-workers"];
+    let mut args = vec![
+        "--runtime-dir",
+        run.as_str(),
+        "--keep-workers",
+        "--adopt-grace",
+        "10",
+    ];
     args.extend_from_slice(extra);
     Proc::agent_with(pki, "node1", master.parse().unwrap(), &args)
 }

@@ -76,6 +76,9 @@ pub struct Record {
     pub applied: Applied,
 }
 
+/// A file that looks like a record but is not a valid one, and why.
+pub type Unusable = (PathBuf, String);
+
 /// Milliseconds since the epoch.
 pub fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -122,7 +125,7 @@ impl Record {
     }
 
     /// Every record in `dir`, with the files that are not valid records (left in place).
-    pub fn read_all(dir: &Path) -> std::io::Result<(Vec<Record>, Vec<(PathBuf, String)>)> {
+    pub fn read_all(dir: &Path) -> std::io::Result<(Vec<Record>, Vec<Unusable>)> {
         let mut records = Vec::new();
         let mut bad = Vec::new();
         for entry in std::fs::read_dir(dir)? {

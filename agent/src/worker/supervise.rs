@@ -188,39 +188,7 @@ impl Workers {
 
     /// Spawns the worker's process and waits until it answers on its control socket.
     pub(super) async fn launch(&self, worker: &Arc<Worker>) -> Result<Process, LaunchFailure> {
-        let mut command = self.command(worker);
-        let out = self.log_fifo(worker, LogStream::Stdout);
-        let err = self.log_fifo(worker, LogStream::Stderr);
-        let piped = (out.is_none(), err.is_none());
-        command.stdout(out.map_or_else(Stdio::piped, Stdio::from));
-        command.stderr(err.map_or_else(Stdio::piped, Stdio::from));
-        let spawned = command.spawn();
-        // Our copies of the FIFOs' write ends close here: EOF comes when the worker exits.
-        drop(command);
-        let mut child = spawned.map_err(|e| LaunchFailure {
-            what: "could not be started".to_owned(),
-            exit: Exit::unknown(format!("cannot spawn {}: {e}", self.config.exe.display())),
-        })?;
-        for (piped, stream) in [(piped.0, LogStream::Stdout), (piped.1, LogStream::Stderr)] {
-            let reader: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match stream {
-                _ if !piped => None,
-                LogStream::Stderr => child.stderr.take().map(|r| Box::new(r) as _),
-                _ => child.stdout.take().map(|r| Box::new(r) as _),
-            };
-            if let Some(reader) = reader {
-                let w = worker.clone();
-                tokio::spawn(async move { w.log.pump(reader, stream).await });
-            }
-        }
-        let pid = child.id().unwrap_or(0);
-        let process = ProcessId::of(pid);
-        worker.state.send_modify(|s| {
-            s.pid = pid;
-            s.process = process;
-            s.adopted = false;
-        });
-        self.persist(worker);
-
+        let mut child = self.spawn(worker)?;
         let timeout = self.config.start_timeout;
         let answered = tokio::select! {
             ready = tokio::time::timeout(timeout, answers(worker)) => Some(ready.is_ok()),
@@ -253,6 +221,43 @@ impl Workers {
                 Err(LaunchFailure { what, exit })
             }
         }
+    }
+
+    /// Spawns the worker's process, its output pumped into its log; records it.
+    fn spawn(&self, worker: &Arc<Worker>) -> Result<tokio::process::Child, LaunchFailure> {
+        let mut command = self.command(worker);
+        let out = self.log_fifo(worker, LogStream::Stdout);
+        let err = self.log_fifo(worker, LogStream::Stderr);
+        let piped = (out.is_none(), err.is_none());
+        command.stdout(out.map_or_else(Stdio::piped, Stdio::from));
+        command.stderr(err.map_or_else(Stdio::piped, Stdio::from));
+        let spawned = command.spawn();
+        // Our copies of the FIFOs' write ends close here: EOF comes when the worker exits.
+        drop(command);
+        let mut child = spawned.map_err(|e| LaunchFailure {
+            what: "could not be started".to_owned(),
+            exit: Exit::unknown(format!("cannot spawn {}: {e}", self.config.exe.display())),
+        })?;
+        for (piped, stream) in [(piped.0, LogStream::Stdout), (piped.1, LogStream::Stderr)] {
+            let reader: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match stream {
+                _ if !piped => None,
+                LogStream::Stderr => child.stderr.take().map(|r| Box::new(r) as _),
+                _ => child.stdout.take().map(|r| Box::new(r) as _),
+            };
+            if let Some(reader) = reader {
+                let w = worker.clone();
+                tokio::spawn(async move { w.log.pump(reader, stream).await });
+            }
+        }
+        let pid = child.id().unwrap_or(0);
+        let process = ProcessId::of(pid);
+        worker.state.send_modify(|s| {
+            s.pid = pid;
+            s.process = process;
+            s.adopted = false;
+        });
+        self.persist(worker);
+        Ok(child)
     }
 
     /// Supervises a started worker until it ends for good.
