@@ -303,6 +303,41 @@ fn seconds(key: &str, value: f64, max: f64) -> Result<Duration, String> {
     }
 }
 
+/// The adopt grace and restart backoff of `config`, validated.
+fn restarts(config: &ServeFile) -> Result<(Duration, crate::worker::Backoff), String> {
+    let grace = seconds("adopt_grace", config.adopt_grace.unwrap_or(30.0), 86400.0)?;
+    let initial = seconds(
+        "restart_backoff",
+        config.restart_backoff.unwrap_or(1.0),
+        3600.0,
+    )?;
+    let max = seconds(
+        "restart_backoff_max",
+        config.restart_backoff_max.unwrap_or(60.0),
+        86400.0,
+    )?;
+    if initial > max {
+        return Err("restart_backoff must not exceed restart_backoff_max".to_owned());
+    }
+    let backoff = crate::worker::Backoff {
+        initial,
+        max,
+        ..Default::default()
+    };
+    Ok((grace, backoff))
+}
+
+/// `$XDG_RUNTIME_DIR` (or the temporary directory) + `switchyard-agent-NAME`; without
+/// `keep_workers` nothing is left for a later agent, so `-PID` makes it this agent's own.
+fn default_runtime_dir(name: &str, keep_workers: bool) -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    if keep_workers {
+        base.join(format!("switchyard-agent-{name}"))
+    } else {
+        base.join(format!("switchyard-agent-{name}-{}", std::process::id()))
+    }
+}
+
 /// The shutdown token of `serve`: SIGINT stops the agent and its workers; SIGTERM too, unless
 /// `keep_on_term`, then the workers are kept.
 fn on_signal(keep: crate::KeepWorkers, keep_on_term: bool) -> tokio_util::sync::CancellationToken {
@@ -351,6 +386,10 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
         };
     }
     telemetry::init(config.log_format.unwrap_or_default());
+    let (adopt_grace, backoff) = match restarts(&config) {
+        Ok(found) => found,
+        Err(e) => return config_error(&e),
+    };
     let Some(name) = config.name else {
         return config_error("name is required (--name, SWITCHYARD_NODE_NAME or name in --config)");
     };
@@ -365,26 +404,6 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
     let stop_timeout = config.stop_timeout.unwrap_or(5.0);
     if !(stop_timeout.is_finite() && stop_timeout > 0.0 && stop_timeout <= 3600.0) {
         return config_error("stop_timeout must be between 0 and 3600 seconds");
-    }
-    let durations = (
-        seconds("adopt_grace", config.adopt_grace.unwrap_or(30.0), 86400.0),
-        seconds(
-            "restart_backoff",
-            config.restart_backoff.unwrap_or(1.0),
-            3600.0,
-        ),
-        seconds(
-            "restart_backoff_max",
-            config.restart_backoff_max.unwrap_or(60.0),
-            86400.0,
-        ),
-    );
-    let (adopt_grace, backoff, backoff_max) = match durations {
-        (Ok(g), Ok(b), Ok(m)) => (g, b, m),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return config_error(&e),
-    };
-    if backoff > backoff_max {
-        return config_error("restart_backoff must not exceed restart_backoff_max");
     }
     let keep_workers = config.keep_workers.unwrap_or(false);
     let (security, identity) = match (config.insecure.unwrap_or(false), &config.pki_dir) {
@@ -403,16 +422,9 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
         Ok(exe) => exe,
         Err(e) => return config_error(&format!("cannot locate the worker executable: {e}")),
     };
-    // Without --keep-workers nothing is left for a later agent: a directory of its own.
-    let runtime_dir = config.runtime_dir.unwrap_or_else(|| {
-        let base =
-            std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
-        if keep_workers {
-            base.join(format!("switchyard-agent-{name}"))
-        } else {
-            base.join(format!("switchyard-agent-{}-{}", name, std::process::id()))
-        }
-    });
+    let runtime_dir = config
+        .runtime_dir
+        .unwrap_or_else(|| default_runtime_dir(&name, keep_workers));
     let listen = config
         .listen
         .unwrap_or_else(|| ([127, 0, 0, 1], 9701).into());
@@ -430,11 +442,7 @@ fn serve(config: ServeFile, print: bool) -> ExitCode {
         metrics_listen: config.metrics_listen,
         keep_workers: crate::KeepWorkers::default(),
         adopt_grace,
-        backoff: crate::worker::Backoff {
-            initial: backoff,
-            max: backoff_max,
-            ..Default::default()
-        },
+        backoff,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
