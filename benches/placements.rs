@@ -77,6 +77,9 @@ async fn main() {
             labels: Default::default(),
             launcher: Launcher::Record,
             metrics_listen: None,
+            keep_workers: Default::default(),
+            adopt_grace: Duration::from_secs(30),
+            backoff: Default::default(),
         };
         tokio::spawn(serve(listener, options, shutdown.clone()));
     }

@@ -74,7 +74,21 @@ async fn workers_are_real_processes_with_a_life_cycle() {
             .into_inner();
 
     let w1 = start(&mut n.nc, "w1", WorkerType::Web, &[]).await;
-    let w2 = start(&mut n.nc, "w2", WorkerType::Router, &[]).await;
+    // w2 is not restarted by its agent when it fails (the default is: tests/agent_restarts.rs).
+    let w2 =
+        n.nc.start_worker(pb::StartWorkerRequest {
+            worker_id: "w2".into(),
+            worker_type: WorkerType::Router as i32,
+            options: Some(pb::WorkerOptions {
+                restart_policy: pb::RestartPolicy::Never as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker
+        .unwrap();
     assert_eq!(w1.status, WorkerStatus::Started as i32);
     assert!(w1.pid != 0 && w2.pid != 0 && w1.pid != w2.pid);
     assert!(exists(w1.pid) && exists(w2.pid));
@@ -836,22 +850,35 @@ async fn manhole_is_an_ssh_console_for_exactly_the_configured_users() {
     );
 }
 
+/// A killed agent's workers keep serving for the adopt grace (waiting for a new agent on the
+/// same runtime directory, tests/agent_restarts.rs), then exit by themselves.
 #[tokio::test]
-async fn workers_die_with_a_killed_agent() {
-    let mut n = node().await;
-    let a = start(&mut n.nc, "k1", WorkerType::Web, &[]).await;
-    let b = start(&mut n.nc, "k2", WorkerType::Router, &[]).await;
+async fn workers_of_a_killed_agent_exit_after_the_adopt_grace() {
+    let pki = Pki::new(&["node1"]);
+    let mut agent = Proc::agent_with(
+        &pki,
+        "node1",
+        "127.0.0.1:9".parse().unwrap(),
+        &["--adopt-grace", "2"],
+    );
+    let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
+    let a = start(&mut nc, "k1", WorkerType::Web, &[]).await;
+    let b = start(&mut nc, "k2", WorkerType::Router, &[]).await;
+    agent.kill9();
+    let killed = Instant::now();
     assert!(
-        Command::new("kill")
-            .args(["-KILL", &n.agent.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
+        exists(a.pid) && exists(b.pid),
+        "workers outlive their agent"
     );
     eventually(
-        "workers to die with their agent",
-        Duration::from_secs(10),
+        "workers to exit after the grace",
+        Duration::from_secs(15),
         || (process_gone(a.pid) && process_gone(b.pid)).then_some(()),
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1900),
+        "exited after {:?}, before the 2 s grace",
+        killed.elapsed()
     );
 }
 

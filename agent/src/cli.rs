@@ -1,5 +1,9 @@
-//! The `switchyard-agent` command line: serve a node's agent (and, hidden, run as one of its
-//! workers). Flags > environment (`SWITCHYARD_*`) > defaults; invalid configuration exits 64.
+//! The `switchyard-agent` command line: serve a node's agent, stop it for good (`stop`), and,
+//! hidden, run as one of its workers. Flags > environment (`SWITCHYARD_*`) > defaults; invalid
+//! configuration exits 64.
+//!
+//! Signals of `serve`: SIGINT stops the agent and its workers; SIGTERM does the same unless
+//! `--keep-workers`, then the workers keep serving for the next agent to adopt.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +45,8 @@ struct Cli {
 enum Command {
     /// Serve the agent's gRPC API.
     Serve(Box<ServeArgs>),
+    /// Stop the agent of a runtime directory and its workers for good (SIGINT), and wait.
+    Stop(StopArgs),
     /// Run as a worker process (started by the agent, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -52,8 +58,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// TOML file with any of these options (keys: listen, master, name, pki_dir, insecure,
-    /// worker_exe, runtime_dir, stop_timeout, advertise, labels, metrics_listen, log_format,
-    /// join_token_file, ca_pin).
+    /// worker_exe, runtime_dir, stop_timeout, keep_workers, adopt_grace, restart_backoff,
+    /// restart_backoff_max, advertise, labels, metrics_listen, log_format, join_token_file, ca_pin).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration (TOML) and exit.
@@ -77,13 +83,29 @@ struct ServeArgs {
     /// The executable run as workers (default: this executable).
     #[arg(long, env = "SWITCHYARD_WORKER_EXE")]
     worker_exe: Option<PathBuf>,
-    /// Directory for the workers' control sockets, created 0700
-    /// (default: $XDG_RUNTIME_DIR or /tmp, + switchyard-agent-AUTHID-PID).
+    /// Directory for the workers' control sockets and records, created 0700; a new agent on
+    /// the same directory adopts the workers of the last (default: $XDG_RUNTIME_DIR or /tmp, +
+    /// switchyard-agent-AUTHID, + -PID unless --keep-workers).
     #[arg(long, env = "SWITCHYARD_RUNTIME_DIR")]
     runtime_dir: Option<PathBuf>,
     /// Seconds from SIGTERM to SIGKILL when stopping a worker (0..=3600).
     #[arg(long, default_value_t = 5.0, env = "SWITCHYARD_STOP_TIMEOUT")]
     stop_timeout: f64,
+    /// On SIGTERM, exit and leave the workers serving, for the next agent on the runtime
+    /// directory to adopt (SIGINT and `switchyard-agent stop` still stop them).
+    #[arg(long, env = "SWITCHYARD_KEEP_WORKERS")]
+    keep_workers: bool,
+    /// Seconds a worker whose agent is gone keeps serving, waiting to be adopted, before it
+    /// exits by itself (0..=86400).
+    #[arg(long, default_value_t = 30.0, env = "SWITCHYARD_ADOPT_GRACE")]
+    adopt_grace: f64,
+    /// Seconds before the second restart of a crash-looping worker (the first is at once);
+    /// doubles per failure up to --restart-backoff-max (0..=3600).
+    #[arg(long, default_value_t = 1.0, env = "SWITCHYARD_RESTART_BACKOFF")]
+    restart_backoff: f64,
+    /// The longest delay between restarts of a crash-looping worker, seconds (0..=86400).
+    #[arg(long, default_value_t = 60.0, env = "SWITCHYARD_RESTART_BACKOFF_MAX")]
+    restart_backoff_max: f64,
     /// The endpoint (host:port) the master should call (default: the bound listen address).
     #[arg(long, env = "SWITCHYARD_ADVERTISE")]
     advertise: Option<String>,
@@ -119,6 +141,10 @@ struct ServeFile {
     worker_exe: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     stop_timeout: Option<f64>,
+    keep_workers: Option<bool>,
+    adopt_grace: Option<f64>,
+    restart_backoff: Option<f64>,
+    restart_backoff_max: Option<f64>,
     advertise: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     metrics_listen: Option<SocketAddr>,
@@ -163,6 +189,30 @@ fn effective(
             "stop_timeout",
             args.stop_timeout,
             file.stop_timeout,
+        )),
+        keep_workers: Some(config::layered(
+            serve,
+            "keep_workers",
+            args.keep_workers,
+            file.keep_workers,
+        )),
+        adopt_grace: Some(config::layered(
+            serve,
+            "adopt_grace",
+            args.adopt_grace,
+            file.adopt_grace,
+        )),
+        restart_backoff: Some(config::layered(
+            serve,
+            "restart_backoff",
+            args.restart_backoff,
+            file.restart_backoff,
+        )),
+        restart_backoff_max: Some(config::layered(
+            serve,
+            "restart_backoff_max",
+            args.restart_backoff_max,
+            file.restart_backoff_max,
         )),
         advertise: config::layered_opt(serve, "advertise", args.advertise, file.advertise),
         labels,
@@ -211,11 +261,140 @@ pub fn main() -> ExitCode {
                 Err(e) => config_error(&e),
             }
         }
+        Command::Stop(args) => stop(args),
         Command::Worker(args) => {
             telemetry::init(cli.log_format);
             child::run(args)
         }
     }
+}
+
+/// Options of `stop`.
+#[derive(Debug, clap::Args)]
+struct StopArgs {
+    /// The agent's runtime directory.
+    #[arg(
+        long,
+        env = "SWITCHYARD_RUNTIME_DIR",
+        required_unless_present = "config"
+    )]
+    runtime_dir: Option<PathBuf>,
+    /// Or the agent's TOML file, naming its runtime_dir.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Seconds to wait for the agent to stop its workers and exit.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+}
+
+fn stop(args: StopArgs) -> ExitCode {
+    let dir = match (args.runtime_dir, &args.config) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => match config::read_file::<ServeFile>(path) {
+            Ok(ServeFile {
+                runtime_dir: Some(dir),
+                ..
+            }) => dir,
+            Ok(_) => return config_error("the configuration names no runtime_dir"),
+            Err(e) => return config_error(&e),
+        },
+        (None, None) => return config_error("--runtime-dir or --config is required"),
+    };
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return config_error("timeout must be positive");
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    match crate::runtime::stop(&dir, timeout, Duration::from_secs(5)) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A seconds value in `0 < v <= max`, or the message naming `key`.
+fn seconds(key: &str, value: f64, max: f64) -> Result<Duration, String> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("{key} must be between 0 and {max} seconds"))
+    }
+}
+
+/// The adopt grace and restart backoff of `config`, validated.
+fn restarts(config: &ServeFile) -> Result<(Duration, crate::worker::Backoff), String> {
+    let grace = seconds("adopt_grace", config.adopt_grace.unwrap_or(30.0), 86400.0)?;
+    let initial = seconds(
+        "restart_backoff",
+        config.restart_backoff.unwrap_or(1.0),
+        3600.0,
+    )?;
+    let max = seconds(
+        "restart_backoff_max",
+        config.restart_backoff_max.unwrap_or(60.0),
+        86400.0,
+    )?;
+    if initial > max {
+        return Err("restart_backoff must not exceed restart_backoff_max".to_owned());
+    }
+    let backoff = crate::worker::Backoff {
+        initial,
+        max,
+        ..Default::default()
+    };
+    Ok((grace, backoff))
+}
+
+/// `$XDG_RUNTIME_DIR` (or the temporary directory) + `switchyard-agent-NAME`; without
+/// `keep_workers` nothing is left for a later agent, so `-PID` makes it this agent's own.
+fn default_runtime_dir(name: &str, keep_workers: bool) -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    if keep_workers {
+        base.join(format!("switchyard-agent-{name}"))
+    } else {
+        base.join(format!("switchyard-agent-{name}-{}", std::process::id()))
+    }
+}
+
+/// The shutdown token of `serve`: SIGINT stops the agent and its workers; SIGTERM too, unless
+/// `keep_on_term`, then the workers are kept.
+fn on_signal(keep: crate::KeepWorkers, keep_on_term: bool) -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let root = token.clone();
+    tokio::spawn(async move {
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT received: stopping the agent and its workers");
+                keep.set(false);
+            }
+            _ = term.recv() => {
+                keep.set(keep_on_term);
+                if keep_on_term {
+                    tracing::info!("SIGTERM received: stopping the agent, keeping its workers");
+                } else {
+                    tracing::info!("SIGTERM received: stopping the agent and its workers");
+                }
+            }
+            _ = root.cancelled() => {}
+        }
+        root.cancel();
+    });
+    token
 }
 
 fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode {
@@ -229,6 +408,10 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
         };
     }
     telemetry::init(config.log_format.unwrap_or_default());
+    let (adopt_grace, backoff) = match restarts(&config) {
+        Ok(found) => found,
+        Err(e) => return config_error(&e),
+    };
     let Some(name) = config.name.clone() else {
         return config_error("name is required (--name, SWITCHYARD_NODE_NAME or name in --config)");
     };
@@ -244,6 +427,7 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
     if !(stop_timeout.is_finite() && stop_timeout > 0.0 && stop_timeout <= 3600.0) {
         return config_error("stop_timeout must be between 0 and 3600 seconds");
     }
+    let keep_workers = config.keep_workers.unwrap_or(false);
     let credentials = match credentials(&config, &name, join_token) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -252,11 +436,9 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
         Ok(exe) => exe,
         Err(e) => return config_error(&format!("cannot locate the worker executable: {e}")),
     };
-    let runtime_dir = config.runtime_dir.unwrap_or_else(|| {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map_or_else(std::env::temp_dir, PathBuf::from)
-            .join(format!("switchyard-agent-{}-{}", name, std::process::id()))
-    });
+    let runtime_dir = config
+        .runtime_dir
+        .unwrap_or_else(|| default_runtime_dir(&name, keep_workers));
     let listen = config
         .listen
         .unwrap_or_else(|| ([127, 0, 0, 1], 9701).into());
@@ -277,6 +459,9 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         launcher: Default::default(),
         metrics_listen: config.metrics_listen,
+        keep_workers: crate::KeepWorkers::default(),
+        adopt_grace,
+        backoff,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -297,7 +482,8 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
             Ok(l) => l,
             Err(e) => return config_error(&format!("cannot listen on {listen}: {e}")),
         };
-        match crate::serve(listener, options, switchyard::shutdown::on_signal()).await {
+        let shutdown = on_signal(options.keep_workers.clone(), keep_workers);
+        match crate::serve(listener, options, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard-agent: {e}");

@@ -3,7 +3,9 @@
 //!
 //! - [`api`]: the gRPC services (thin adapters over the parts below).
 //! - [`error`]: what can fail, and its one mapping to a gRPC status.
-//! - [`worker`]: worker processes: spawn, readiness, stop, reaping, logs, control sockets.
+//! - [`worker`]: worker processes: spawn, readiness, stop, supervision and restarts, logs,
+//!   control sockets, records and adoption by a restarted agent.
+//! - [`runtime`]: the runtime directory (one agent at a time) and `switchyard-agent stop`.
 //! - [`process`]: process control of the current process (stats, affinity, info, trim).
 //! - [`manhole`]: the SSH debug console.
 //! - [`events`]: the node's process event bus behind `Watch`.
@@ -24,6 +26,7 @@ pub mod join;
 pub mod manhole;
 pub mod metrics;
 pub mod process;
+pub mod runtime;
 pub mod system;
 pub mod wamp;
 pub mod web;
@@ -33,7 +36,8 @@ mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use switchyard::auth::Policy;
 use switchyard::server::{self, Security};
@@ -42,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use events::EventBus;
 use process::LocalProcess;
-use worker::{WorkerConfig, Workers};
+use runtime::{RuntimeDir, RuntimeDirError};
+use worker::{Backoff, WorkerConfig, Workers};
 
 /// What the agent serves with.
 #[derive(Debug, Clone)]
@@ -55,7 +60,8 @@ pub struct AgentOptions {
     pub security: Security,
     /// The executable started in worker mode.
     pub worker_exe: PathBuf,
-    /// Directory for the workers' control sockets (created 0700).
+    /// Directory for the workers' control sockets and records (created 0700); a new agent on
+    /// the same directory adopts the workers of the previous one.
     pub runtime_dir: PathBuf,
     /// Time from SIGTERM to SIGKILL when stopping a worker.
     pub stop_timeout: Duration,
@@ -71,19 +77,39 @@ pub struct AgentOptions {
     pub launcher: worker::Launcher,
     /// Where `/metrics` is served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether the workers keep running when the agent stops (decided by whoever stops it).
+    pub keep_workers: KeepWorkers,
+    /// Time a worker whose agent is gone keeps serving, waiting for a new agent to adopt it.
+    pub adopt_grace: Duration,
+    /// Delays between the agent's restarts of a failing worker.
+    pub backoff: Backoff,
+}
+
+/// Whether the agent leaves its workers running when its shutdown token is cancelled, for a new
+/// agent on the same runtime directory to adopt (else it stops them). Whoever cancels the token
+/// sets it first: the command line keeps them on SIGTERM with `--keep-workers`, never on SIGINT
+/// (`switchyard-agent stop`).
+#[derive(Debug, Clone, Default)]
+pub struct KeepWorkers(Arc<AtomicBool>);
+
+impl KeepWorkers {
+    /// Keep the workers (`true`) or stop them when the agent stops.
+    pub fn set(&self, keep: bool) {
+        self.0.store(keep, Ordering::SeqCst);
+    }
+
+    /// Whether the workers are kept.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The runtime directory is unusable.
-    #[error("cannot use runtime directory {path}: {source}")]
-    RuntimeDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The runtime directory is unusable or in use by another agent.
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
     /// Host statistics are unavailable.
     #[error("cannot read host statistics: {0}")]
     Host(#[from] sysinfo::Error),
@@ -119,12 +145,15 @@ pub struct Agent {
     pub master: Arc<heartbeat::MasterLink>,
 }
 
-/// Runs the agent on `listener` until `shutdown` is cancelled, then stops its workers.
+/// Runs the agent on `listener` until `shutdown` is cancelled, then stops its workers (or,
+/// with [`AgentOptions::keep_workers`] set, leaves them to the next agent). Before it serves,
+/// it adopts the workers an earlier agent left in its runtime directory.
 pub async fn serve(
     listener: TcpListener,
     options: AgentOptions,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    let runtime_dir = RuntimeDir::open(&options.runtime_dir)?;
     let events = EventBus::default();
     let workers = Workers::new(
         WorkerConfig {
@@ -135,14 +164,27 @@ pub async fn serve(
             log_lines: 1000,
             node: options.authid.clone(),
             launcher: options.launcher,
+            adopt_grace: options.adopt_grace,
+            backoff: options.backoff,
         },
         events.clone(),
         shutdown.clone(),
     )
-    .map_err(|source| AgentError::RuntimeDir {
+    .map_err(|source| RuntimeDirError::Io {
         path: options.runtime_dir.clone(),
         source,
     })?;
+    let adopting = Instant::now();
+    let adoption = workers.adopt().await;
+    if adoption != Default::default() {
+        tracing::info!(
+            adopted = adoption.adopted,
+            restarting = adoption.restarting,
+            dropped = adoption.dropped,
+            elapsed_ms = adopting.elapsed().as_secs_f64() * 1000.0,
+            "adopted the workers of the previous agent"
+        );
+    }
     let agent = Arc::new(Agent {
         authid: options.authid.clone(),
         controller: LocalProcess::new(controller::CONTROLLER, events.clone(), shutdown.clone()),
@@ -224,8 +266,18 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    workers.stop_all().await;
-    let _ = std::fs::remove_dir(&options.runtime_dir);
+    if options.keep_workers.get() {
+        let live = workers.list().iter().filter(|w| w.is_live()).count();
+        tracing::info!(
+            workers = live,
+            grace = ?options.adopt_grace,
+            runtime_dir = %options.runtime_dir.display(),
+            "agent stopping; its workers keep serving for the next agent on this runtime directory to adopt"
+        );
+    } else {
+        workers.stop_all().await;
+        runtime_dir.remove();
+    }
     served?;
     tracing::info!("agent stopped");
     Ok(())

@@ -1,6 +1,6 @@
 //! The agent's `/metrics`: per-process CPU seconds, resident memory, fds and threads of the agent
-//! ("controller") and each live worker, worker restarts, workers by status, and RPC counts and
-//! latencies.
+//! ("controller") and each live worker, worker restarts, workers by status (`restarting`
+//! included), and RPC counts and latencies.
 
 use std::sync::Arc;
 
@@ -108,7 +108,7 @@ fn registry(agent: &Agent, rpc: &RpcMetrics) -> Registry {
     );
     r.register(
         "switchyard_worker_restarts",
-        "Times a worker id was started again since the agent started",
+        "Times a worker id was started again: by its agent after a failure (counted across agent restarts for adopted workers) or by StartWorker",
         restarts,
     );
     r.register(

@@ -358,7 +358,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// A graceful stop first (SIGINT: an agent stops its workers rather than leaving them to
+    /// wait out their adoption grace), SIGKILL after 5 s.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Then its etcd, if any (dropping it kills it).

@@ -1,6 +1,7 @@
 //! `switchyard.agent.v1.NodeControllerService`: the agent, its host, its workers and their logs.
 //! The web- and router-worker controls are forwarded to the worker's control socket and its
-//! answer (a status included) is relayed unchanged.
+//! answer (a status included) is relayed unchanged; what a successful one changed is recorded,
+//! to be replayed if the agent restarts the worker (`worker/applied.rs`).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use super::who;
 use crate::Agent;
 use crate::error::{Error, Result};
 use crate::events::async_stream;
+use crate::worker::applied::Change;
 use crate::worker::check_worker_id;
 
 /// The node controller.
@@ -80,7 +82,15 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StartWebTransportRequest>,
     ) -> Result<Response<pb::StartWebTransportResponse>, Status> {
-        forward!(self, Web, request, start_web_transport)
+        let (id, transport) = (
+            request.get_ref().worker_id.clone(),
+            request.get_ref().transport.clone(),
+        );
+        let response = forward!(self, Web, request, start_web_transport)?;
+        self.agent
+            .workers
+            .applied(&id, Change::WebTransport(transport));
+        Ok(response)
     }
 
     async fn get_web_transport(
@@ -94,21 +104,40 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StopWebTransportRequest>,
     ) -> Result<Response<pb::StopWebTransportResponse>, Status> {
-        forward!(self, Web, request, stop_web_transport)
+        let id = request.get_ref().worker_id.clone();
+        let response = forward!(self, Web, request, stop_web_transport)?;
+        self.agent.workers.applied(&id, Change::WebTransport(None));
+        Ok(response)
     }
 
     async fn start_web_service(
         &self,
         request: Request<pb::StartWebServiceRequest>,
     ) -> Result<Response<pb::StartWebServiceResponse>, Status> {
-        forward!(self, Web, request, start_web_service)
+        let id = request.get_ref().worker_id.clone();
+        let response = forward!(self, Web, request, start_web_service)?;
+        if let Some(service) = response.get_ref().service.clone() {
+            let path = service.path.clone();
+            self.agent
+                .workers
+                .applied(&id, Change::WebService(path, Some(service)));
+        }
+        Ok(response)
     }
 
     async fn stop_web_service(
         &self,
         request: Request<pb::StopWebServiceRequest>,
     ) -> Result<Response<pb::StopWebServiceResponse>, Status> {
-        forward!(self, Web, request, stop_web_service)
+        let id = request.get_ref().worker_id.clone();
+        let response = forward!(self, Web, request, stop_web_service)?;
+        if let Some(service) = &response.get_ref().service {
+            let path = service.path.clone();
+            self.agent
+                .workers
+                .applied(&id, Change::WebService(path, None));
+        }
+        Ok(response)
     }
 
     async fn list_web_services(
@@ -122,7 +151,15 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StartRouterTransportRequest>,
     ) -> Result<Response<pb::StartRouterTransportResponse>, Status> {
-        forward!(self, Router, request, start_router_transport)
+        let asked = request.get_ref().clone();
+        let response = forward!(self, Router, request, start_router_transport)?;
+        if let Some(t) = &response.get_ref().transport {
+            let id = asked.worker_id.clone();
+            self.agent
+                .workers
+                .applied(&id, Change::RouterTransport(asked, t.port));
+        }
+        Ok(response)
     }
 
     async fn get_router_transport(
@@ -136,14 +173,30 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StartRouterRealmRequest>,
     ) -> Result<Response<pb::StartRouterRealmResponse>, Status> {
-        forward!(self, Router, request, start_router_realm)
+        let (id, realm) = (
+            request.get_ref().worker_id.clone(),
+            request.get_ref().realm.clone(),
+        );
+        let response = forward!(self, Router, request, start_router_realm)?;
+        self.agent
+            .workers
+            .applied(&id, Change::RouterRealm(realm, true));
+        Ok(response)
     }
 
     async fn stop_router_realm(
         &self,
         request: Request<pb::StopRouterRealmRequest>,
     ) -> Result<Response<pb::StopRouterRealmResponse>, Status> {
-        forward!(self, Router, request, stop_router_realm)
+        let (id, realm) = (
+            request.get_ref().worker_id.clone(),
+            request.get_ref().realm.clone(),
+        );
+        let response = forward!(self, Router, request, stop_router_realm)?;
+        self.agent
+            .workers
+            .applied(&id, Change::RouterRealm(realm, false));
+        Ok(response)
     }
 
     async fn list_router_realms(
@@ -157,14 +210,30 @@ impl NodeControllerService for NodeControllerApi {
         &self,
         request: Request<pb::StartRouterLinkRequest>,
     ) -> Result<Response<pb::StartRouterLinkResponse>, Status> {
-        forward!(self, Router, request, start_router_link)
+        let id = request.get_ref().worker_id.clone();
+        let response = forward!(self, Router, request, start_router_link)?;
+        if let Some(link) = response.get_ref().link.clone() {
+            let link_id = link.id.clone();
+            self.agent
+                .workers
+                .applied(&id, Change::RouterLink(link_id, Some(link)));
+        }
+        Ok(response)
     }
 
     async fn stop_router_link(
         &self,
         request: Request<pb::StopRouterLinkRequest>,
     ) -> Result<Response<pb::StopRouterLinkResponse>, Status> {
-        forward!(self, Router, request, stop_router_link)
+        let (id, link) = (
+            request.get_ref().worker_id.clone(),
+            request.get_ref().link_id.clone(),
+        );
+        let response = forward!(self, Router, request, stop_router_link)?;
+        self.agent
+            .workers
+            .applied(&id, Change::RouterLink(link, None));
+        Ok(response)
     }
 
     async fn list_router_links(

@@ -2,21 +2,30 @@
 //! mode ([`child`]), each serving process control on a private Unix socket ([`control`]), with
 //! their output kept in a bounded ring ([`log`]).
 //!
-//! Life cycle: starting → started (its control socket answers) → stopping → stopped; a process
-//! that exits without a stop request, or never answers, is failed (with exit code or signal) and
-//! published as `on_worker_failed`. One task per worker waits for its exit and reaps it.
+//! Life cycle: starting → started (its control socket answers) → stopping → stopped. A started
+//! worker that exits without a stop request is failed (with exit code or signal) and published
+//! as `on_worker_failed`; with restart policy on failure (the default) it is then restarting
+//! until the agent has started it again ([`supervise`], with its configuration replayed,
+//! [`applied`]) and published as `on_worker_restarted`. One task per worker supervises it.
+//!
+//! Workers outlive their agent: each has a record in the runtime directory ([`record`],
+//! [`files`]), and a new agent on the same directory adopts the live ones ([`adopt`]).
 
+pub mod adopt;
+pub mod applied;
 pub mod child;
 pub mod control;
+pub mod files;
 pub mod log;
+pub mod pid;
+pub mod record;
 pub mod router_control;
 pub mod simulated;
+mod supervise;
 pub mod web_control;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,7 +34,7 @@ use nix::unistd::Pid;
 use switchyard::pb::agent::v1::native_process_service_client::NativeProcessServiceClient;
 use switchyard::pb::agent::v1::node_controller_service_client::NodeControllerServiceClient;
 use switchyard::pb::agent::v1::{
-    self as pb, LogStream, ProcessEventType, WorkerStatus, WorkerType, process_event,
+    self as pb, ProcessEventType, RestartPolicy, WorkerStatus, WorkerType, process_event,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,14 +43,18 @@ use tonic::transport::Channel;
 use crate::controller::CONTROLLER;
 use crate::error::{Error, Result};
 use crate::events::EventBus;
+use applied::{Applied, Change};
+use control::AgentKey;
 use log::LogRing;
+use pid::ProcessId;
+pub use supervise::Backoff;
 
 /// How workers are run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The executable started in worker mode (`<exe> worker ...`).
     pub exe: PathBuf,
-    /// Directory of the control sockets (created 0700).
+    /// Directory of the control sockets and records (created 0700).
     pub runtime_dir: PathBuf,
     /// Time from SIGTERM to SIGKILL on a graceful stop.
     pub stop_timeout: Duration,
@@ -53,6 +66,10 @@ pub struct WorkerConfig {
     pub node: String,
     /// How workers are run.
     pub launcher: Launcher,
+    /// Time a worker whose agent is gone keeps serving, waiting to be adopted.
+    pub adopt_grace: Duration,
+    /// Delays between restarts of a failing worker.
+    pub backoff: Backoff,
 }
 
 /// How a worker is run.
@@ -67,15 +84,23 @@ pub enum Launcher {
 }
 
 /// The mutable state of a worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct State {
     status: WorkerStatus,
+    /// The pid of its current (or last) process; 0 before spawn.
+    pid: u32,
+    /// Its running process, if any.
+    process: Option<ProcessId>,
+    /// The running process was started by an earlier agent (it is not our child).
+    adopted: bool,
     started: Option<SystemTime>,
     started_instant: Option<Instant>,
     startup_time: Option<Duration>,
     exit_code: Option<i32>,
     exit_signal: Option<i32>,
     reason: String,
+    restarts: u32,
+    next_restart: Option<SystemTime>,
 }
 
 /// One worker.
@@ -85,13 +110,16 @@ pub struct Worker {
     kind: WorkerType,
     options: pb::WorkerOptions,
     created: SystemTime,
-    pid: Mutex<u32>,
     state: watch::Sender<State>,
-    stop_requested: std::sync::atomic::AtomicBool,
+    /// Cancelled when a stop is requested.
+    stop: CancellationToken,
     /// The worker's output.
     pub log: LogRing,
     client: NativeProcessServiceClient<Channel>,
     controls: NodeControllerServiceClient<Channel>,
+    applied: Mutex<Applied>,
+    /// Whether the record may still be written (false once the worker ended for good).
+    record_open: Mutex<bool>,
 }
 
 impl Worker {
@@ -102,7 +130,7 @@ impl Worker {
 
     /// The worker's pid (0 before spawn).
     pub fn pid(&self) -> u32 {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.borrow().pid
     }
 
     /// The worker's status now.
@@ -124,12 +152,21 @@ impl Worker {
         }
     }
 
-    /// Whether the process is (still) running: starting, started or stopping.
+    /// Whether the worker is (still) there: a process starting, started or stopping, or one
+    /// its agent is about to start again.
     pub fn is_live(&self) -> bool {
         matches!(
             self.status(),
-            WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Stopping
+            WorkerStatus::Starting
+                | WorkerStatus::Started
+                | WorkerStatus::Stopping
+                | WorkerStatus::Restarting
         )
+    }
+
+    /// Whether the agent starts the worker again when it fails.
+    pub fn restarts_on_failure(&self) -> bool {
+        self.options.restart_policy != RestartPolicy::Never as i32
     }
 
     /// A process-control client connected to the worker's control socket.
@@ -147,6 +184,15 @@ impl Worker {
         self.kind
     }
 
+    /// How long the current process has served (zero unless started).
+    fn serving_for(&self) -> Duration {
+        let s = self.state.borrow();
+        match (s.status, s.started_instant) {
+            (WorkerStatus::Started, Some(t)) => t.elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The worker as the API returns it.
     pub fn to_pb(&self) -> pb::Worker {
         let s = self.state.borrow().clone();
@@ -157,7 +203,7 @@ impl Worker {
         }
         pb::Worker {
             id: self.id.clone(),
-            pid: self.pid(),
+            pid: s.pid,
             r#type: self.kind as i32,
             status: s.status as i32,
             created: Some(self.created.into()),
@@ -173,6 +219,9 @@ impl Worker {
             exit_signal: s.exit_signal,
             reason: s.reason,
             options: Some(options),
+            restarts: s.restarts,
+            next_restart: s.next_restart.map(Into::into),
+            adopted: s.adopted,
         }
     }
 }
@@ -181,12 +230,14 @@ impl Worker {
 #[derive(Debug, Clone)]
 pub struct Workers {
     config: Arc<WorkerConfig>,
+    key: AgentKey,
     workers: Arc<Mutex<BTreeMap<String, Arc<Worker>>>>,
     events: EventBus,
     shutdown: CancellationToken,
     /// With [`Launcher::Record`]: the one channel every simulated worker's controls share.
     simulated: Option<Channel>,
-    /// Starts per worker id since the agent started (restarts = starts - 1).
+    /// Starts per worker id since the agent started, its own restarts included (restarts =
+    /// starts - 1); an adopted worker counts its recorded restarts.
     starts: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
@@ -228,22 +279,24 @@ fn simulated_socket(runtime_dir: &std::path::Path) -> PathBuf {
 }
 
 impl Workers {
-    /// An empty registry; creates the runtime directory (0700).
+    /// An empty registry; creates the runtime directory (0700) and its agent key.
     pub fn new(
         config: WorkerConfig,
         events: EventBus,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         control::ensure_runtime_dir(&config.runtime_dir)?;
+        let key = AgentKey::load_or_create(&config.runtime_dir)?;
         let simulated = if config.launcher == Launcher::Record {
             let socket = simulated_socket(&config.runtime_dir);
-            simulated::serve(&socket, shutdown.clone())?;
-            Some(control::channel(socket))
+            simulated::serve(&socket, key.clone(), shutdown.clone())?;
+            Some(control::channel(socket, key.clone()))
         } else {
             None
         };
         Ok(Workers {
             simulated,
+            key,
             starts: Arc::default(),
             config: Arc::new(config),
             workers: Arc::default(),
@@ -253,7 +306,7 @@ impl Workers {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Worker>>> {
-        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.workers)
     }
 
     /// A worker by id, or NOT_FOUND.
@@ -266,17 +319,43 @@ impl Workers {
 
     /// How often worker `id` was started since the agent started.
     pub fn starts(&self, id: &str) -> u64 {
-        self.starts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
-            .unwrap_or(0)
+        crate::lock(&self.starts).get(id).copied().unwrap_or(0)
+    }
+
+    fn count_start(&self, id: &str, n: u64) {
+        *crate::lock(&self.starts).entry(id.to_owned()).or_default() += n;
     }
 
     /// Every worker, sorted by id.
     pub fn list(&self) -> Vec<Arc<Worker>> {
         self.map().values().cloned().collect()
+    }
+
+    /// A new worker object (no process yet), in status starting.
+    fn new_worker(&self, id: &str, kind: WorkerType, options: pb::WorkerOptions) -> Worker {
+        let socket = control::socket_path(&self.config.runtime_dir, id);
+        let channel = self
+            .simulated
+            .clone()
+            .unwrap_or_else(|| control::channel(socket, self.key.clone()));
+        Worker {
+            id: id.to_owned(),
+            kind,
+            options,
+            created: SystemTime::now(),
+            state: watch::channel(State {
+                status: WorkerStatus::Starting,
+                ..State::default()
+            })
+            .0,
+            stop: CancellationToken::new(),
+            log: LogRing::new(self.config.log_lines),
+            // Both services of the worker share one connection to its control socket.
+            client: NativeProcessServiceClient::new(channel.clone()),
+            controls: NodeControllerServiceClient::new(channel),
+            applied: Mutex::default(),
+            record_open: Mutex::new(true),
+        }
     }
 
     /// Starts a worker process and waits until it answers on its control socket.
@@ -288,41 +367,12 @@ impl Workers {
         who: &str,
     ) -> Result<Arc<Worker>> {
         check_worker_id("worker_id", id)?;
-        let kind_arg = match kind {
-            WorkerType::Web => "web",
-            WorkerType::Router => "router",
-            WorkerType::Unspecified => {
-                return Err(Error::invalid("worker_type", "required: web or router"));
-            }
-        };
-        let record = self.simulated.is_some();
-        let socket = control::socket_path(&self.config.runtime_dir, id);
-        let channel = self
-            .simulated
-            .clone()
-            .unwrap_or_else(|| control::channel(socket.clone()));
-        let worker = Arc::new(Worker {
-            id: id.to_owned(),
-            kind,
-            options: options.clone(),
-            created: SystemTime::now(),
-            pid: Mutex::new(0),
-            state: watch::channel(State {
-                status: WorkerStatus::Starting,
-                started: None,
-                started_instant: None,
-                startup_time: None,
-                exit_code: None,
-                exit_signal: None,
-                reason: String::new(),
-            })
-            .0,
-            stop_requested: false.into(),
-            log: LogRing::new(self.config.log_lines),
-            // Both services of the worker share one connection to its control socket.
-            client: NativeProcessServiceClient::new(channel.clone()),
-            controls: NodeControllerServiceClient::new(channel),
-        });
+        if kind == WorkerType::Unspecified {
+            return Err(Error::invalid("worker_type", "required: web or router"));
+        }
+        RestartPolicy::try_from(options.restart_policy)
+            .map_err(|_| Error::invalid("options.restart_policy", "unknown restart policy"))?;
+        let worker = Arc::new(self.new_worker(id, kind, options));
         {
             let mut map = self.map();
             if map.get(id).is_some_and(|w| w.is_live()) {
@@ -330,13 +380,8 @@ impl Workers {
             }
             map.insert(id.to_owned(), worker.clone());
         }
-        *self
-            .starts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_owned())
-            .or_default() += 1;
-        if record {
+        self.count_start(id, 1);
+        if self.simulated.is_some() {
             worker.state.send_modify(|s| {
                 s.status = WorkerStatus::Started;
                 s.started = Some(SystemTime::now());
@@ -346,119 +391,63 @@ impl Workers {
             self.publish(&worker, ProcessEventType::OnWorkerStarted, who);
             return Ok(worker);
         }
-
-        let mut command = tokio::process::Command::new(&self.config.exe);
-        command
-            .arg("worker")
-            .args([
-                "--id",
-                id,
-                "--node",
-                &self.config.node,
-                "--type",
-                kind_arg,
-                "--control",
-            ])
-            .arg(&socket)
-            .args(["--parent-pid", &std::process::id().to_string()]);
-        if !options.cpu_affinity.is_empty() {
-            let cpus: Vec<String> = options.cpu_affinity.iter().map(u32::to_string).collect();
-            command.args(["--cpu-affinity", &cpus.join(",")]);
-        }
-        command
-            .args(&options.arguments)
-            .envs(&options.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         let spawned = Instant::now();
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                self.fail(
-                    &worker,
-                    format!("cannot spawn {}: {e}", self.config.exe.display()),
-                );
-                return Err(start_failed(id, "could not be started"));
+        let process = match self.launch(&worker).await {
+            Ok(process) => process,
+            Err(failure) => {
+                self.ended(&worker, &failure.exit);
+                return Err(start_failed(id, failure.what));
             }
         };
-        *worker.pid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().unwrap_or(0);
-        if let Some(out) = child.stdout.take() {
-            let w = worker.clone();
-            tokio::spawn(async move { w.log.pump(out, LogStream::Stdout).await });
+        if !self.ready(&worker, spawned) {
+            return Err(start_failed(id, "exited during start-up"));
         }
-        if let Some(err) = child.stderr.take() {
-            let w = worker.clone();
-            tokio::spawn(async move { w.log.pump(err, LogStream::Stderr).await });
-        }
-        tokio::spawn(self.clone().reap(worker.clone(), child, socket));
+        tracing::info!(worker = %id, pid = worker.pid(), startup = ?spawned.elapsed(), "worker started");
+        self.publish(&worker, ProcessEventType::OnWorkerStarted, who);
+        tokio::spawn(self.clone().supervise(worker.clone(), process));
+        Ok(worker)
+    }
 
-        // Ready when the control socket answers.
-        let mut client = worker.client();
-        let deadline = spawned + self.config.start_timeout;
-        let mut state = worker.state.subscribe();
-        loop {
-            let probe = client.uptime(pb::UptimeRequest {
-                process: id.to_owned(),
-            });
-            if tokio::time::timeout(Duration::from_millis(500), probe)
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                break;
-            }
-            if !worker.is_live() {
-                let reason = worker.state.borrow().reason.clone();
-                return Err(start_failed(
-                    id,
-                    format!("exited during start-up: {reason}"),
-                ));
-            }
-            if Instant::now() > deadline {
-                self.signal(&worker, Signal::SIGKILL);
-                return Err(start_failed(
-                    id,
-                    format!("did not answer within {:?}", self.config.start_timeout),
-                ));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(20), state.changed()).await;
-        }
+    /// Marks a worker whose process answers as started; false if it ended meanwhile.
+    fn ready(&self, worker: &Arc<Worker>, spawned: Instant) -> bool {
         let became_ready = worker.state.send_if_modified(|s| {
-            if s.status != WorkerStatus::Starting {
+            if !matches!(s.status, WorkerStatus::Starting | WorkerStatus::Restarting) {
                 return false;
             }
             s.status = WorkerStatus::Started;
             s.started = Some(SystemTime::now());
             s.started_instant = Some(Instant::now());
             s.startup_time = Some(spawned.elapsed());
+            s.next_restart = None;
+            s.reason.clear();
             true
         });
-        if !became_ready {
-            return Err(start_failed(id, "exited during start-up"));
+        if became_ready {
+            self.persist(worker);
+            tokio::spawn(self.clone().relay_events(worker.clone()));
         }
-        tokio::spawn(self.clone().relay_events(worker.clone()));
-        tracing::info!(worker = %id, pid = worker.pid(), startup = ?spawned.elapsed(), "worker started");
-        self.publish(&worker, ProcessEventType::OnWorkerStarted, who);
-        Ok(worker)
+        became_ready
     }
 
     /// Stops a worker: SIGTERM, then SIGKILL after the stop timeout (at once with `kill`).
-    /// Returns once the process is reaped. Stopping a worker that already ended returns it as is.
+    /// Returns once the process is reaped. Stopping a worker that already ended returns it as
+    /// is; stopping one that waits to be restarted cancels the restart.
     pub async fn stop(&self, id: &str, kill_now: bool, who: &str) -> Result<Arc<Worker>> {
         check_worker_id("worker_id", id)?;
         let worker = self.get(id)?;
         if !worker.is_live() {
             return Ok(worker);
         }
-        worker
-            .stop_requested
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        worker.stop.cancel();
         worker.state.send_modify(|s| {
-            if matches!(s.status, WorkerStatus::Starting | WorkerStatus::Started) {
+            if matches!(
+                s.status,
+                WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Restarting
+            ) {
                 s.status = WorkerStatus::Stopping;
             }
         });
-        if self.config.launcher == Launcher::Record {
+        if self.simulated.is_some() {
             worker
                 .state
                 .send_modify(|s| s.status = WorkerStatus::Stopped);
@@ -484,7 +473,7 @@ impl Workers {
         Ok(worker)
     }
 
-    /// Stops every live worker (agent shutdown).
+    /// Stops every live worker (the agent stops for good).
     pub async fn stop_all(&self) {
         let ids: Vec<String> = self
             .list()
@@ -496,60 +485,61 @@ impl Workers {
         futures::future::join_all(stops).await;
     }
 
+    /// Records a successful control call on worker `id`, to replay it if the worker restarts.
+    pub fn applied(&self, id: &str, change: Change) {
+        if let Ok(worker) = self.get(id) {
+            crate::lock(&worker.applied).apply(change);
+            self.persist(&worker);
+        }
+    }
+
+    /// Signals the worker's process, if it runs (and is still the process we started).
     fn signal(&self, worker: &Worker, signal: Signal) {
-        let pid = worker.pid();
-        if pid != 0 {
-            let _ = kill(Pid::from_raw(pid as i32), signal);
+        let process = worker.state.borrow().process;
+        if let Some(p) = process.filter(ProcessId::is_running) {
+            let _ = kill(Pid::from_raw(p.pid as i32), signal);
         }
     }
 
-    fn fail(&self, worker: &Worker, reason: String) {
-        tracing::warn!(worker = %worker.id, %reason, "worker failed");
-        worker.state.send_modify(|s| {
-            s.status = WorkerStatus::Failed;
-            s.reason = reason;
-        });
+    /// Writes the worker's record (not once it ended for good, nor for simulated workers).
+    fn persist(&self, worker: &Worker) {
+        if self.simulated.is_some() {
+            return;
+        }
+        let open = crate::lock(&worker.record_open);
+        if !*open {
+            return;
+        }
+        let s = worker.state.borrow().clone();
+        let record = record::Record {
+            version: record::VERSION,
+            id: worker.id.clone(),
+            kind: record::kind_name(worker.kind).to_owned(),
+            process: s.process,
+            socket: control::socket_path(&self.config.runtime_dir, &worker.id),
+            created_ms: record::to_ms(worker.created),
+            started_ms: s.started.map(record::to_ms),
+            restarts: s.restarts,
+            labels: worker
+                .options
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            options: record::Pb(worker.options.clone()),
+            applied: crate::lock(&worker.applied).clone(),
+        };
+        let path = files::record(&self.config.runtime_dir, &worker.id);
+        if let Err(e) = record.write(&path) {
+            tracing::error!(worker = %worker.id, error = %e, "cannot write the worker's record: a new agent could not adopt it");
+        }
     }
 
-    /// Waits for the process to exit, reaps it, and records how it ended.
-    async fn reap(self, worker: Arc<Worker>, mut child: tokio::process::Child, socket: PathBuf) {
-        let exit = child.wait().await;
-        let _ = std::fs::remove_file(&socket);
-        let requested = worker
-            .stop_requested
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let (code, signal) = match &exit {
-            Ok(s) => (s.code(), s.signal()),
-            Err(_) => (None, None),
-        };
-        let reason = match (code, signal) {
-            (Some(c), _) => format!("exited with code {c}"),
-            (_, Some(s)) => format!(
-                "killed by signal {}",
-                Signal::try_from(s).map_or_else(|_| s.to_string(), |s| s.as_str().to_owned())
-            ),
-            _ => "exit status unknown".to_owned(),
-        };
-        worker.state.send_modify(|s| {
-            s.exit_code = code;
-            s.exit_signal = signal;
-            s.status = if requested {
-                WorkerStatus::Stopped
-            } else {
-                WorkerStatus::Failed
-            };
-            s.reason = if requested {
-                String::new()
-            } else {
-                reason.clone()
-            };
-        });
-        if requested {
-            tracing::info!(worker = %worker.id, %reason, "worker stopped");
-        } else {
-            tracing::warn!(worker = %worker.id, %reason, "worker failed");
-            self.publish(&worker, ProcessEventType::OnWorkerFailed, "");
-        }
+    /// The worker ended for good: its record and files go, so no later agent revives it.
+    fn retire(&self, worker: &Worker) {
+        let mut open = crate::lock(&worker.record_open);
+        *open = false;
+        files::remove_all(&self.config.runtime_dir, &worker.id);
     }
 
     /// Relays the worker's own process events into the node's event bus.

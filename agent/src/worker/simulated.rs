@@ -36,9 +36,13 @@ impl SimulatedControls {
     }
 }
 
-/// Serves [`SimulatedControls`] on `socket` (connections from this process only).
-pub fn serve(socket: &Path, shutdown: CancellationToken) -> std::io::Result<()> {
-    let incoming = super::control::listen(socket, std::process::id())?;
+/// Serves [`SimulatedControls`] on `socket` (connections presenting the agent key only).
+pub fn serve(
+    socket: &Path,
+    key: super::control::AgentKey,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let incoming = super::control::listen(socket, key, |_| {})?;
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(NodeControllerServiceServer::new(

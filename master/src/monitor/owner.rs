@@ -62,11 +62,15 @@ impl Owner {
     }
 }
 
-/// Whether a worker's process is (still) there: starting, serving, or stopping.
+/// Whether a worker is (still) there: starting, serving, stopping, or restarting (its agent
+/// starts it again after a failure: a monitor waits for it rather than starting it itself).
 pub fn live(status: i32) -> bool {
     matches!(
         apb::WorkerStatus::try_from(status),
-        Ok(apb::WorkerStatus::Starting | apb::WorkerStatus::Started | apb::WorkerStatus::Stopping)
+        Ok(apb::WorkerStatus::Starting
+            | apb::WorkerStatus::Started
+            | apb::WorkerStatus::Stopping
+            | apb::WorkerStatus::Restarting)
     )
 }
 

@@ -420,6 +420,26 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_its_agent_restarts_is_waited_for() {
+        let s = spec("g", &[("g_1", 10001)]);
+        let d = desired_on("n1", &[("g_0", s.clone())]);
+        let restarting = WorkerObs {
+            status: WorkerStatus::Restarting,
+            pid: 0,
+            owner: Some(s.owner.clone()),
+            config: None,
+        };
+        let o: Observed = [("n1".into(), [("g_0".into(), restarting.clone())].into())].into();
+        assert_eq!(
+            plan(C, &d, &o),
+            Plan::default(),
+            "not started a second time"
+        );
+        let elsewhere = desired_on("n2", &[("g_0", s.clone())]);
+        assert_eq!(plan(C, &elsewhere, &o).actions, [stop("n1", "g_0")]);
+    }
+
+    #[test]
     fn a_new_worker_starts_fully_configured() {
         let s = spec("g", &[("g_1", 10001)]);
         let d = desired_on("n1", &[("g_0", s.clone())]);

@@ -84,11 +84,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             .map(|n| (0..*n).map(|i| worker_id(&desired.prefix, i)).collect())
             .unwrap_or_default();
         for (id, w) in workers {
-            let live = matches!(
-                w.status,
-                WorkerStatus::Starting | WorkerStatus::Started | WorkerStatus::Stopping
-            );
-            if !wanted.contains(id) && live {
+            if !wanted.contains(id) && super::owner::live(w.status as i32) {
                 actions.push(Action::StopWorker {
                     node: node.clone(),
                     id: id.clone(),
@@ -98,9 +94,14 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
         for id in &wanted {
             let current = workers.get(id);
             if current.is_some_and(|w| {
-                matches!(w.status, WorkerStatus::Starting | WorkerStatus::Stopping)
+                matches!(
+                    w.status,
+                    WorkerStatus::Starting | WorkerStatus::Stopping | WorkerStatus::Restarting
+                )
             }) {
-                continue; // on its way: observed again next time
+                // On its way up or down, or its agent restarts it (configuration included):
+                // observed again next time.
+                continue;
             }
             let Some(w) = current.filter(|w| w.status == WorkerStatus::Started) else {
                 // Missing, stopped or failed: (re)start it with its transport and services.
@@ -343,6 +344,30 @@ mod tests {
         )]
         .into();
         assert!(plan(&d, &o).is_empty(), "{:?}", plan(&d, &o));
+    }
+
+    #[test]
+    fn a_worker_its_agent_restarts_is_waited_for_and_stopped_when_unwanted() {
+        let restarting = WorkerObs {
+            status: WorkerStatus::Restarting,
+            transport: false,
+            services: BTreeMap::new(),
+        };
+        let d = desired(&[("n1", 1)], &["/"]);
+        let o: Observed = [(
+            "n1".to_string(),
+            [("cpw-abcdef01-0".to_string(), restarting.clone())].into(),
+        )]
+        .into();
+        assert_eq!(plan(&d, &o), [], "neither started again nor configured");
+        let gone = desired(&[], &["/"]);
+        assert_eq!(
+            plan(&gone, &o),
+            [Action::StopWorker {
+                node: "n1".into(),
+                id: "cpw-abcdef01-0".into()
+            }]
+        );
     }
 
     #[test]
