@@ -562,10 +562,11 @@ async fn a_worker_that_fails_at_start_up_is_retried_ever_later_and_reported() {
         .map(|p| p[1].duration_since(p[0]).unwrap())
         .collect();
     println!("restart attempts due {gaps:?} apart");
-    // They grow (doubling from 0.2 s), up to the 3 s cap.
+    // They grow (doubling from 0.2 s), up to the 3 s cap. Each gap also holds one failed
+    // start-up, whose length varies on a loaded machine: allow that much.
     assert!(
         gaps.windows(2)
-            .all(|g| g[1] + Duration::from_millis(50) >= g[0]),
+            .all(|g| g[1] + Duration::from_millis(150) >= g[0]),
         "the intervals never shrink: {gaps:?}"
     );
     assert!(
