@@ -4,10 +4,12 @@
 //!
 //! - [`listener`]: the socket (SO_REUSEPORT for `tcp_shared`); [`tls`]: rustls from `tls_*`.
 //! - [`static_files`]: `static`; [`proxy`]: `reverseproxy` and `websocket_reverseproxy`.
+//! - [`sendfile`]: large files from the page cache to the socket on plaintext HTTP/1.x.
 
 pub mod listener;
 pub mod proxy;
 pub mod routes;
+pub mod sendfile;
 pub mod static_files;
 pub mod tls;
 
@@ -87,17 +89,31 @@ pub struct WebServer {
     listening: SocketAddr,
     started: SystemTime,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl WebServer {
-    /// Binds and starts serving `routes` with `transport`.
+    /// Binds and starts serving `routes` with `transport` on the listener's own thread.
+    ///
+    /// Each listener is one event loop on one thread (a tokio current-thread runtime), like an
+    /// nginx worker or a Crossbar.io proxy worker: a web cluster scales over a node's cores with
+    /// `parallel` (workers sharing the port), and a loop never hands a connection, a request or
+    /// a file read to another thread, which on a loaded machine costs more than it gains.
     pub fn start(transport: WebTransport, routes: Arc<Routes>, identity: Identity) -> Result<Self> {
         let tls = tls::server_config(&transport)?;
         let listener = listener::bind(&transport)?;
         let listening = listener
             .local_addr()
             .map_err(|e| Error::CannotListen(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::CannotListen(format!("cannot start the web runtime: {e}")))?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::CannotListen(format!("cannot listen on {listening}: {e}")))?
+        };
         let shared = Arc::new(Shared {
             routes,
             https: tls.is_some(),
@@ -108,19 +124,29 @@ impl WebServer {
             transport,
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let serve = accept_loop(
             listener,
             tls.map(tokio_rustls::TlsAcceptor::from),
             shared.clone(),
             stop.clone(),
-        ));
+        );
+        std::thread::Builder::new()
+            .name(format!("web {listening}"))
+            .spawn(move || {
+                runtime.block_on(serve);
+                // Dropping the runtime ends every connection still open.
+                drop(runtime);
+                let _ = finished.send(());
+            })
+            .map_err(|e| Error::CannotListen(format!("cannot start the web thread: {e}")))?;
         tracing::info!(%listening, https = shared.https, shared_port = shared.transport.tcp_shared.unwrap_or(false), "web transport listening");
         Ok(WebServer {
             shared,
             listening,
             started: SystemTime::now(),
             stop,
-            task,
+            done,
         })
     }
 
@@ -139,11 +165,17 @@ impl WebServer {
     }
 
     /// Stops listening (the port closes) and ends its connections.
-    pub async fn stop(self) -> WebTransportStatus {
+    pub async fn stop(mut self) -> WebTransportStatus {
         let status = self.status();
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.done).await;
         status
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -169,49 +201,72 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(timeout));
-            let served = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
-                        }
-                        _ => return,
-                    }
-                }
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            shared.clone(),
+            stop.clone(),
+            timeout,
+        ));
     }
 }
 
-/// Serves one request.
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Serves one connection: HTTP/1.1 or HTTP/2, over TLS when configured. Plaintext connections
+/// send large files with `sendfile` ([`sendfile::Conn`]).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    timeout: Duration,
+) {
+    let jobs = sendfile::Jobs::default();
+    let files = tls.is_none().then(|| jobs.clone());
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let files = files.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, peer, files).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        // Placeholders must be queued as they are, never copied (see `sendfile`).
+        .writev(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeout));
+    let served = match tls {
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+            }
+            _ => return,
+        },
+        None => {
+            let io = TokioIo::new(sendfile::Conn::new(stream, jobs));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
+
+/// Serves one request; `files` is set on plaintext connections, which send files with
+/// `sendfile` on HTTP/1.x.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    files: Option<sendfile::Jobs>,
+) -> Response<Body> {
     let started = Instant::now();
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
@@ -219,7 +274,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
     let mut response = match shared.routes.lookup(&path) {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
         Some((route, rest)) => match &route.handler {
-            Handler::Static(site) => site.serve(&rest, req).await,
+            Handler::Static(site) => site.serve(&rest, req, files.as_ref()),
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(
