@@ -77,8 +77,8 @@ pub struct Shared {
     pub identity: Identity,
     /// Requests served.
     pub requests: AtomicU64,
-    /// HTTP client for `reverseproxy`.
-    pub client: proxy::Client,
+    /// Idle backend connections of `reverseproxy`.
+    pub pool: Arc<proxy::Pool>,
 }
 
 /// A running listener.
@@ -120,7 +120,7 @@ impl WebServer {
             port: listening.port(),
             identity,
             requests: AtomicU64::new(0),
-            client: proxy::client(),
+            pool: Arc::default(),
             transport,
         });
         let stop = CancellationToken::new();
@@ -267,14 +267,17 @@ async fn handle(
     peer: SocketAddr,
     files: Option<sendfile::Jobs>,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let access_log = shared.transport.http_access_log.unwrap_or(false);
+    let started = access_log.then(Instant::now);
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut response = match shared.routes.lookup(&path) {
+    // A clone shares the URI's bytes: no copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let mut response = match shared.routes.lookup(path) {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
-        Some((route, rest)) => match &route.handler {
-            Handler::Static(site) => site.serve(&rest, req, files.as_ref()),
+        Some((route, at)) => match &route.handler {
+            Handler::Static(site) => site.serve(&path[at..], req, files.as_ref()),
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(
@@ -286,11 +289,11 @@ async fn handle(
                 }
                 r
             }
-            Handler::Proxy(backend) => proxy::http(&shared, backend, &rest, req, peer).await,
+            Handler::Proxy(backend) => proxy::http(&shared, backend, &path[at..], req, peer).await,
             Handler::NodeInfo => nodeinfo(&shared),
             Handler::WebSocket { backends, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
-                proxy::websocket(&shared, &backends[i], &rest, req).await
+                proxy::websocket(&shared, &backends[i], &path[at..], req).await
             }
         },
     };
@@ -312,7 +315,7 @@ async fn handle(
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
-    if shared.transport.http_access_log.unwrap_or(false) {
+    if let Some(started) = started {
         tracing::info!(target: "access", %peer, %method, %path, status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
     }
     response
