@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::pb::agent::v1::{WebTransport, WebTransportStatus};
@@ -30,14 +30,67 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use routes::{Handler, Routes};
 
-/// Response bodies of the web worker.
-pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// The error of a response body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response bodies of the web worker: bytes in memory (most answers: no allocation besides the
+/// bytes), or a stream (files, proxied bodies).
+#[derive(Debug)]
+pub enum Body {
+    /// All of it, once.
+    Full(Option<Bytes>),
+    /// A stream of frames.
+    Stream(UnsyncBoxBody<Bytes, BodyError>),
+}
+
+impl Body {
+    /// A streamed body.
+    pub fn stream<B>(body: B) -> Self
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        Body::Stream(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => {
+                std::task::Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+            Body::Stream(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Body::Stream(body) => body.size_hint(),
+        }
+    }
+}
 
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let bytes = bytes.into();
+    Body::Full((!bytes.is_empty()).then_some(bytes))
 }
 
 /// A plain-text response.
@@ -224,10 +277,12 @@ async fn connection(
 ) {
     let jobs = sendfile::Jobs::default();
     let files = tls.is_none().then(|| jobs.clone());
+    let client = Arc::new(proxy::Client::new(peer));
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let files = files.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, peer, files).await) }
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, &client, files).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -264,9 +319,10 @@ async fn connection(
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &proxy::Client,
     files: Option<sendfile::Jobs>,
 ) -> Response<Body> {
+    let peer = client.addr;
     let access_log = shared.transport.http_access_log.unwrap_or(false);
     let started = access_log.then(Instant::now);
     shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +345,9 @@ async fn handle(
                 }
                 r
             }
-            Handler::Proxy(backend) => proxy::http(&shared, backend, &path[at..], req, peer).await,
+            Handler::Proxy(backend) => {
+                proxy::http(&shared, backend, &path[at..], req, client).await
+            }
             Handler::NodeInfo => nodeinfo(&shared),
             Handler::WebSocket { backends, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();

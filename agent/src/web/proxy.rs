@@ -201,19 +201,47 @@ fn target_path(base: &str, rest: &str, query: Option<&str>) -> String {
     p
 }
 
+/// The client of a connection, as the proxy forwards it.
+#[derive(Debug)]
+pub struct Client {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its IP as an X-Forwarded-For value, made once per connection.
+    ip: std::sync::OnceLock<HeaderValue>,
+}
+
+impl Client {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            ip: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn ip(&self) -> &HeaderValue {
+        self.ip.get_or_init(|| {
+            HeaderValue::from_maybe_shared(Bytes::from(self.addr.ip().to_string()))
+                .expect("an IP address is a valid header value")
+        })
+    }
+}
+
 fn forwarded(
     shared: &Shared,
     headers: &mut HeaderMap,
-    peer: SocketAddr,
+    client: &Client,
     proto: Option<&str>,
     port: Option<u32>,
 ) {
-    let ip = peer.ip().to_string();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => {
+            HeaderValue::from_maybe_shared(Bytes::from(format!("{prev}, {}", client.addr.ip())))
+                .ok()
+        }
+        None => Some(client.ip().clone()),
     };
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = match proto {
@@ -251,7 +279,7 @@ pub async fn http(
     backend: &Backend,
     rest: &str,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &Client,
 ) -> Response<Body> {
     let spec = &backend.spec;
     let (mut parts, body) = req.into_parts();
@@ -268,7 +296,7 @@ pub async fn http(
     forwarded(
         shared,
         &mut parts.headers,
-        peer,
+        client,
         spec.forwarded_proto.as_deref(),
         spec.forwarded_port,
     );
@@ -480,21 +508,59 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         *span = (n, n + h.name.len(), v, v + h.value.len());
     }
     let head = buf.split_to(len).freeze();
+    // The fields as they are forwarded: hop-by-hop ones are read here, not kept.
     let mut headers = HeaderMap::with_capacity(count);
+    let (mut close, mut listed, mut chunked, mut length) = (false, false, None, None);
     for &(n, n_end, v, v_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[n..n_end])
             .map_err(|_| Failure::Answer("bad header name".into()))?;
+        let value = &head[v..v_end];
+        if name == header::CONNECTION {
+            for token in tokens(value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                listed |= !token.eq_ignore_ascii_case(b"close")
+                    && !token.eq_ignore_ascii_case(b"keep-alive");
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            // Chunked is the last coding, if used; the last field has the last coding.
+            chunked = tokens(value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| Failure::Answer("bad content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Answer("conflicting content-lengths".into()));
+            }
+            length = Some(n);
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(v..v_end))
             .map_err(|_| Failure::Answer(format!("bad value of header {name}")))?;
         headers.append(name, value);
     }
-    let framing = framing(status, &headers)?;
-    let close = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v, "close"));
+    if listed {
+        strip_listed(&head, &spans[..count], &mut headers);
+    }
+    // How the body is delimited (RFC 9112, 6.3), before the request method is known.
+    let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::Size),
+            (Some(false), _) | (None, None) => Framing::Eof,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
     let keep_alive = !http10 && !close && !matches!(framing, Framing::Eof);
-    strip_hop_by_hop(&mut headers);
     Ok(Some(Head {
         status,
         headers,
@@ -503,44 +569,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     }))
 }
 
-fn has_token(value: &HeaderValue, token: &str) -> bool {
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
-/// How a response's body is delimited (RFC 9112, 6.3), before the request method is known.
-fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, Failure> {
-    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Length(0));
+/// Removes the fields a response's Connection field names (besides close and keep-alive).
+fn strip_listed(head: &[u8], spans: &[(usize, usize, usize, usize)], headers: &mut HeaderMap) {
+    for &(n, n_end, v, v_end) in spans {
+        if head[n..n_end].eq_ignore_ascii_case(b"connection") {
+            for token in tokens(&head[v..v_end]) {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    headers.remove(name);
+                }
+            }
+        }
     }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
-        return Ok(if last.trim().eq_ignore_ascii_case("chunked") {
-            Framing::Chunked(Chunked::Size)
-        } else {
-            Framing::Eof
-        });
-    }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = lengths.next() else {
-        return Ok(Framing::Eof);
-    };
-    let parse = |v: &HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| Failure::Answer("bad content-length".into()))
-    };
-    let len = parse(first)?;
-    if lengths.any(|v| parse(v).ok() != Some(len)) {
-        return Err(Failure::Answer("conflicting content-lengths".into()));
-    }
-    Ok(Framing::Length(len))
 }
 
 /// The response to the client: the backend's head and its body, as slices of what was read.
@@ -566,7 +613,7 @@ fn respond(
             }
             super::full(data)
         }
-        framing => UpstreamBody {
+        framing => Body::stream(UpstreamBody {
             conn: Some(Lease {
                 stream,
                 pool: Arc::clone(pool),
@@ -575,9 +622,7 @@ fn respond(
             }),
             buf,
             framing,
-        }
-        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        .boxed_unsync(),
+        }),
     };
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
@@ -868,11 +913,7 @@ pub async fn websocket(
     };
     if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = backend_response.into_parts();
-        return Response::from_parts(
-            parts,
-            body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .boxed_unsync(),
-        );
+        return Response::from_parts(parts, Body::stream(body));
     }
     let client_upgrade = hyper::upgrade::on(&mut req);
     let backend_upgrade = hyper::upgrade::on(&mut backend_response);
@@ -974,6 +1015,9 @@ mod tests {
         );
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert!(!h.keep_alive);
+        let (h, _) =
+            head(b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 2\r\n\r\n");
+        assert!(h.headers.get("x-secret").is_none() && h.headers["x-kept"] == "2");
         let (h, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
         assert!(!h.keep_alive, "HTTP/1.0");
         let (h, _) = head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n");

@@ -22,7 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use percent_encoding::percent_decode_str;
 use switchyard::pb::agent::v1::StaticOptions;
@@ -367,16 +366,12 @@ impl Cached {
             _ if req.method() == Method::HEAD || count == 0 => full(Bytes::new()),
             Source::Memory(data) => full(data.slice(start as usize..end as usize)),
             Source::File(file) => match sendfile {
-                Some(jobs) => FileBody::new(jobs.clone(), file, start, count)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                    .boxed_unsync(),
-                None => ReadBody {
+                Some(jobs) => Body::stream(FileBody::new(jobs.clone(), file, start, count)),
+                None => Body::stream(ReadBody {
                     file,
                     offset: start,
                     left: count,
-                }
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .boxed_unsync(),
+                }),
             },
         };
         let mut r = Response::new(body);
