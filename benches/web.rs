@@ -37,6 +37,8 @@ struct Run {
     cpu_us_per_req: f64,
     /// The user-space part of `cpu_us_per_req`.
     user_us_per_req: f64,
+    /// wrk's p50, p75 and p90, ms.
+    p50_75_90: [f64; 3],
 }
 
 /// `wrk --latency` against `url`, with the user+sys CPU of `pids` over the run.
@@ -59,20 +61,23 @@ fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
         .find_map(|l| l.trim().split_once(" requests in "))
         .map(|(n, _)| n.trim().parse().unwrap())
         .unwrap_or_else(|| panic!("wrk output: {text}"));
-    let p99_ms = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| {
-            let v = v.trim();
-            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap());
-            let n: f64 = num.parse().unwrap();
-            match unit {
-                "us" => n / 1000.0,
-                "s" => n * 1000.0,
-                _ => n,
-            }
-        })
-        .unwrap();
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| {
+                let v = v.trim();
+                let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap());
+                let n: f64 = num.parse().unwrap();
+                match unit {
+                    "us" => n / 1000.0,
+                    "s" => n * 1000.0,
+                    _ => n,
+                }
+            })
+            .unwrap_or_else(|| panic!("wrk output without {p}: {text}"))
+    };
+    let p99_ms = percentile("99%");
+    let p50_75_90 = [percentile("50%"), percentile("75%"), percentile("90%")];
     let errors = text
         .lines()
         .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
@@ -85,6 +90,7 @@ fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
         p99_ms,
         cpu_us_per_req: cpu * 1e6 / requests.max(1.0),
         user_us_per_req: user * 1e6 / requests.max(1.0),
+        p50_75_90,
     }
 }
 
@@ -426,8 +432,10 @@ async fn main() {
         if verbose {
             for (n, s) in ngx.iter().zip(&ours) {
                 let line = |r: &Run| {
+                    let [p50, p75, p90] = r.p50_75_90;
                     format!(
-                        "{:>9.0} r/s  p99 {:>7.2} ms  CPU {:>6.1} us/r (user {:>6.1})",
+                        "{:>9.0} r/s  p50/75/90/99 {p50:.2}/{p75:.2}/{p90:.2}/{:.2} ms  \
+                         CPU {:>6.1} us/r (user {:>6.1})",
                         r.rps, r.p99_ms, r.cpu_us_per_req, r.user_us_per_req
                     )
                 };

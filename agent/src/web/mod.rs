@@ -259,20 +259,19 @@ async fn accept_loop(
             peer,
             tls.clone(),
             shared.clone(),
-            stop.clone(),
             timeout,
         ));
     }
 }
 
 /// Serves one connection: HTTP/1.1 or HTTP/2, over TLS when configured. Plaintext connections
-/// send large files with `sendfile` ([`sendfile::Conn`]).
+/// send large files with `sendfile` ([`sendfile::Conn`]). Stopping the listener drops its
+/// runtime, which ends every connection (and every WebSocket pipe) it still has.
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
-    stop: CancellationToken,
     timeout: Duration,
 ) {
     let jobs = sendfile::Jobs::default();
@@ -298,15 +297,15 @@ async fn connection(
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
             }
             _ => return,
         },
         None => {
             let io = TokioIo::new(sendfile::Conn::new(stream, jobs));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
+            builder.serve_connection_with_upgrades(io, service).await
         }
     };
     if let Err(error) = served {
@@ -323,17 +322,20 @@ async fn handle(
     files: Option<sendfile::Jobs>,
 ) -> Response<Body> {
     let peer = client.addr;
-    let access_log = shared.transport.http_access_log.unwrap_or(false);
-    let started = access_log.then(Instant::now);
+    // What the access log names, taken only when it is on.
+    let logged = shared.transport.http_access_log.unwrap_or(false).then(|| {
+        (
+            Instant::now(),
+            req.method().clone(),
+            req.uri().path().to_owned(),
+        )
+    });
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let method = req.method().clone();
-    // A clone shares the URI's bytes: no copy of the path.
-    let uri = req.uri().clone();
-    let path = uri.path();
+    let path = req.uri().path();
     let mut response = match shared.routes.lookup(path) {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
         Some((route, at)) => match &route.handler {
-            Handler::Static(site) => site.serve(&path[at..], req, files.as_ref()),
+            Handler::Static(site) => site.serve(&path[at..], &req, files.as_ref()),
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(
@@ -345,13 +347,11 @@ async fn handle(
                 }
                 r
             }
-            Handler::Proxy(backend) => {
-                proxy::http(&shared, backend, &path[at..], req, client).await
-            }
+            Handler::Proxy(backend) => proxy::http(&shared, backend, at, req, client).await,
             Handler::NodeInfo => nodeinfo(&shared),
             Handler::WebSocket { backends, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
-                proxy::websocket(&shared, &backends[i], &path[at..], req).await
+                proxy::websocket(&shared, &backends[i], at, req).await
             }
         },
     };
@@ -373,7 +373,7 @@ async fn handle(
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
-    if let Some(started) = started {
+    if let Some((started, method, path)) = logged {
         tracing::info!(target: "access", %peer, %method, %path, status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
     }
     response

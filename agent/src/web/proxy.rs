@@ -273,11 +273,11 @@ enum Failure {
     Answer(String),
 }
 
-/// Forwards an HTTP request to `backend`.
+/// Forwards an HTTP request to `backend`; `&path[at..]` is the path below the mount point.
 pub async fn http(
     shared: &Shared,
     backend: &Backend,
-    rest: &str,
+    at: usize,
     req: Request<Incoming>,
     client: &Client,
 ) -> Response<Body> {
@@ -289,7 +289,7 @@ pub async fn http(
         } else {
             &spec.path
         },
-        rest,
+        &parts.uri.path()[at..],
         parts.uri.query(),
     );
     strip_hop_by_hop(&mut parts.headers);
@@ -841,11 +841,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Forwards a WebSocket upgrade to `backend` and pipes the upgraded connections.
+/// Forwards a WebSocket upgrade to `backend` and pipes the upgraded connections; `&path[at..]`
+/// is the path below the mount point.
 pub async fn websocket(
     shared: &Shared,
     backend: &WebSocketBackend,
-    rest: &str,
+    at: usize,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     if !is_upgrade(req.headers()) {
@@ -890,7 +891,7 @@ pub async fn websocket(
         } else {
             &backend.path
         },
-        rest,
+        &req.uri().path()[at..],
         req.uri().query(),
     );
     let mut upstream = Request::builder().method(http::Method::GET).uri(path);

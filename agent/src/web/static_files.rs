@@ -128,7 +128,7 @@ impl Site {
     pub fn serve(
         &self,
         rest: &str,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
         files: Option<&Jobs>,
     ) -> Response<Body> {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -138,7 +138,7 @@ impl Site {
         let cached = crate::lock(&self.cache).get(rest).cloned();
         if let Some(entry) = cached {
             if let Some(source) = entry.still_valid(sendfile.is_some()) {
-                return self.answer(&entry, source, &req, sendfile);
+                return self.answer(&entry, source, req, sendfile);
             }
             crate::lock(&self.cache).remove(rest);
         }
@@ -156,7 +156,7 @@ impl Site {
             Some(data) if !entry.wants_sendfile(sendfile.is_some()) => Source::Memory(data.clone()),
             _ => Source::File(Arc::new(file)),
         };
-        self.answer(&entry, source, &req, sendfile)
+        self.answer(&entry, source, req, sendfile)
     }
 
     /// The file `rest` names: a file inside the root, or a directory's default file. `Err` is the
