@@ -732,3 +732,377 @@ fn unusable_configuration_is_invalid_configuration_in_the_details() {
         );
     }
 }
+
+/// One web worker of a fresh agent serving `services` on a plaintext port (TLS with `tls`:
+/// key and certificate PEM); returns the agent (keep it) and the port.
+async fn one_worker(
+    pki: &Pki,
+    tls: Option<(String, String)>,
+    services: Vec<(&str, Service)>,
+) -> (Proc, u16) {
+    let agent = Proc::agent(pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let mut nc = NodeControllerServiceClient::new(channel(pki, "admin", agent.addr).await);
+    start_web_worker(&mut nc, "w1").await;
+    let port = common::free_port();
+    let (tls_key, tls_certificate) = tls.unzip();
+    nc.start_web_transport(pb::StartWebTransportRequest {
+        worker_id: "w1".into(),
+        transport: Some(pb::WebTransport {
+            tcp_port: u32::from(port),
+            tcp_interface: Some("127.0.0.1".into()),
+            tls_key,
+            tls_certificate,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    for (path, service) in services {
+        add(&mut nc, "w1", path, service).await.unwrap();
+    }
+    (agent, port)
+}
+
+fn static_service(dir: &Path) -> Service {
+    Service::Static(pb::StaticService {
+        directory: dir.display().to_string(),
+        options: None,
+    })
+}
+
+/// Bytes that differ at every offset within a period of 251 (a prime), starting at `seed`.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| ((i + seed) * 7 % 251) as u8)
+        .collect()
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length: (head, body).
+fn read_response(conn: &mut impl Read) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Large files go out by sendfile on plaintext HTTP/1.1 (and are read in chunks on HTTP/2):
+/// whole, in ranges across the 1 MiB pieces they are sent in, pipelined on one connection
+/// behind other answers, under the conditional headers, and as they are now after every edit.
+#[tokio::test]
+async fn large_static_files_are_exact_in_ranges_pipelined_and_after_edits() {
+    let pki = Pki::new(&["node1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let big = pattern(3 * 1024 * 1024 + 123, 0);
+    std::fs::write(www.join("big.bin"), &big).unwrap();
+    std::fs::write(www.join("small.txt"), "small").unwrap();
+    let (_agent, port) = one_worker(&pki, None, vec![("/", static_service(&www))]).await;
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    eventually("the worker to serve", Duration::from_secs(10), || {
+        (curl(&[&url]).stdout.len() == big.len()).then_some(())
+    });
+
+    assert!(curl(&[&url]).stdout == big, "whole file not byte-exact");
+    assert!(curl(&["-0", &url]).stdout == big, "HTTP/1.0");
+    let out = curl(&["--http2-prior-knowledge", &url]);
+    assert!(out.stdout == big, "HTTP/2 (read, not sendfile)");
+    let out = curl(&["-i", "-r", "1048000-2100000", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 206"), "{}", &text[..200]);
+    assert!(text.contains(&format!(
+        "content-range: bytes 1048000-2100000/{}",
+        big.len()
+    )));
+    assert!(out.stdout.ends_with(&big[1048000..=2100000]));
+    let out = curl(&["-r", "-100", &url]);
+    assert_eq!(out.stdout, &big[big.len() - 100..], "suffix range");
+    let out = curl(&["--http2-prior-knowledge", "-r", "3000000-", &url]);
+    assert_eq!(out.stdout, &big[3000000..], "HTTP/2 range");
+    let head = body(&curl(&["-I", &url]));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    let etag = header(&head, "etag").unwrap().to_owned();
+    let not_modified = body(&curl(&[
+        "-i",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &url,
+    ]));
+    assert!(not_modified.starts_with("HTTP/1.1 304"), "{not_modified}");
+    let failed = body(&curl(&["-i", "-H", "If-Match: \"other\"", &url]));
+    assert!(failed.starts_with("HTTP/1.1 412"), "{failed}");
+    let out = curl(&["-r", "0-9", "-H", &format!("If-Range: {etag}"), &url]);
+    assert_eq!(out.stdout, &big[..10], "If-Range with the current ETag");
+    let out = curl(&["-r", "0-9", "-H", "If-Range: \"old\"", &url]);
+    assert!(
+        out.stdout == big,
+        "If-Range with another ETag: the whole file"
+    );
+
+    // Pipelined: a range, the whole file, a small file from memory and the file again, asked for
+    // in one write; every answer whole and in order.
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    let pipelined = [
+        get("/big.bin", "Range: bytes=2097150-2097160\r\n"),
+        get("/big.bin", ""),
+        get("/small.txt", ""),
+        get("/big.bin", "Range: bytes=10-\r\n"),
+    ]
+    .concat();
+    conn.write_all(pipelined.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(conn);
+    let answers: Vec<_> = (0..4).map(|_| read_response(&mut reader)).collect();
+    assert!(answers[0].0.starts_with("HTTP/1.1 206"), "{}", answers[0].0);
+    assert_eq!(answers[0].1, &big[2097150..=2097160]);
+    assert!(answers[1].1 == big, "the whole file, pipelined");
+    assert_eq!(answers[2].1, b"small");
+    assert!(answers[3].1 == big[10..], "a range after the rest");
+
+    // Edits are seen at once: in place with the same length, replaced by a shorter file, by a
+    // small one, and removed.
+    let edited = pattern(big.len(), 1);
+    std::fs::write(www.join("big.bin"), &edited).unwrap();
+    assert!(curl(&[&url]).stdout == edited, "edited in place");
+    let shorter = pattern(300 * 1024, 2);
+    std::fs::write(www.join("next.bin"), &shorter).unwrap();
+    std::fs::rename(www.join("next.bin"), www.join("big.bin")).unwrap();
+    assert!(curl(&[&url]).stdout == shorter, "replaced");
+    assert!(
+        curl(&["--http2-prior-knowledge", &url]).stdout == shorter,
+        "replaced, HTTP/2"
+    );
+    std::fs::write(www.join("big.bin"), "now small").unwrap();
+    assert_eq!(body(&curl(&[&url])), "now small");
+    std::fs::remove_file(www.join("big.bin")).unwrap();
+    assert!(body(&curl(&["-i", &url])).starts_with("HTTP/1.1 404"));
+}
+
+/// A raw HTTP/1.1 backend speaking every framing a proxy must relay, keeping connections
+/// alive; counts the connections it accepted.
+struct RawBackend {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    fn start() -> RawBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || raw_serve(conn));
+            }
+        });
+        RawBackend { port, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Serves one backend connection until the client or a `close` answer ends it.
+fn raw_serve(conn: TcpStream) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut words = line.split_whitespace();
+        let method = words.next().unwrap_or("").to_owned();
+        let path = words.next().unwrap_or("").to_owned();
+        let (mut length, mut chunked) = (0, false);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let Some((name, value)) = h.trim_end().split_once(':') else {
+                break;
+            };
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                _ => {}
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        while chunked {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk[..n]);
+            chunked = n > 0;
+        }
+        let sized = |extra: &str, b: &[u8]| {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\n{extra}Content-Length: {}\r\n\r\n",
+                b.len()
+            )
+            .into_bytes();
+            if method != "HEAD" {
+                r.extend_from_slice(b);
+            }
+            r
+        };
+        let (reply, close) = match path.as_str() {
+            "/chunked" => (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n\
+                  5;x=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                    .to_vec(),
+                false,
+            ),
+            "/big" => (sized("", &pattern(1024 * 1024 + 7, 3)), false),
+            "/continue" => (
+                [&b"HTTP/1.1 100 Continue\r\n\r\n"[..], &sized("", b"ok")].concat(),
+                false,
+            ),
+            "/echo" => (
+                sized("", &[format!("{method} {}:", body.len()).as_bytes(), &body].concat()),
+                false,
+            ),
+            "/close" => (sized("Connection: close\r\n", b"bye"), true),
+            "/eof" => (b"HTTP/1.1 200 OK\r\n\r\nuntil eof".to_vec(), true),
+            // Answers, then closes the kept-alive connection (a backend's idle timeout).
+            "/closed-after" => (sized("", b"ok"), true),
+            _ => (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(), false),
+        };
+        if out.write_all(&reply).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// The reverse proxy relays every framing a backend may use (length, chunked with trailers,
+/// until close, 1xx before the answer, HEAD), request bodies by length and chunked, keeps its
+/// backend connections alive and reuses them, and survives a backend closing an idle one.
+#[tokio::test]
+async fn reverse_proxy_relays_every_framing_and_reuses_backend_connections() {
+    let pki = Pki::new(&["node1"]);
+    let backend = RawBackend::start();
+    let proxy = pb::ReverseProxyService {
+        host: "127.0.0.1".into(),
+        port: u32::from(backend.port),
+        path: "/".into(),
+        ..Default::default()
+    };
+    let (_agent, port) = one_worker(&pki, None, vec![("/p", Service::Reverseproxy(proxy))]).await;
+    let base = format!("http://127.0.0.1:{port}/p");
+    eventually("the proxy to answer", Duration::from_secs(10), || {
+        (body(&curl(&[&format!("{base}/chunked")])) == "hello, world").then_some(())
+    });
+    let out = curl(&["-i", &format!("{base}/chunked")]);
+    let text = body(&out);
+    assert!(text.ends_with("\r\n\r\nhello, world"), "{text}");
+    assert_eq!(header(&text, "content-type"), Some("text/plain"));
+    assert!(curl(&[&format!("{base}/big")]).stdout == pattern(1024 * 1024 + 7, 3));
+    let head = body(&curl(&["-I", &format!("{base}/big")]));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "content-length"), Some("1048583"), "{head}");
+    assert_eq!(body(&curl(&[&format!("{base}/continue")])), "ok");
+    assert_eq!(
+        body(&curl(&["--data-binary", "abc", &format!("{base}/echo")])),
+        "POST 3:abc"
+    );
+    assert_eq!(
+        body(&curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "chunked body",
+            &format!("{base}/echo")
+        ])),
+        "POST 12:chunked body"
+    );
+    assert_eq!(body(&curl(&[&format!("{base}/close")])), "bye");
+    assert_eq!(body(&curl(&[&format!("{base}/eof")])), "until eof");
+
+    // Twenty requests from twenty client connections: at most one new backend connection.
+    let before = backend.accepted();
+    for _ in 0..20 {
+        assert_eq!(body(&curl(&[&format!("{base}/chunked")])), "hello, world");
+    }
+    let opened = backend.accepted() - before;
+    assert!(opened <= 1, "{opened} backend connections for 20 requests");
+
+    // A kept-alive connection the backend closed is not used again (or retried at once).
+    for _ in 0..5 {
+        assert_eq!(body(&curl(&[&format!("{base}/closed-after")])), "ok");
+        let out = curl(&["-i", &format!("{base}/echo")]);
+        let text = body(&out);
+        assert!(
+            text.ends_with("GET 0:"),
+            "after a closed connection: {text}"
+        );
+    }
+}
+
+/// Over TLS a large file is read in chunks (no sendfile): exact over HTTP/2 and HTTP/1.1, in
+/// ranges too.
+#[tokio::test]
+async fn large_static_files_over_tls_are_exact() {
+    let pki = Pki::new(&["node1"]);
+    pki.issue("node", "webcert");
+    let read = |f: &str| std::fs::read_to_string(pki.path.join(f)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let big = pattern(2 * 1024 * 1024 + 5, 4);
+    std::fs::write(tmp.path().join("big.bin"), &big).unwrap();
+    let tls = Some((read("webcert.key"), read("webcert.pem")));
+    let (_agent, port) = one_worker(&pki, tls, vec![("/", static_service(tmp.path()))]).await;
+    let url = format!("https://localhost:{port}/big.bin");
+    let ca = pki.file("ca.pem");
+    let get = |extra: &[&str]| {
+        let mut args = vec!["--cacert", &ca];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args).stdout
+    };
+    eventually("the worker to serve", Duration::from_secs(10), || {
+        (get(&[]).len() == big.len()).then_some(())
+    });
+    assert!(get(&["--http2"]) == big, "HTTP/2 over TLS");
+    assert!(get(&["--http1.1"]) == big, "HTTP/1.1 over TLS");
+    assert_eq!(
+        get(&["--http1.1", "-r", "1000000-1000099"]),
+        &big[1000000..1000100]
+    );
+    assert_eq!(get(&["--http2", "-r", "-7"]), &big[big.len() - 7..]);
+}

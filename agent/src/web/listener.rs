@@ -45,8 +45,9 @@ pub fn address(t: &WebTransport) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Binds and listens, sharing the port when `tcp_shared`.
-pub fn bind(t: &WebTransport) -> Result<tokio::net::TcpListener> {
+/// Binds and listens, sharing the port when `tcp_shared`. The socket is non-blocking, for the
+/// runtime that will serve it.
+pub fn bind(t: &WebTransport) -> Result<std::net::TcpListener> {
     let addr = address(t)?;
     let backlog = t.tcp_backlog.unwrap_or(1024).clamp(1, 65535) as i32;
     let err = |e| Error::CannotListen(format!("cannot listen on {addr}: {e}"));
@@ -63,7 +64,7 @@ pub fn bind(t: &WebTransport) -> Result<tokio::net::TcpListener> {
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(backlog).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
-    tokio::net::TcpListener::from_std(socket.into()).map_err(err)
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -79,8 +80,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn shared_ports_share_and_others_cannot_listen() {
+    #[test]
+    fn shared_ports_share_and_others_cannot_listen() {
         let a = bind(&transport(0, true)).unwrap_err();
         assert!(matches!(a, Error::InvalidArgument { field, .. } if field == "transport.tcp_port"));
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -4,10 +4,12 @@
 //!
 //! - [`listener`]: the socket (SO_REUSEPORT for `tcp_shared`); [`tls`]: rustls from `tls_*`.
 //! - [`static_files`]: `static`; [`proxy`]: `reverseproxy` and `websocket_reverseproxy`.
+//! - [`sendfile`]: large files from the page cache to the socket on plaintext HTTP/1.x.
 
 pub mod listener;
 pub mod proxy;
 pub mod routes;
+pub mod sendfile;
 pub mod static_files;
 pub mod tls;
 
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::pb::agent::v1::{WebTransport, WebTransportStatus};
@@ -28,14 +30,67 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use routes::{Handler, Routes};
 
-/// Response bodies of the web worker.
-pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// The error of a response body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response bodies of the web worker: bytes in memory (most answers: no allocation besides the
+/// bytes), or a stream (files, proxied bodies).
+#[derive(Debug)]
+pub enum Body {
+    /// All of it, once.
+    Full(Option<Bytes>),
+    /// A stream of frames.
+    Stream(UnsyncBoxBody<Bytes, BodyError>),
+}
+
+impl Body {
+    /// A streamed body.
+    pub fn stream<B>(body: B) -> Self
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        Body::Stream(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => {
+                std::task::Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+            Body::Stream(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Body::Stream(body) => body.size_hint(),
+        }
+    }
+}
 
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let bytes = bytes.into();
+    Body::Full((!bytes.is_empty()).then_some(bytes))
 }
 
 /// A plain-text response.
@@ -75,8 +130,8 @@ pub struct Shared {
     pub identity: Identity,
     /// Requests served.
     pub requests: AtomicU64,
-    /// HTTP client for `reverseproxy`.
-    pub client: proxy::Client,
+    /// Idle backend connections of `reverseproxy`.
+    pub pool: Arc<proxy::Pool>,
 }
 
 /// A running listener.
@@ -87,40 +142,64 @@ pub struct WebServer {
     listening: SocketAddr,
     started: SystemTime,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl WebServer {
-    /// Binds and starts serving `routes` with `transport`.
+    /// Binds and starts serving `routes` with `transport` on the listener's own thread.
+    ///
+    /// Each listener is one event loop on one thread (a tokio current-thread runtime), like an
+    /// nginx worker or a Crossbar.io proxy worker: a web cluster scales over a node's cores with
+    /// `parallel` (workers sharing the port), and a loop never hands a connection, a request or
+    /// a file read to another thread, which on a loaded machine costs more than it gains.
     pub fn start(transport: WebTransport, routes: Arc<Routes>, identity: Identity) -> Result<Self> {
         let tls = tls::server_config(&transport)?;
         let listener = listener::bind(&transport)?;
         let listening = listener
             .local_addr()
             .map_err(|e| Error::CannotListen(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::CannotListen(format!("cannot start the web runtime: {e}")))?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::CannotListen(format!("cannot listen on {listening}: {e}")))?
+        };
         let shared = Arc::new(Shared {
             routes,
             https: tls.is_some(),
             port: listening.port(),
             identity,
             requests: AtomicU64::new(0),
-            client: proxy::client(),
+            pool: Arc::default(),
             transport,
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let serve = accept_loop(
             listener,
             tls.map(tokio_rustls::TlsAcceptor::from),
             shared.clone(),
             stop.clone(),
-        ));
+        );
+        std::thread::Builder::new()
+            .name(format!("web {listening}"))
+            .spawn(move || {
+                runtime.block_on(serve);
+                // Dropping the runtime ends every connection still open.
+                drop(runtime);
+                let _ = finished.send(());
+            })
+            .map_err(|e| Error::CannotListen(format!("cannot start the web thread: {e}")))?;
         tracing::info!(%listening, https = shared.https, shared_port = shared.transport.tcp_shared.unwrap_or(false), "web transport listening");
         Ok(WebServer {
             shared,
             listening,
             started: SystemTime::now(),
             stop,
-            task,
+            done,
         })
     }
 
@@ -139,11 +218,17 @@ impl WebServer {
     }
 
     /// Stops listening (the port closes) and ends its connections.
-    pub async fn stop(self) -> WebTransportStatus {
+    pub async fn stop(mut self) -> WebTransportStatus {
         let status = self.status();
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.done).await;
         status
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -169,57 +254,88 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(timeout));
-            let served = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
-                        }
-                        _ => return,
-                    }
-                }
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! { r = conn => r, _ = stop.cancelled() => Ok(()) }
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            shared.clone(),
+            timeout,
+        ));
     }
 }
 
-/// Serves one request.
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
+/// Serves one connection: HTTP/1.1 or HTTP/2, over TLS when configured. Plaintext connections
+/// send large files with `sendfile` ([`sendfile::Conn`]). Stopping the listener drops its
+/// runtime, which ends every connection (and every WebSocket pipe) it still has.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+) {
+    let jobs = sendfile::Jobs::default();
+    let files = tls.is_none().then(|| jobs.clone());
+    let client = Arc::new(proxy::Client::new(peer));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let files = files.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, &client, files).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        // Placeholders must be queued as they are, never copied (see `sendfile`).
+        .writev(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeout));
+    let served = match tls {
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+            }
+            _ => return,
+        },
+        None => {
+            let io = TokioIo::new(sendfile::Conn::new(stream, jobs));
+            builder.serve_connection_with_upgrades(io, service).await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
+
+/// Serves one request; `files` is set on plaintext connections, which send files with
+/// `sendfile` on HTTP/1.x.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    client: &proxy::Client,
+    files: Option<sendfile::Jobs>,
+) -> Response<Body> {
+    let peer = client.addr;
+    // What the access log names, taken only when it is on.
+    let logged = shared.transport.http_access_log.unwrap_or(false).then(|| {
+        (
+            Instant::now(),
+            req.method().clone(),
+            req.uri().path().to_owned(),
+        )
+    });
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut response = match shared.routes.lookup(&path) {
+    let path = req.uri().path();
+    let mut response = match shared.routes.lookup(path) {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
-        Some((route, rest)) => match &route.handler {
-            Handler::Static(site) => site.serve(&rest, req).await,
+        Some((route, at)) => match &route.handler {
+            Handler::Static(site) => site.serve(&path[at..], &req, files.as_ref()),
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(
@@ -231,11 +347,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 }
                 r
             }
-            Handler::Proxy(backend) => proxy::http(&shared, backend, &rest, req, peer).await,
+            Handler::Proxy(backend) => proxy::http(&shared, backend, at, req, client).await,
             Handler::NodeInfo => nodeinfo(&shared),
             Handler::WebSocket { backends, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
-                proxy::websocket(&shared, &backends[i], &rest, req).await
+                proxy::websocket(&shared, &backends[i], at, req).await
             }
         },
     };
@@ -257,7 +373,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
-    if shared.transport.http_access_log.unwrap_or(false) {
+    if let Some((started, method, path)) = logged {
         tracing::info!(target: "access", %peer, %method, %path, status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
     }
     response

@@ -31,7 +31,7 @@ pub enum Handler {
     /// A redirect target.
     Redirect(String),
     /// An HTTP backend.
-    Proxy(pb::ReverseProxyService),
+    Proxy(super::proxy::Backend),
     /// Node information.
     NodeInfo,
     /// WebSocket backends, used round-robin.
@@ -137,7 +137,7 @@ pub fn prepare(mut spec: pb::WebService) -> Result<Route> {
                     format!("{} is not a port (1..65535)", p.port),
                 ));
             }
-            Handler::Proxy(p)
+            Handler::Proxy(super::proxy::Backend::new(p))
         }
         Some(Service::Nodeinfo(_)) => Handler::NodeInfo,
         Some(Service::WebsocketReverseproxy(w)) => websocket_backends(w)?,
@@ -263,16 +263,16 @@ impl Routes {
         self.snapshot().values().cloned().collect()
     }
 
-    /// The route with the longest path prefix of `path` (at a segment boundary), and the rest
-    /// of the path (starting with "/", or empty).
-    pub fn lookup(&self, path: &str) -> Option<(Arc<Route>, String)> {
+    /// The route with the longest path prefix of `path` (at a segment boundary), and where the
+    /// rest of the path starts (`&path[at..]` starts with "/", or is empty).
+    pub fn lookup(&self, path: &str) -> Option<(Arc<Route>, usize)> {
         let table = self.snapshot();
         let mut prefix = path.trim_end_matches('/');
         loop {
             let key = if prefix.is_empty() { "/" } else { prefix };
             if let Some(route) = table.get(key) {
-                let rest = if key == "/" { path } else { &path[key.len()..] };
-                return Some((route.clone(), rest.to_owned()));
+                let at = if key == "/" { 0 } else { key.len() };
+                return Some((route.clone(), at));
             }
             if prefix.is_empty() {
                 return None;
@@ -304,7 +304,7 @@ mod tests {
         let find = |p: &str| {
             routes
                 .lookup(p)
-                .map(|(r, rest)| (r.spec.path.clone(), rest))
+                .map(|(r, at)| (r.spec.path.clone(), p[at..].to_owned()))
         };
         assert_eq!(find("/a/b/c"), Some(("/a/b".into(), "/c".into())));
         assert_eq!(find("/a/bc"), Some(("/a".into(), "/bc".into())));

@@ -1,24 +1,32 @@
-//! `static`: files from a directory, with HEAD, ranges, Last-Modified (tower-http's ServeFile),
-//! ETag / If-None-Match, `cache_timeout`, `mime_types`, `default_file` and an optional listing.
+//! `static`: files from a directory, with HEAD, single byte ranges (If-Range), ETag and
+//! Last-Modified with the conditional requests (If-None-Match, If-Modified-Since, If-Match,
+//! If-Unmodified-Since), `cache_timeout`, `mime_types`, `default_file` and an optional listing.
+//!
+//! Small files are served from memory; large ones from the file, by the kernel (`sendfile`, see
+//! [`super::sendfile`]) on plaintext HTTP/1.x and read in large chunks otherwise. Edits are
+//! seen at once: every answer checks the file's identity first (see [`Cached`]).
 //!
 //! Path traversal is impossible: the request path is percent-decoded segment by segment and any
 //! `..` or `.` segment (however encoded) is refused, and the resolved file must lie inside the
 //! canonical root after following symlinks.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::{Frame, Incoming, SizeHint};
 use percent_encoding::percent_decode_str;
 use switchyard::pb::agent::v1::StaticOptions;
-use tower::ServiceExt;
 
+use super::sendfile::{FileBody, Jobs};
 use super::{Body, full, text};
 
 /// Resolves `rest` (the URL path below the service's mount point) to a path inside `root`.
@@ -41,7 +49,7 @@ pub fn resolve(root: &Path, rest: &str) -> Result<PathBuf, StatusCode> {
     Ok(canonical)
 }
 
-/// A `static` service: its canonical root, its options and a cache of small files.
+/// A `static` service: its canonical root, its options and a cache of the files it served.
 #[derive(Debug)]
 pub struct Site {
     root: PathBuf,
@@ -49,21 +57,28 @@ pub struct Site {
     cache: Mutex<HashMap<String, Arc<Cached>>>,
 }
 
-/// Files up to this size are read in one go and served from memory (and cached); larger ones are
-/// streamed by tower-http's ServeFile.
+/// Files up to this size are held in memory (and served from there over TLS and HTTP/2).
 const SMALL_FILE: u64 = 256 * 1024;
-/// Bounds of the small-file cache; when either is reached the cache starts over.
+/// On plaintext HTTP/1.x, files from this size on are sent by the kernel (`sendfile`), from
+/// memory below it: a write from memory costs less than the open, fstat and close of a file.
+const SENDFILE_FROM: u64 = 64 * 1024;
+/// Large files are read in chunks of this size where `sendfile` cannot be used.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bounds of the cache; when either is reached the cache starts over.
 const CACHE_ENTRIES: usize = 4096;
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A small file held in memory with the identity it was read with. An entry is used only while
-/// `stat` of its (symlink-free, canonical) path still shows that identity, so a changed, replaced
-/// or removed file, or a path component swapped for a symlink, is resolved and checked again.
+/// A file the site served: where it is (its symlink-free canonical path), the identity it had
+/// and the headers that follow from it, and its bytes if it is small. An entry is used only while
+/// the file still shows that identity: `stat` of the path for an answer from memory, `fstat` of
+/// the file opened by that path for an answer from the file. So a changed, replaced or removed
+/// file, or a path component swapped for a symlink, is resolved and checked again, and no file
+/// descriptor is kept between requests.
 #[derive(Debug)]
 struct Cached {
     path: PathBuf,
     identity: Identity,
-    data: Bytes,
+    data: Option<Bytes>,
     etag: HeaderValue,
     content_type: HeaderValue,
     last_modified: Option<HeaderValue>,
@@ -92,6 +107,12 @@ impl Identity {
     }
 }
 
+/// Where an answer's bytes come from.
+enum Source {
+    Memory(Bytes),
+    File(Arc<File>),
+}
+
 impl Site {
     /// A site serving `root` (already canonical).
     pub fn new(root: PathBuf, options: StaticOptions) -> Self {
@@ -102,60 +123,40 @@ impl Site {
         }
     }
 
-    /// Serves `rest` (the URL path below the service's mount point).
-    pub async fn serve(&self, rest: &str, req: Request<Incoming>) -> Response<Body> {
-        if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+    /// Serves `rest` (the URL path below the service's mount point). `files` is the
+    /// connection's `sendfile` queue on plaintext connections.
+    pub fn serve(
+        &self,
+        rest: &str,
+        req: &Request<Incoming>,
+        files: Option<&Jobs>,
+    ) -> Response<Body> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
+        let sendfile = files.filter(|_| req.version() <= Version::HTTP_11);
         let cached = crate::lock(&self.cache).get(rest).cloned();
         if let Some(entry) = cached {
-            match std::fs::metadata(&entry.path) {
-                Ok(meta) if Identity::of(&meta) == entry.identity => {
-                    return self.finish(small_file(&entry, &req), &entry.etag);
-                }
-                _ => {
-                    crate::lock(&self.cache).remove(rest);
-                }
+            if let Some(source) = entry.still_valid(sendfile.is_some()) {
+                return self.answer(&entry, source, req, sendfile);
             }
+            crate::lock(&self.cache).remove(rest);
         }
-        let file = match self.locate(rest, req.uri().path()) {
-            Ok(file) => file,
+        let path = match self.locate(rest, req.uri().path()) {
+            Ok(path) => path,
             Err(response) => return *response,
         };
-        let Ok(meta) = std::fs::metadata(&file) else {
+        let mime = self.configured_mime(&path);
+        let Some((entry, file)) = open(path, mime) else {
             return text(StatusCode::NOT_FOUND, "not found\n");
         };
-        let mime = self.configured_mime(&file);
-        if meta.len() <= SMALL_FILE {
-            let Some(entry) = read_small(file, &meta, mime) else {
-                return text(StatusCode::NOT_FOUND, "not found\n");
-            };
-            let entry = Arc::new(entry);
-            self.remember(rest, &entry);
-            return self.finish(small_file(&entry, &req), &entry.etag);
-        }
-        let etag = etag_of(&meta);
-        let response = if not_modified(&req, &etag) {
-            empty(StatusCode::NOT_MODIFIED)
-        } else {
-            match tower_http::services::ServeFile::new(&file)
-                .oneshot(req)
-                .await
-            {
-                Ok(r) => {
-                    let mut r = r.map(|b| {
-                        b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                            .boxed_unsync()
-                    });
-                    if let Some(v) = mime {
-                        r.headers_mut().insert(header::CONTENT_TYPE, v);
-                    }
-                    r
-                }
-                Err(never) => match never {},
-            }
+        let entry = Arc::new(entry);
+        self.remember(rest, &entry);
+        let source = match &entry.data {
+            Some(data) if !entry.wants_sendfile(sendfile.is_some()) => Source::Memory(data.clone()),
+            _ => Source::File(Arc::new(file)),
         };
-        self.finish(response, &etag)
+        self.answer(&entry, source, req, sendfile)
     }
 
     /// The file `rest` names: a file inside the root, or a directory's default file. `Err` is the
@@ -192,22 +193,246 @@ impl Site {
 
     fn remember(&self, rest: &str, entry: &Arc<Cached>) {
         let mut cache = crate::lock(&self.cache);
-        let bytes: usize = cache.values().map(|c| c.data.len()).sum();
-        if cache.len() >= CACHE_ENTRIES || bytes + entry.data.len() > CACHE_BYTES {
+        let held = |c: &Cached| c.data.as_ref().map_or(0, Bytes::len);
+        let bytes: usize = cache.values().map(|c| held(c)).sum();
+        if cache.len() >= CACHE_ENTRIES || bytes + held(entry) > CACHE_BYTES {
             cache.clear();
         }
         cache.insert(rest.to_owned(), Arc::clone(entry));
     }
 
-    /// Headers every answer for a file carries: ETag and, when configured, Cache-Control.
-    fn finish(&self, mut response: Response<Body>, etag: &HeaderValue) -> Response<Body> {
-        response.headers_mut().insert(header::ETAG, etag.clone());
+    /// The answer for `entry` with its bytes from `source`: 304 or 412 by the conditional
+    /// headers, HEAD, a single byte range (206/416), and the headers every answer for a file
+    /// carries (ETag, Last-Modified, Cache-Control when configured).
+    fn answer(
+        &self,
+        entry: &Cached,
+        source: Source,
+        req: &Request<Incoming>,
+        sendfile: Option<&Jobs>,
+    ) -> Response<Body> {
+        let mut response = match entry.precondition(req) {
+            Some(status) => empty(status),
+            None => entry.body(source, req, sendfile),
+        };
+        let h = response.headers_mut();
+        h.insert(header::ETAG, entry.etag.clone());
+        if let Some(v) = &entry.last_modified {
+            h.insert(header::LAST_MODIFIED, v.clone());
+        }
         if let Some(age) = self.options.cache_timeout
             && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}"))
         {
-            response.headers_mut().insert(header::CACHE_CONTROL, v);
+            h.insert(header::CACHE_CONTROL, v);
         }
         response
+    }
+}
+
+/// Opens the file at `path` and makes its cache entry (reading it if it is small); `None` if it
+/// cannot be opened or read, or changed while it was read.
+fn open(path: PathBuf, mime: Option<HeaderValue>) -> Option<(Cached, File)> {
+    let mut file = File::open(&path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let data = if meta.len() <= SMALL_FILE {
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut data).ok()?;
+        if data.len() as u64 != meta.len() {
+            return None;
+        }
+        Some(Bytes::from(data))
+    } else {
+        None
+    };
+    let content_type = mime.unwrap_or_else(|| {
+        HeaderValue::from_str(
+            mime_guess::from_path(&path)
+                .first_or_octet_stream()
+                .as_ref(),
+        )
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+    });
+    let modified = meta.modified().ok();
+    let entry = Cached {
+        identity: Identity::of(&meta),
+        etag: etag_of(&meta),
+        last_modified: modified
+            .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+        modified,
+        content_type,
+        data,
+        path,
+    };
+    Some((entry, file))
+}
+
+impl Cached {
+    fn len(&self) -> u64 {
+        self.identity.len
+    }
+
+    /// Whether the kernel should send this file's bytes (on a connection that can).
+    fn wants_sendfile(&self, sendfile: bool) -> bool {
+        sendfile && self.len() >= SENDFILE_FROM
+    }
+
+    /// Where to serve the entry's bytes from, if the file is still the one it describes.
+    fn still_valid(&self, sendfile: bool) -> Option<Source> {
+        match &self.data {
+            Some(data) if !self.wants_sendfile(sendfile) => {
+                let meta = std::fs::metadata(&self.path).ok()?;
+                (Identity::of(&meta) == self.identity).then(|| Source::Memory(data.clone()))
+            }
+            _ => {
+                let file = File::open(&self.path).ok()?;
+                let meta = file.metadata().ok()?;
+                (Identity::of(&meta) == self.identity).then(|| Source::File(Arc::new(file)))
+            }
+        }
+    }
+
+    /// The status the conditional headers answer with instead of the file: 412 for a failed
+    /// If-Match / If-Unmodified-Since, 304 for a matching If-None-Match / If-Modified-Since
+    /// (RFC 9110, 13.2.2).
+    fn precondition(&self, req: &Request<Incoming>) -> Option<StatusCode> {
+        let headers = req.headers();
+        let date = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+        };
+        // Modified after `since`, at the one-second resolution of HTTP dates.
+        let modified_after = |since: SystemTime| {
+            self.modified
+                .is_none_or(|m| m.duration_since(since).is_ok_and(|d| d.as_secs() >= 1))
+        };
+        if let Some(v) = headers.get(header::IF_MATCH) {
+            if !etag_listed(v, &self.etag, false) {
+                return Some(StatusCode::PRECONDITION_FAILED);
+            }
+        } else if date(header::IF_UNMODIFIED_SINCE).is_some_and(modified_after) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+        if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+            return etag_listed(v, &self.etag, true).then_some(StatusCode::NOT_MODIFIED);
+        }
+        date(header::IF_MODIFIED_SINCE)
+            .is_some_and(|since| !modified_after(since))
+            .then_some(StatusCode::NOT_MODIFIED)
+    }
+
+    /// Whether a Range header applies: it does unless an If-Range names another version.
+    fn range_applies(&self, req: &Request<Incoming>) -> bool {
+        let Some(v) = req.headers().get(header::IF_RANGE) else {
+            return true;
+        };
+        if v.as_bytes().starts_with(b"\"") {
+            return v.as_bytes() == self.etag.as_bytes();
+        }
+        self.last_modified.as_ref() == Some(v)
+    }
+
+    /// The 200, 206 or 416 answer with the bytes of `source`.
+    fn body(
+        &self,
+        source: Source,
+        req: &Request<Incoming>,
+        sendfile: Option<&Jobs>,
+    ) -> Response<Body> {
+        let len = self.len();
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .filter(|_| self.range_applies(req))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| parse_range(v, len));
+        let (status, start, end) = match range {
+            None | Some(Err(RangeError::Ignore)) => (StatusCode::OK, 0, len),
+            Some(Ok((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last + 1),
+            Some(Err(RangeError::Unsatisfiable)) => {
+                let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return r;
+            }
+        };
+        let count = end - start;
+        let body = match source {
+            _ if req.method() == Method::HEAD || count == 0 => full(Bytes::new()),
+            Source::Memory(data) => full(data.slice(start as usize..end as usize)),
+            Source::File(file) => match sendfile {
+                Some(jobs) => Body::stream(FileBody::new(jobs.clone(), file, start, count)),
+                None => Body::stream(ReadBody {
+                    file,
+                    offset: start,
+                    left: count,
+                }),
+            },
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, self.content_type.clone());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        r
+    }
+}
+
+/// A file range read in chunks, on the connection's own thread (where `sendfile` cannot be
+/// used: TLS and HTTP/2). A file that gets shorter while read ends the body with an error, so
+/// the connection is closed rather than short of its Content-Length.
+struct ReadBody {
+    file: Arc<File>,
+    offset: u64,
+    left: u64,
+}
+
+impl hyper::body::Body for ReadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        let mut buf = vec![0; this.left.min(READ_CHUNK as u64) as usize];
+        let n = match this.file.read_at(&mut buf, this.offset) {
+            Ok(0) => {
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file got shorter while it was read",
+                ))));
+            }
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Some(Err(e))),
+        };
+        buf.truncate(n);
+        this.offset += n as u64;
+        this.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
     }
 }
 
@@ -221,107 +446,18 @@ fn etag_of(meta: &std::fs::Metadata) -> HeaderValue {
         .expect("hex digits and quotes are a valid header value")
 }
 
-fn not_modified(req: &Request<Incoming>, etag: &HeaderValue) -> bool {
+/// Whether an If-Match (strong comparison) or If-None-Match (`weak`) list names `etag` or is `*`.
+fn etag_listed(list: &HeaderValue, etag: &HeaderValue, weak: bool) -> bool {
     let etag = etag.as_bytes();
-    req.headers().get(header::IF_NONE_MATCH).is_some_and(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|t| t == etag || t == b"*")
-    })
+    list.as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| t == etag || t == b"*" || (weak && t.strip_prefix(b"W/") == Some(etag)))
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
-    r
-}
-
-/// Reads a small file into a cache entry; `None` if it cannot be read or changed while read.
-fn read_small(
-    path: PathBuf,
-    meta: &std::fs::Metadata,
-    mime: Option<HeaderValue>,
-) -> Option<Cached> {
-    let data = std::fs::read(&path).ok()?;
-    if data.len() as u64 != meta.len() {
-        return None;
-    }
-    let content_type = mime.unwrap_or_else(|| {
-        HeaderValue::from_str(
-            mime_guess::from_path(&path)
-                .first_or_octet_stream()
-                .as_ref(),
-        )
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"))
-    });
-    let modified = meta.modified().ok();
-    Some(Cached {
-        identity: Identity::of(meta),
-        etag: etag_of(meta),
-        last_modified: modified
-            .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
-        modified,
-        content_type,
-        data: Bytes::from(data),
-        path,
-    })
-}
-
-/// Answers from a small file in memory: If-None-Match / If-Modified-Since (304), HEAD, and a
-/// single byte range (206/416).
-fn small_file(entry: &Cached, req: &Request<Incoming>) -> Response<Body> {
-    if not_modified(req, &entry.etag) {
-        return empty(StatusCode::NOT_MODIFIED);
-    }
-    if let (Some(m), Some(since)) = (
-        entry.modified,
-        req.headers()
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok()),
-    ) && m.duration_since(since).map_or(true, |d| d.as_secs() == 0)
-    {
-        return empty(StatusCode::NOT_MODIFIED);
-    }
-    let len = entry.data.len() as u64;
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| parse_range(v, len));
-    let (status, body, content_range) = match range {
-        None | Some(Err(RangeError::Ignore)) => (StatusCode::OK, entry.data.clone(), None),
-        Some(Ok((start, end))) => (
-            StatusCode::PARTIAL_CONTENT,
-            entry.data.slice(start as usize..=end as usize),
-            Some(format!("bytes {start}-{end}/{len}")),
-        ),
-        Some(Err(RangeError::Unsatisfiable)) => {
-            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return r;
-        }
-    };
-    let body_len = body.len();
-    let mut r = Response::new(if req.method() == http::Method::HEAD {
-        full(Bytes::new())
-    } else {
-        full(body)
-    });
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, entry.content_type.clone());
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(v) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        h.insert(header::CONTENT_RANGE, v);
-    }
-    if let Some(v) = &entry.last_modified {
-        h.insert(header::LAST_MODIFIED, v.clone());
-    }
     r
 }
 
