@@ -313,7 +313,7 @@ async fn main() {
                  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
                  proxy_set_header X-Forwarded-Proto $scheme; }} }}\n\
              server {{ listen 127.0.0.1:{ngx_tls_port} ssl reuseport backlog=1024; root {www};\n\
-               ssl_certificate {cert}; ssl_certificate_key {key}; ssl_session_cache shared:SSL:1m; }}\n",
+               ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n               ssl_session_cache shared:SSL:1m; }}\n",
             www = www.display(),
             cert = cert.display(),
             key = key.display(),
