@@ -508,65 +508,88 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         *span = (n, n + h.name.len(), v, v + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    // The fields as they are forwarded: hop-by-hop ones are read here, not kept.
-    let mut headers = HeaderMap::with_capacity(count);
-    let (mut close, mut listed, mut chunked, mut length) = (false, false, None, None);
-    for &(n, n_end, v, v_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n..n_end])
-            .map_err(|_| Failure::Answer("bad header name".into()))?;
-        let value = &head[v..v_end];
-        if name == header::CONNECTION {
-            for token in tokens(value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                listed |= !token.eq_ignore_ascii_case(b"close")
-                    && !token.eq_ignore_ascii_case(b"keep-alive");
-            }
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            // Chunked is the last coding, if used; the last field has the last coding.
-            chunked = tokens(value)
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
-            continue;
-        }
-        if is_hop_by_hop(&name) {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Failure::Answer("bad content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Answer("conflicting content-lengths".into()));
-            }
-            length = Some(n);
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v_end))
-            .map_err(|_| Failure::Answer(format!("bad value of header {name}")))?;
-        headers.append(name, value);
-    }
-    if listed {
-        strip_listed(&head, &spans[..count], &mut headers);
-    }
+    let fields = Fields::read(&head, &spans[..count])?;
     // How the body is delimited (RFC 9112, 6.3), before the request method is known.
     let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else {
-        match (chunked, length) {
+        match (fields.chunked, fields.length) {
             (Some(true), _) => Framing::Chunked(Chunked::Size),
             (Some(false), _) | (None, None) => Framing::Eof,
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    let keep_alive = !http10 && !close && !matches!(framing, Framing::Eof);
+    let keep_alive = !http10 && !fields.close && !matches!(framing, Framing::Eof);
     Ok(Some(Head {
         status,
-        headers,
+        headers: fields.headers,
         framing,
         keep_alive,
     }))
+}
+
+/// A response head's fields: those forwarded, and what the hop-by-hop ones (read here, not
+/// kept) and Content-Length say.
+struct Fields {
+    headers: HeaderMap,
+    /// Connection: close.
+    close: bool,
+    /// Whether chunked is the last transfer coding, if there is one.
+    chunked: Option<bool>,
+    length: Option<u64>,
+}
+
+impl Fields {
+    /// Reads the fields at `spans` (name start and end, value start and end) of `head`.
+    fn read(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<Self, Failure> {
+        let mut fields = Fields {
+            headers: HeaderMap::with_capacity(spans.len()),
+            close: false,
+            chunked: None,
+            length: None,
+        };
+        let mut listed = false;
+        for &(n, n_end, v, v_end) in spans {
+            let name = HeaderName::from_bytes(&head[n..n_end])
+                .map_err(|_| Failure::Answer("bad header name".into()))?;
+            let value = &head[v..v_end];
+            if name == header::CONNECTION {
+                for token in tokens(value) {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    fields.close |= close;
+                    listed |= !close && !token.eq_ignore_ascii_case(b"keep-alive");
+                }
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING {
+                // The last field has the last coding.
+                fields.chunked = tokens(value)
+                    .last()
+                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+                continue;
+            }
+            if is_hop_by_hop(&name) {
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| Failure::Answer("bad content-length".into()))?;
+                if fields.length.is_some_and(|l| l != n) {
+                    return Err(Failure::Answer("conflicting content-lengths".into()));
+                }
+                fields.length = Some(n);
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v_end))
+                .map_err(|_| Failure::Answer(format!("bad value of header {name}")))?;
+            fields.headers.append(name, value);
+        }
+        if listed {
+            strip_listed(head, spans, &mut fields.headers);
+        }
+        Ok(fields)
+    }
 }
 
 /// The comma-separated tokens of a field value, trimmed.
