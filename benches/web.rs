@@ -12,7 +12,8 @@
 //! `cargo bench --bench web` (needs Debian's `wrk` and `nginx`: `scripts/bench-tools.sh`).
 //! `BENCH_ROUNDS=N` (default 3) rounds of `BENCH_SECONDS=S` (default 4) per side and case; about
 //! `12 * N * S` seconds in all. `BENCH_CASES=2 MiB,proxy` runs only the cases whose names contain
-//! one of the comma-separated words; `BENCH_VERBOSE=1` prints every round.
+//! one of the comma-separated words; `BENCH_VERBOSE=1` prints every round; `BENCH_PIN=0/1` runs
+//! wrk on CPU 0 and every server on CPU 1 (see [`pinned`]).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,7 +45,15 @@ struct Run {
 /// `wrk --latency` against `url`, with the user+sys CPU of `pids` over the run.
 fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
     let before = cpu_seconds(pids);
-    let out = Command::new(system_tool("wrk"))
+    let mut cmd = match pinned() {
+        Some((client, _)) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", client]).arg(system_tool("wrk"));
+            c
+        }
+        None => Command::new(system_tool("wrk")),
+    };
+    let out = cmd
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
         .output()
         .unwrap();
@@ -91,6 +100,36 @@ fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
         cpu_us_per_req: cpu * 1e6 / requests.max(1.0),
         user_us_per_req: user * 1e6 / requests.max(1.0),
         p50_75_90,
+    }
+}
+
+/// `BENCH_PIN=CLIENT/SERVERS` (CPU lists, e.g. `0/1`): wrk runs on the CPUs CLIENT, every
+/// server process (both sides' workers and the backend) on SERVERS, so that the load generator
+/// and the servers do not share cores.
+fn pinned() -> Option<(&'static str, &'static str)> {
+    static PIN: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    PIN.get_or_init(|| {
+        let v = std::env::var("BENCH_PIN").ok()?;
+        let (c, s) = v.split_once('/')?;
+        Some((c.to_owned(), s.to_owned()))
+    })
+    .as_ref()
+    .map(|(c, s)| (c.as_str(), s.as_str()))
+}
+
+/// Pins every thread of `pids` to the server CPUs of `BENCH_PIN`, if set.
+fn pin_servers(pids: &[u32]) {
+    let Some((_, servers)) = pinned() else {
+        return;
+    };
+    for pid in pids {
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", servers, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "taskset of {pid}");
     }
 }
 
@@ -472,9 +511,13 @@ async fn main() {
         ("json", "/json", false),
     ];
     let ngx_workers = nginx.workers();
+    for pids in [&ngx_workers, &_backend.workers(), &sy.http_pids, &sy.https_pids] {
+        pin_servers(pids);
+    }
     println!(
         "web worker benchmark: wrk -t2 -c64, {rounds} alternating rounds of {secs} s per side \
-         and case; load average before: {load_before}"
+         and case; load average before: {load_before}{}",
+        pinned().map_or(String::new(), |(c, s)| format!("; wrk on CPUs {c}, servers on {s}"))
     );
     println!("{HEADER}");
     for (name, path, https) in cases {
