@@ -485,7 +485,7 @@ async fn main() {
 
     // The common backend of both reverse proxies: its own nginx, serving the same files.
     let backend_port = common::free_port();
-    let _backend = Nginx::start(
+    let backend = Nginx::start(
         tmp.path(),
         "backend",
         1,
@@ -511,13 +511,20 @@ async fn main() {
         ("json", "/json", false),
     ];
     let ngx_workers = nginx.workers();
-    for pids in [&ngx_workers, &_backend.workers(), &sy.http_pids, &sy.https_pids] {
+    for pids in [
+        &ngx_workers,
+        &backend.workers(),
+        &sy.http_pids,
+        &sy.https_pids,
+    ] {
         pin_servers(pids);
     }
     println!(
         "web worker benchmark: wrk -t2 -c64, {rounds} alternating rounds of {secs} s per side \
          and case; load average before: {load_before}{}",
-        pinned().map_or(String::new(), |(c, s)| format!("; wrk on CPUs {c}, servers on {s}"))
+        pinned().map_or(String::new(), |(c, s)| format!(
+            "; wrk on CPUs {c}, servers on {s}"
+        ))
     );
     println!("{HEADER}");
     for (name, path, https) in cases {

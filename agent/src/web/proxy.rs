@@ -309,10 +309,20 @@ pub async fn http(
     let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
     let head = request_head(&parts, &target, chunked);
     let head_only = parts.method == http::Method::HEAD;
+    // Sent again on a new connection if a reused one fails unanswered: only what can be sent
+    // twice without harm (RFC 9110, 9.2.2) and has no body to replay.
+    let replayable = body.is_none() && parts.method.is_idempotent();
     let timeout = Duration::from_secs(u64::from(
         shared.transport.http_client_timeout.unwrap_or(60).max(1),
     ));
-    let exchange = exchange(&shared.pool, backend, &head, body, chunked, head_only);
+    let request = Outgoing {
+        head: &head,
+        body,
+        chunked,
+        head_only,
+        replayable,
+    };
+    let exchange = exchange(&shared.pool, backend, request);
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => response,
         Ok(Err(Failure::Connect(e) | Failure::Unanswered(e))) => {
@@ -353,31 +363,43 @@ fn request_head(parts: &http::request::Parts, target: &str, chunked: bool) -> By
     head
 }
 
+/// A request as it goes to the backend.
+struct Outgoing<'a> {
+    /// Its request line and headers.
+    head: &'a [u8],
+    body: Option<Incoming>,
+    /// The body goes chunked (its length is unknown).
+    chunked: bool,
+    /// HEAD: the answer has no body.
+    head_only: bool,
+    /// It may be sent again (idempotent, no body).
+    replayable: bool,
+}
+
 /// Sends the request on a pooled connection (or a new one) and reads the answer's head. A
-/// request without a body is sent again on a new connection if a reused one fails unanswered.
+/// replayable request is sent again on a new connection if a reused one fails unanswered (the
+/// backend closed it meanwhile).
 async fn exchange(
     pool: &Arc<Pool>,
     backend: &Backend,
-    head: &[u8],
-    mut body: Option<Incoming>,
-    chunked: bool,
-    head_only: bool,
+    mut request: Outgoing<'_>,
 ) -> Result<Response<Body>, Failure> {
     loop {
         let (mut stream, buf, reused) = match pool.take(&backend.authority) {
             Some((stream, buf)) => (stream, buf, true),
             None => (connect(&backend.authority).await?, BytesMut::new(), false),
         };
-        let sent = send(&mut stream, head, body.take(), chunked).await;
+        let body = request.body.take();
+        let sent = send(&mut stream, request.head, body, request.chunked).await;
         let answer = match sent {
             Ok(()) => read_head(&mut stream, buf).await,
             Err(e) => Err(e),
         };
         match answer {
-            Ok((response, buf)) => {
-                return Ok(respond(pool, backend, stream, response, buf, head_only));
+            Ok((head, buf)) => {
+                return Ok(respond(pool, backend, stream, head, buf, request.head_only));
             }
-            Err(Failure::Unanswered(_)) if reused && !chunked && body.is_none() => continue,
+            Err(Failure::Unanswered(_)) if reused && request.replayable => continue,
             Err(e) => return Err(e),
         }
     }
