@@ -12,7 +12,8 @@
 //! `cargo bench --bench web` (needs Debian's `wrk` and `nginx`: `scripts/bench-tools.sh`).
 //! `BENCH_ROUNDS=N` (default 3) rounds of `BENCH_SECONDS=S` (default 4) per side and case; about
 //! `12 * N * S` seconds in all. `BENCH_CASES=2 MiB,proxy` runs only the cases whose names contain
-//! one of the comma-separated words; `BENCH_VERBOSE=1` prints every round.
+//! one of the comma-separated words; `BENCH_VERBOSE=1` prints every round; `BENCH_PIN=0/1` runs
+//! wrk on CPU 0 and every server on CPU 1 (see [`pinned`]).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,7 +45,15 @@ struct Run {
 /// `wrk --latency` against `url`, with the user+sys CPU of `pids` over the run.
 fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
     let before = cpu_seconds(pids);
-    let out = Command::new(system_tool("wrk"))
+    let mut cmd = match pinned() {
+        Some((client, _)) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", client]).arg(system_tool("wrk"));
+            c
+        }
+        None => Command::new(system_tool("wrk")),
+    };
+    let out = cmd
         .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
         .output()
         .unwrap();
@@ -91,6 +100,36 @@ fn wrk(url: &str, secs: u64, pids: &[u32]) -> Run {
         cpu_us_per_req: cpu * 1e6 / requests.max(1.0),
         user_us_per_req: user * 1e6 / requests.max(1.0),
         p50_75_90,
+    }
+}
+
+/// `BENCH_PIN=CLIENT/SERVERS` (CPU lists, e.g. `0/1`): wrk runs on the CPUs CLIENT, every
+/// server process (both sides' workers and the backend) on SERVERS, so that the load generator
+/// and the servers do not share cores.
+fn pinned() -> Option<(&'static str, &'static str)> {
+    static PIN: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    PIN.get_or_init(|| {
+        let v = std::env::var("BENCH_PIN").ok()?;
+        let (c, s) = v.split_once('/')?;
+        Some((c.to_owned(), s.to_owned()))
+    })
+    .as_ref()
+    .map(|(c, s)| (c.as_str(), s.as_str()))
+}
+
+/// Pins every thread of `pids` to the server CPUs of `BENCH_PIN`, if set.
+fn pin_servers(pids: &[u32]) {
+    let Some((_, servers)) = pinned() else {
+        return;
+    };
+    for pid in pids {
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", servers, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "taskset of {pid}");
     }
 }
 
@@ -275,20 +314,178 @@ fn site(dir: &Path) -> std::path::PathBuf {
     www
 }
 
+/// nginx with 2 workers serving `www` over HTTP (with /json and /proxy/ to `backend`) and HTTPS;
+/// returns it and its two ports.
+fn start_nginx(dir: &Path, www: &Path, pki: &Pki, backend: u16) -> (Nginx, u16, u16) {
+    let (port, tls_port) = (common::free_port(), common::free_port());
+    let nginx = Nginx::start(
+        dir,
+        "nginx",
+        2,
+        &format!(
+            "upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port} reuseport backlog=1024; root {www};\n\
+               location = /json {{ default_type application/json; return 200 '\"hello\"'; }}\n\
+               location /proxy/ {{ proxy_pass http://backend/; proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                 proxy_set_header X-Forwarded-Proto $scheme; }} }}\n\
+             server {{ listen 127.0.0.1:{tls_port} ssl reuseport backlog=1024; root {www};\n\
+               ssl_certificate {cert}; ssl_certificate_key {key};\n\
+               ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m; }}\n",
+            www = www.display(),
+            cert = pki.file("webcert.pem"),
+            key = pki.file("webcert.key"),
+        ),
+    );
+    (nginx, port, tls_port)
+}
+
+/// Switchyard's side: one agent; 2 web workers sharing an HTTP port (static at /, json at
+/// /json, reverseproxy to `backend` at /proxy), 2 sharing an HTTPS port (static).
+struct Switchyard {
+    _agent: Proc,
+    port: u16,
+    tls_port: u16,
+    http_pids: Vec<u32>,
+    https_pids: Vec<u32>,
+}
+
+async fn start_switchyard(pki: &Pki, www: &Path, backend: u16) -> Switchyard {
+    let agent = Proc::agent(pki, "node1", "127.0.0.1:9".parse().unwrap());
+    let mut nc = NodeControllerServiceClient::new(channel(pki, "admin", agent.addr).await);
+    let (port, tls_port) = (common::free_port(), common::free_port());
+    let services = [
+        (
+            "/",
+            Service::Static(pb::StaticService {
+                directory: www.display().to_string(),
+                options: None,
+            }),
+        ),
+        (
+            "/json",
+            Service::Json(pb::JsonService {
+                value: Some(prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue("hello".into())),
+                }),
+                options: None,
+            }),
+        ),
+        (
+            "/proxy",
+            Service::Reverseproxy(pb::ReverseProxyService {
+                host: "127.0.0.1".into(),
+                port: u32::from(backend),
+                path: "/".into(),
+                ..Default::default()
+            }),
+        ),
+    ];
+    let transport = |port: u16| pb::WebTransport {
+        tcp_port: u32::from(port),
+        tcp_shared: Some(true),
+        tcp_interface: Some("127.0.0.1".into()),
+        ..Default::default()
+    };
+    let read = |f: &str| std::fs::read_to_string(pki.path.join(f)).unwrap();
+    let tls = pb::WebTransport {
+        tls_key: Some(read("webcert.key")),
+        tls_certificate: Some(read("webcert.pem")),
+        ..transport(tls_port)
+    };
+    let (mut http_pids, mut https_pids) = (Vec::new(), Vec::new());
+    for i in 1..=2 {
+        let id = format!("web{i}");
+        http_pids.push(web_worker(&mut nc, &id, transport(port), &services).await);
+        let id = format!("tls{i}");
+        https_pids.push(web_worker(&mut nc, &id, tls.clone(), &services[..1]).await);
+    }
+    Switchyard {
+        _agent: agent,
+        port,
+        tls_port,
+        http_pids,
+        https_pids,
+    }
+}
+
+/// `rounds` alternating rounds of `secs` against both URLs, after a warm-up of each.
+fn measure(
+    (ngx_url, ngx_pids): (&str, &[u32]),
+    (sy_url, sy_pids): (&str, &[u32]),
+    rounds: usize,
+    secs: u64,
+) -> (Vec<Run>, Vec<Run>) {
+    // Warm both (page cache, file caches, backend pools) before measuring.
+    wrk(ngx_url, 1, ngx_pids);
+    wrk(sy_url, 1, sy_pids);
+    let (mut ngx, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate who goes first, so a drift in the machine's load favours neither.
+        if round % 2 == 0 {
+            ngx.push(wrk(ngx_url, secs, ngx_pids));
+            ours.push(wrk(sy_url, secs, sy_pids));
+        } else {
+            ours.push(wrk(sy_url, secs, sy_pids));
+            ngx.push(wrk(ngx_url, secs, ngx_pids));
+        }
+    }
+    (ngx, ours)
+}
+
+const HEADER: &str = "case              nginx r/s    ours r/s  ratio     (range)   ngx p99   our p99  \
+                      ngx CPU/r  our CPU/r";
+
+/// One case's line (and with `verbose` its rounds first).
+fn report(name: &str, ngx: &[Run], ours: &[Run], verbose: bool) {
+    if verbose {
+        let line = |r: &Run| {
+            let [p50, p75, p90] = r.p50_75_90;
+            format!(
+                "{:>9.0} r/s  p50/75/90/99 {p50:.2}/{p75:.2}/{p90:.2}/{:.2} ms  \
+                 CPU {:>6.1} us/r (user {:>6.1})",
+                r.rps, r.p99_ms, r.cpu_us_per_req, r.user_us_per_req
+            )
+        };
+        for (n, s) in ngx.iter().zip(ours) {
+            println!("  round  nginx {}\n         ours  {}", line(n), line(s));
+        }
+    }
+    let ratios: Vec<f64> = ours.iter().zip(ngx).map(|(s, n)| s.rps / n.rps).collect();
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    let m = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    println!(
+        "{name:<15} {:>11.0} {:>11.0} {:>6.2} {:>11} {:>6.2} ms {:>6.2} ms {:>7.1} us {:>7.1} us",
+        m(ngx, |r| r.rps),
+        m(ours, |r| r.rps),
+        median(ratios),
+        format!("{lo:.2}-{hi:.2}"),
+        m(ngx, |r| r.p99_ms),
+        m(ours, |r| r.p99_ms),
+        m(ngx, |r| r.cpu_us_per_req),
+        m(ours, |r| r.cpu_us_per_req),
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let rounds = env("BENCH_ROUNDS", 3).max(1) as usize;
     let secs = env("BENCH_SECONDS", 4).max(1);
+    let only = std::env::var("BENCH_CASES").unwrap_or_default();
+    let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
     let load_before = loadavg();
     let tmp = tempfile::tempdir().unwrap();
     let www = site(tmp.path());
     let pki = Pki::new(&["node1"]);
     pki.issue("node", "webcert");
-    let (cert, key) = (pki.path.join("webcert.pem"), pki.path.join("webcert.key"));
 
     // The common backend of both reverse proxies: its own nginx, serving the same files.
     let backend_port = common::free_port();
-    let _backend = Nginx::start(
+    let backend = Nginx::start(
         tmp.path(),
         "backend",
         1,
@@ -297,74 +494,9 @@ async fn main() {
             www.display()
         ),
     );
-
-    // nginx: 2 workers, HTTP and HTTPS.
-    let (ngx_port, ngx_tls_port) = (common::free_port(), common::free_port());
-    let nginx = Nginx::start(
-        tmp.path(),
-        "nginx",
-        2,
-        &format!(
-            "upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n\
-             server {{ listen 127.0.0.1:{ngx_port} reuseport backlog=1024; root {www};\n\
-               location = /json {{ default_type application/json; return 200 '\"hello\"'; }}\n\
-               location /proxy/ {{ proxy_pass http://backend/; proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\";\n\
-                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                 proxy_set_header X-Forwarded-Proto $scheme; }} }}\n\
-             server {{ listen 127.0.0.1:{ngx_tls_port} ssl reuseport backlog=1024; root {www};\n\
-               ssl_certificate {cert}; ssl_certificate_key {key}; ssl_session_cache shared:SSL:1m; }}\n",
-            www = www.display(),
-            cert = cert.display(),
-            key = key.display(),
-        ),
-    );
-
-    // Switchyard: one agent; 2 web workers sharing the HTTP port, 2 sharing the HTTPS port.
-    let agent = Proc::agent(&pki, "node1", "127.0.0.1:9".parse().unwrap());
-    let mut nc = NodeControllerServiceClient::new(channel(&pki, "admin", agent.addr).await);
-    let (sy_port, sy_tls_port) = (common::free_port(), common::free_port());
-    let static_service = Service::Static(pb::StaticService {
-        directory: www.display().to_string(),
-        options: None,
-    });
-    let json = Service::Json(pb::JsonService {
-        value: Some(prost_types::Value {
-            kind: Some(prost_types::value::Kind::StringValue("hello".into())),
-        }),
-        options: None,
-    });
-    let proxy = Service::Reverseproxy(pb::ReverseProxyService {
-        host: "127.0.0.1".into(),
-        port: u32::from(backend_port),
-        path: "/".into(),
-        ..Default::default()
-    });
-    let transport = |port: u16| pb::WebTransport {
-        tcp_port: u32::from(port),
-        tcp_shared: Some(true),
-        tcp_interface: Some("127.0.0.1".into()),
-        ..Default::default()
-    };
-    let tls = pb::WebTransport {
-        tls_key: Some(std::fs::read_to_string(&key).unwrap()),
-        tls_certificate: Some(std::fs::read_to_string(&cert).unwrap()),
-        ..transport(sy_tls_port)
-    };
-    let mut sy_http = Vec::new();
-    let mut sy_https = Vec::new();
-    for i in 1..=2 {
-        let services = [
-            ("/", static_service.clone()),
-            ("/json", json.clone()),
-            ("/proxy", proxy.clone()),
-        ];
-        let id = format!("web{i}");
-        sy_http.push(web_worker(&mut nc, &id, transport(sy_port), &services).await);
-        let id = format!("tls{i}");
-        sy_https.push(web_worker(&mut nc, &id, tls.clone(), &services[..1]).await);
-    }
-    for p in [sy_port, sy_tls_port, ngx_port, ngx_tls_port, backend_port] {
+    let (nginx, ngx_port, ngx_tls_port) = start_nginx(tmp.path(), &www, &pki, backend_port);
+    let sy = start_switchyard(&pki, &www, backend_port).await;
+    for p in [sy.port, sy.tls_port, ngx_port, ngx_tls_port, backend_port] {
         eventually("the servers to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", p)).ok()
         });
@@ -379,90 +511,38 @@ async fn main() {
         ("json", "/json", false),
     ];
     let ngx_workers = nginx.workers();
+    for pids in [
+        &ngx_workers,
+        &backend.workers(),
+        &sy.http_pids,
+        &sy.https_pids,
+    ] {
+        pin_servers(pids);
+    }
     println!(
-        "web worker benchmark: wrk -t2 -c64, {rounds} alternating rounds of {secs} s per side and case; \
-         load average before: {load_before}"
+        "web worker benchmark: wrk -t2 -c64, {rounds} alternating rounds of {secs} s per side \
+         and case; load average before: {load_before}{}",
+        pinned().map_or(String::new(), |(c, s)| format!(
+            "; wrk on CPUs {c}, servers on {s}"
+        ))
     );
-    println!(
-        "{:<15} {:>11} {:>11} {:>6} {:>11} {:>9} {:>9} {:>10} {:>10}",
-        "case",
-        "nginx r/s",
-        "ours r/s",
-        "ratio",
-        "(range)",
-        "ngx p99",
-        "our p99",
-        "ngx CPU/r",
-        "our CPU/r"
-    );
-    let only = std::env::var("BENCH_CASES").unwrap_or_default();
-    let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+    println!("{HEADER}");
     for (name, path, https) in cases {
         if !only.is_empty() && !only.split(',').any(|o| name.contains(o.trim())) {
             continue;
         }
-        let (ngx_url, sy_url, sy_pids) = if https {
-            (
-                format!("https://127.0.0.1:{ngx_tls_port}{path}"),
-                format!("https://127.0.0.1:{sy_tls_port}{path}"),
-                &sy_https,
-            )
+        let (scheme, ngx, ours, pids) = if https {
+            ("https", ngx_tls_port, sy.tls_port, &sy.https_pids)
         } else {
-            (
-                format!("http://127.0.0.1:{ngx_port}{path}"),
-                format!("http://127.0.0.1:{sy_port}{path}"),
-                &sy_http,
-            )
+            ("http", ngx_port, sy.port, &sy.http_pids)
         };
-        // Warm both (page cache, file caches, backend pools) before measuring.
-        wrk(&ngx_url, 1, &ngx_workers);
-        wrk(&sy_url, 1, sy_pids);
-        let mut ngx = Vec::new();
-        let mut ours = Vec::new();
-        for round in 0..rounds {
-            // Alternate who goes first, so a drift in the machine's load favours neither.
-            if round % 2 == 0 {
-                ngx.push(wrk(&ngx_url, secs, &ngx_workers));
-                ours.push(wrk(&sy_url, secs, sy_pids));
-            } else {
-                ours.push(wrk(&sy_url, secs, sy_pids));
-                ngx.push(wrk(&ngx_url, secs, &ngx_workers));
-            }
-        }
-        if verbose {
-            for (n, s) in ngx.iter().zip(&ours) {
-                let line = |r: &Run| {
-                    let [p50, p75, p90] = r.p50_75_90;
-                    format!(
-                        "{:>9.0} r/s  p50/75/90/99 {p50:.2}/{p75:.2}/{p90:.2}/{:.2} ms  \
-                         CPU {:>6.1} us/r (user {:>6.1})",
-                        r.rps, r.p99_ms, r.cpu_us_per_req, r.user_us_per_req
-                    )
-                };
-                println!("  round  nginx {}\n         ours  {}", line(n), line(s));
-            }
-        }
-        let ratios: Vec<f64> = ours.iter().zip(&ngx).map(|(s, n)| s.rps / n.rps).collect();
-        let (lo, hi) = (
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
-        );
-        let m = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
-        println!(
-            "{name:<15} {:>11.0} {:>11.0} {:>6.2} {:>11} {:>6.2} ms {:>6.2} ms {:>7.1} us {:>7.1} us",
-            m(&ngx, |r| r.rps),
-            m(&ours, |r| r.rps),
-            median(ratios),
-            format!("{lo:.2}-{hi:.2}"),
-            m(&ngx, |r| r.p99_ms),
-            m(&ours, |r| r.p99_ms),
-            m(&ngx, |r| r.cpu_us_per_req),
-            m(&ours, |r| r.cpu_us_per_req),
-        );
+        let ngx_url = format!("{scheme}://127.0.0.1:{ngx}{path}");
+        let sy_url = format!("{scheme}://127.0.0.1:{ours}{path}");
+        let (ngx, ours) = measure((&ngx_url, &ngx_workers), (&sy_url, pids), rounds, secs);
+        report(name, &ngx, &ours, verbose);
     }
     println!(
         "targets: ratio >= 1.0 and our p99 <= nginx's on every case; load average after: {}",
         loadavg()
     );
-    drop(agent);
 }

@@ -1106,3 +1106,30 @@ async fn large_static_files_over_tls_are_exact() {
     );
     assert_eq!(get(&["--http2", "-r", "-7"]), &big[big.len() - 7..]);
 }
+
+/// A FIFO in the root is not a file to serve: refused at once, and the worker (one event loop)
+/// goes on serving.
+#[tokio::test]
+async fn a_fifo_in_the_root_is_refused_without_stalling_the_worker() {
+    let pki = Pki::new(&["node1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("page.txt"), "page").unwrap();
+    let fifo = tmp.path().join("pipe");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_agent, port) = one_worker(&pki, None, vec![("/", static_service(tmp.path()))]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the worker to serve", Duration::from_secs(10), || {
+        (body(&curl(&[&format!("{base}/page.txt")])) == "page").then_some(())
+    });
+    let started = std::time::Instant::now();
+    let text = body(&curl(&["-i", &format!("{base}/pipe")]));
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(body(&curl(&[&format!("{base}/page.txt")])), "page");
+}

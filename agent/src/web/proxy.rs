@@ -309,10 +309,20 @@ pub async fn http(
     let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
     let head = request_head(&parts, &target, chunked);
     let head_only = parts.method == http::Method::HEAD;
+    // Sent again on a new connection if a reused one fails unanswered: only what can be sent
+    // twice without harm (RFC 9110, 9.2.2) and has no body to replay.
+    let replayable = body.is_none() && parts.method.is_idempotent();
     let timeout = Duration::from_secs(u64::from(
         shared.transport.http_client_timeout.unwrap_or(60).max(1),
     ));
-    let exchange = exchange(&shared.pool, backend, &head, body, chunked, head_only);
+    let request = Outgoing {
+        head: &head,
+        body,
+        chunked,
+        head_only,
+        replayable,
+    };
+    let exchange = exchange(&shared.pool, backend, request);
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => response,
         Ok(Err(Failure::Connect(e) | Failure::Unanswered(e))) => {
@@ -353,31 +363,43 @@ fn request_head(parts: &http::request::Parts, target: &str, chunked: bool) -> By
     head
 }
 
+/// A request as it goes to the backend.
+struct Outgoing<'a> {
+    /// Its request line and headers.
+    head: &'a [u8],
+    body: Option<Incoming>,
+    /// The body goes chunked (its length is unknown).
+    chunked: bool,
+    /// HEAD: the answer has no body.
+    head_only: bool,
+    /// It may be sent again (idempotent, no body).
+    replayable: bool,
+}
+
 /// Sends the request on a pooled connection (or a new one) and reads the answer's head. A
-/// request without a body is sent again on a new connection if a reused one fails unanswered.
+/// replayable request is sent again on a new connection if a reused one fails unanswered (the
+/// backend closed it meanwhile).
 async fn exchange(
     pool: &Arc<Pool>,
     backend: &Backend,
-    head: &[u8],
-    mut body: Option<Incoming>,
-    chunked: bool,
-    head_only: bool,
+    mut request: Outgoing<'_>,
 ) -> Result<Response<Body>, Failure> {
     loop {
         let (mut stream, buf, reused) = match pool.take(&backend.authority) {
             Some((stream, buf)) => (stream, buf, true),
             None => (connect(&backend.authority).await?, BytesMut::new(), false),
         };
-        let sent = send(&mut stream, head, body.take(), chunked).await;
+        let body = request.body.take();
+        let sent = send(&mut stream, request.head, body, request.chunked).await;
         let answer = match sent {
             Ok(()) => read_head(&mut stream, buf).await,
             Err(e) => Err(e),
         };
         match answer {
-            Ok((response, buf)) => {
-                return Ok(respond(pool, backend, stream, response, buf, head_only));
+            Ok((head, buf)) => {
+                return Ok(respond(pool, backend, stream, head, buf, request.head_only));
             }
-            Err(Failure::Unanswered(_)) if reused && !chunked && body.is_none() => continue,
+            Err(Failure::Unanswered(_)) if reused && request.replayable => continue,
             Err(e) => return Err(e),
         }
     }
@@ -508,65 +530,88 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         *span = (n, n + h.name.len(), v, v + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    // The fields as they are forwarded: hop-by-hop ones are read here, not kept.
-    let mut headers = HeaderMap::with_capacity(count);
-    let (mut close, mut listed, mut chunked, mut length) = (false, false, None, None);
-    for &(n, n_end, v, v_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n..n_end])
-            .map_err(|_| Failure::Answer("bad header name".into()))?;
-        let value = &head[v..v_end];
-        if name == header::CONNECTION {
-            for token in tokens(value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                listed |= !token.eq_ignore_ascii_case(b"close")
-                    && !token.eq_ignore_ascii_case(b"keep-alive");
-            }
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            // Chunked is the last coding, if used; the last field has the last coding.
-            chunked = tokens(value)
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
-            continue;
-        }
-        if is_hop_by_hop(&name) {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Failure::Answer("bad content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Answer("conflicting content-lengths".into()));
-            }
-            length = Some(n);
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v_end))
-            .map_err(|_| Failure::Answer(format!("bad value of header {name}")))?;
-        headers.append(name, value);
-    }
-    if listed {
-        strip_listed(&head, &spans[..count], &mut headers);
-    }
+    let fields = Fields::read(&head, &spans[..count])?;
     // How the body is delimited (RFC 9112, 6.3), before the request method is known.
     let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else {
-        match (chunked, length) {
+        match (fields.chunked, fields.length) {
             (Some(true), _) => Framing::Chunked(Chunked::Size),
             (Some(false), _) | (None, None) => Framing::Eof,
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    let keep_alive = !http10 && !close && !matches!(framing, Framing::Eof);
+    let keep_alive = !http10 && !fields.close && !matches!(framing, Framing::Eof);
     Ok(Some(Head {
         status,
-        headers,
+        headers: fields.headers,
         framing,
         keep_alive,
     }))
+}
+
+/// A response head's fields: those forwarded, and what the hop-by-hop ones (read here, not
+/// kept) and Content-Length say.
+struct Fields {
+    headers: HeaderMap,
+    /// Connection: close.
+    close: bool,
+    /// Whether chunked is the last transfer coding, if there is one.
+    chunked: Option<bool>,
+    length: Option<u64>,
+}
+
+impl Fields {
+    /// Reads the fields at `spans` (name start and end, value start and end) of `head`.
+    fn read(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<Self, Failure> {
+        let mut fields = Fields {
+            headers: HeaderMap::with_capacity(spans.len()),
+            close: false,
+            chunked: None,
+            length: None,
+        };
+        let mut listed = false;
+        for &(n, n_end, v, v_end) in spans {
+            let name = HeaderName::from_bytes(&head[n..n_end])
+                .map_err(|_| Failure::Answer("bad header name".into()))?;
+            let value = &head[v..v_end];
+            if name == header::CONNECTION {
+                for token in tokens(value) {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    fields.close |= close;
+                    listed |= !close && !token.eq_ignore_ascii_case(b"keep-alive");
+                }
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING {
+                // The last field has the last coding.
+                fields.chunked = tokens(value)
+                    .last()
+                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+                continue;
+            }
+            if is_hop_by_hop(&name) {
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| Failure::Answer("bad content-length".into()))?;
+                if fields.length.is_some_and(|l| l != n) {
+                    return Err(Failure::Answer("conflicting content-lengths".into()));
+                }
+                fields.length = Some(n);
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v_end))
+                .map_err(|_| Failure::Answer(format!("bad value of header {name}")))?;
+            fields.headers.append(name, value);
+        }
+        if listed {
+            strip_listed(head, spans, &mut fields.headers);
+        }
+        Ok(fields)
+    }
 }
 
 /// The comma-separated tokens of a field value, trimmed.

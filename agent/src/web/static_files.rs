@@ -229,10 +229,20 @@ impl Site {
     }
 }
 
+/// Opens `path` for reading without blocking: a FIFO put in the root must not stall the
+/// listener's thread (it is then refused as not a regular file).
+fn open_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// Opens the file at `path` and makes its cache entry (reading it if it is small); `None` if it
 /// cannot be opened or read, or changed while it was read.
 fn open(path: PathBuf, mime: Option<HeaderValue>) -> Option<(Cached, File)> {
-    let mut file = File::open(&path).ok()?;
+    let mut file = open_file(&path).ok()?;
     let meta = file.metadata().ok()?;
     if !meta.is_file() {
         return None;
@@ -287,7 +297,7 @@ impl Cached {
                 (Identity::of(&meta) == self.identity).then(|| Source::Memory(data.clone()))
             }
             _ => {
-                let file = File::open(&self.path).ok()?;
+                let file = open_file(&self.path).ok()?;
                 let meta = file.metadata().ok()?;
                 (Identity::of(&meta) == self.identity).then(|| Source::File(Arc::new(file)))
             }
