@@ -24,9 +24,11 @@ const NODES: [&str; 2] = ["node1", "node2"];
 
 struct ControlPlane {
     pki: Pki,
-    _etcd: Etcd,
+    etcd: Etcd,
     masters: BTreeMap<String, Proc>,
     agents: BTreeMap<String, Proc>,
+    /// Each master's listen address (a restarted master comes back on it).
+    listen: BTreeMap<String, String>,
 }
 
 impl ControlPlane {
@@ -37,14 +39,11 @@ impl ControlPlane {
         }
         let etcd = Etcd::start(1);
         let mut masters = BTreeMap::new();
+        let mut listen = BTreeMap::new();
         for m in MASTERS {
-            let listen = format!("127.0.0.1:{}", common::stable_port());
-            let mut cmd = Command::new(common::master_bin());
-            cmd.args(["serve", "--listen", &listen, "--name", m])
-                .args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()])
-                .arg("--pki-dir")
-                .arg(&pki.path);
-            masters.insert(m.to_owned(), Proc::spawn(cmd));
+            let addr = format!("127.0.0.1:{}", common::stable_port());
+            masters.insert(m.to_owned(), spawn_master(&pki, &etcd, m, &addr));
+            listen.insert(m.to_owned(), addr);
         }
         // The first address answers nothing: agents must move on to the others.
         let down = format!("127.0.0.1:{}", common::stable_port());
@@ -63,10 +62,31 @@ impl ControlPlane {
             .collect();
         ControlPlane {
             pki,
-            _etcd: etcd,
+            etcd,
             masters,
             agents,
+            listen,
         }
+    }
+
+    /// Stops master `name` gracefully and starts it again on the same address.
+    fn restart(&mut self, name: &str) {
+        drop(self.masters.remove(name));
+        let master = spawn_master(&self.pki, &self.etcd, name, &self.listen[name]);
+        self.masters.insert(name.to_owned(), master);
+    }
+
+    async fn web_status(&self, via: &str, oid: &str) -> Option<i32> {
+        let mut web = WebClusterServiceClient::new(self.admin(via).await);
+        let c = web
+            .get_web_cluster(pb::GetWebClusterRequest {
+                webcluster_oid: oid.to_owned(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .webcluster?;
+        Some(c.status)
     }
 
     async fn admin(&self, master: &str) -> Channel {
@@ -75,13 +95,7 @@ impl ControlPlane {
 
     /// The control plane as master `asked` describes it.
     async fn describe(&self, asked: &str) -> Option<pb::GetControlPlaneResponse> {
-        let mut cp = ControlPlaneServiceClient::new(self.admin(asked).await);
-        Some(
-            cp.get_control_plane(pb::GetControlPlaneRequest {})
-                .await
-                .ok()?
-                .into_inner(),
-        )
+        describe_at(&self.pki, self.masters[asked].addr).await
     }
 
     /// Waits until master `asked` names a leader other than `not` that it lists as a LEADER
@@ -184,6 +198,26 @@ impl ControlPlane {
     fn follower_of(&self, leader: &str) -> String {
         MASTERS.iter().find(|m| **m != leader).unwrap().to_string()
     }
+}
+
+/// The control plane as the master at `addr` describes it.
+async fn describe_at(pki: &Pki, addr: std::net::SocketAddr) -> Option<pb::GetControlPlaneResponse> {
+    let mut cp = ControlPlaneServiceClient::new(channel(pki, "admin", addr).await);
+    Some(
+        cp.get_control_plane(pb::GetControlPlaneRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+fn spawn_master(pki: &Pki, etcd: &Etcd, name: &str, listen: &str) -> Proc {
+    let mut cmd = Command::new(common::master_bin());
+    cmd.args(["serve", "--listen", listen, "--name", name])
+        .args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()])
+        .arg("--pki-dir")
+        .arg(&pki.path);
+    Proc::spawn(cmd)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -312,4 +346,100 @@ async fn a_stopped_leader_wakes_up_fenced_and_steps_down() {
         );
     }
     assert_eq!(after.len(), 4, "{after:?}");
+}
+
+#[tokio::test]
+async fn masters_restarted_one_after_another_leave_every_cluster_running() {
+    let mut cp = ControlPlane::new().await;
+    let (first, _) = cp.leader("m1", None, Duration::from_secs(15)).await;
+    eventually_async("both nodes online", Duration::from_secs(15), || async {
+        (cp.online(&first).await == 2).then_some(())
+    })
+    .await;
+    let oid = cp.run_web("m1", "steady").await;
+    let before = cp.workers().await;
+    let mut leaders = vec![first];
+    for m in MASTERS {
+        let was_leader = leaders.last().is_some_and(|l| l == m);
+        cp.restart(m);
+        let other = cp.follower_of(m);
+        let (leader, _) = cp
+            .leader(&other, was_leader.then_some(m), Duration::from_secs(10))
+            .await;
+        leaders.push(leader.clone());
+        // Every master, the restarted one too, sees the cluster RUNNING and both nodes online.
+        for asked in MASTERS {
+            eventually_async("RUNNING everywhere", Duration::from_secs(10), || async {
+                let running =
+                    cp.web_status(asked, &oid).await == Some(ClusterStatus::Running as i32);
+                (running && cp.online(asked).await == 2).then_some(())
+            })
+            .await;
+        }
+    }
+    println!("leaders: {leaders:?}");
+    assert_eq!(cp.workers().await, before, "no worker restarted or moved");
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_etcd_stops_leading_within_its_lease() {
+    let net = common::netns::Net::new();
+    let etcd_ip = net.host_addr(3);
+    let etcd = Etcd::start_also_on(&etcd_ip);
+    let pki = Pki::new(&[]);
+    for m in MASTERS {
+        pki.issue("master", m);
+    }
+    // m1 runs in the namespace and reaches etcd through the veth; m2 on loopback.
+    let listen = format!("{}:{}", net.ns_ip, common::stable_port());
+    let mut cmd = Command::new(common::system_tool("ip"));
+    cmd.args(["netns", "exec", &net.ns])
+        .arg(common::master_bin())
+        .args(["serve", "--listen", &listen, "--name", "m1"])
+        .args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoint_on(&etcd_ip),
+        ])
+        .arg("--pki-dir")
+        .arg(&pki.path);
+    let m1 = Proc::spawn(cmd);
+    let leader_per = async |addr| describe_at(&pki, addr).await.map(|cp| cp.leader);
+    eventually_async("m1 to lead", Duration::from_secs(15), || async {
+        (leader_per(m1.addr).await? == "m1").then_some(())
+    })
+    .await;
+    let m2 = spawn_master(
+        &pki,
+        &etcd,
+        "m2",
+        &format!("127.0.0.1:{}", common::stable_port()),
+    );
+    eventually_async("m2 to follow m1", Duration::from_secs(15), || async {
+        (leader_per(m2.addr).await? == "m1").then_some(())
+    })
+    .await;
+
+    net.blackhole(&etcd_ip);
+    let cut = Instant::now();
+    eventually_async("m1 to stop leading", Duration::from_secs(10), || async {
+        (leader_per(m1.addr).await? != "m1").then_some(())
+    })
+    .await;
+    let stepped_down = cut.elapsed();
+    eventually_async("m2 to lead", Duration::from_secs(10), || async {
+        (leader_per(m2.addr).await? == "m2").then_some(())
+    })
+    .await;
+    println!(
+        "m1 stepped down {stepped_down:?} after losing etcd; m2 leads after {:?}",
+        cut.elapsed()
+    );
+    // Within its 2 s lease (sure of it until 0.9 x TTL after its last keep-alive), plus polling.
+    assert!(
+        stepped_down < Duration::from_millis(2500),
+        "{stepped_down:?}"
+    );
+    assert!(m1.logs().contains("no longer the leader"));
 }

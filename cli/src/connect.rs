@@ -35,7 +35,12 @@ fn tls(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
 pub async fn channel(cli: &Cli) -> Result<Channel, Failure> {
     let tls = tls(cli)?;
     let mut failures = Vec::new();
-    for master in cli.master.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for master in cli
+        .master
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
         let url = format!("https://{master}");
         let endpoint = Channel::from_shared(url.clone())
             .map_err(|_| Failure::Config(format!("'{master}' is not a master address")))?

@@ -217,6 +217,7 @@ impl Leadership {
         self.view.send_modify(|v| {
             if let Some(term) = v.term.take() {
                 term.stop.cancel();
+                v.leader = None; // unknown until the watch or a campaign tells
                 tracing::warn!(epoch = term.epoch, "no longer the leader");
             }
         });
@@ -275,8 +276,15 @@ impl Leadership {
             {
                 return Err(not_leading());
             }
+            let sure_until = self.base + Duration::from_millis(held_until.load(Ordering::SeqCst));
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                // No keep-alive confirmed in time: stop leading now, not at the next tick.
+                _ = tokio::time::sleep_until(sure_until.into()), if leading.is_some() => {
+                    return Err(StoreError::Unavailable(
+                        "no lease keep-alive confirmed within the lease: etcd is unreachable".into(),
+                    ));
+                }
                 _ = ticker.tick() => {
                     let sent = Instant::now();
                     match tokio::time::timeout(ttl / 3, etcd.keep_alive(lease)).await {
