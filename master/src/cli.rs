@@ -60,6 +60,10 @@ enum Command {
         /// The agent executable (default: switchyard-agent next to this executable).
         #[arg(long)]
         agent_exe: Option<PathBuf>,
+        /// Number of masters: 1 on sled, or several (m1..mN) on a local etcd started by dev
+        /// (the `etcd` executable from PATH: Debian's etcd-server).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+        masters: u16,
     },
     /// Manage join tokens offline, in a stopped master's store (a running master: `switchyard
     /// token`).
@@ -404,12 +408,14 @@ fn run(command: Command) -> Result<(), Failure> {
             agents,
             listen,
             agent_exe,
+            masters,
         } => runtime()?.block_on(async {
             let options = dev::DevOptions {
                 dir,
                 agents,
                 listen,
                 agent_exe,
+                masters,
             };
             dev::run(options, switchyard::shutdown::on_signal())
                 .await
@@ -444,7 +450,7 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
         grace: std::time::Duration::from_millis(grace),
     };
     let node_cert_ttl = node_cert_ttl(config.node_cert_ttl.as_deref())?;
-    let control_plane = control_plane(&config, listen)?;
+    let control_plane = control_plane(&config)?;
     let mut signer = None;
     let (security, identity) = match (config.insecure.unwrap_or(false), config.pki_dir) {
         (true, _) => (Security::Insecure, None),
@@ -638,7 +644,7 @@ fn node_cert_ttl(text: Option<&str>) -> Result<std::time::Duration, Failure> {
 }
 
 /// This master's place among the masters of its store, from the effective configuration.
-fn control_plane(config: &ServeFile, listen: SocketAddr) -> Result<crate::ControlPlane, Failure> {
+fn control_plane(config: &ServeFile) -> Result<crate::ControlPlane, Failure> {
     let name = config.name.clone().unwrap_or_else(|| "master".to_owned());
     if !switchyard::auth::valid_name(&name) {
         return Err(Failure::Config(format!(
@@ -653,13 +659,12 @@ fn control_plane(config: &ServeFile, listen: SocketAddr) -> Result<crate::Contro
             "leader_lease: '{text}' is not between 2s and 60s"
         )));
     }
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| listen.to_string());
-    if advertise
-        .rsplit_once(':')
-        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    // Unset: the address the master is bound to (known once it listens).
+    let advertise = config.advertise.clone().unwrap_or_default();
+    if !advertise.is_empty()
+        && advertise
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| !p.parse::<u16>().is_ok_and(|p| p != 0))
     {
         return Err(Failure::Config(format!(
             "advertise: '{advertise}' is not host:port"

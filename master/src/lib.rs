@@ -79,7 +79,7 @@ pub struct MasterOptions {
 pub struct ControlPlane {
     /// Its name.
     pub name: String,
-    /// Where agents and clients reach it (host:port).
+    /// Where agents and clients reach it (host:port; empty: the address it listens on).
     pub advertise: String,
     /// The leader's etcd lease.
     pub leader_lease: std::time::Duration,
@@ -134,7 +134,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), MasterError> {
     let opened = open_store(&options.store, &shutdown).await?;
-    let cp = &options.control_plane;
+    let mut cp = options.control_plane.clone();
+    if cp.advertise.is_empty() {
+        cp.advertise = listener
+            .local_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+    }
     let leadership = Arc::new(match &opened.etcd {
         Some(_) => leader::Leadership::elected(&cp.name, &cp.advertise, cp.leader_lease),
         None => leader::Leadership::single(&cp.name, &cp.advertise, shutdown.clone()),
