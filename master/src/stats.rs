@@ -144,6 +144,9 @@ impl Core {
                 online: nodes
                     .get(&m.node_oid)
                     .is_some_and(|n| n.status == NodeStatus::Online as i32),
+                drained: nodes
+                    .get(&m.node_oid)
+                    .is_some_and(crate::monitor::drain::drained),
             })
             .collect();
         let desired: u32 = assign(&facts).0.values().sum();

@@ -24,6 +24,8 @@ pub struct WorkerSpec {
     pub secret: String,
     /// Its links to the group's other workers, by link id.
     pub links: BTreeMap<String, apb::RouterLink>,
+    /// Its placement records the port it listens on (so its peers link to it).
+    pub listening: bool,
 }
 
 /// What a router cluster wants: node oid → worker id → worker.
@@ -242,7 +244,14 @@ pub fn desired(
         let realms = realms(g);
         let range = g.port_range.unwrap_or_default();
         let group_peers = peers.get(s.group.as_str()).map_or(&[][..], Vec::as_slice);
+        let listening = placements.iter().any(|p| {
+            p.workergroup_oid == s.group
+                && p.worker_name == s.worker
+                && p.node_oid == s.node
+                && p.tcp_listening_port != 0
+        });
         let spec = WorkerSpec {
+            listening,
             owner: Owner::router(cluster, &g.oid),
             links: desired_links(&s.worker, &realms, group_peers),
             realms,
@@ -306,7 +315,55 @@ pub fn plan(cluster: &str, desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
+    hand_over(cluster, desired, observed, &mut out);
     out
+}
+
+/// Keeps a worker that is re-placed (its node drained, or no member any more) running until its
+/// replacement serves: started, listening where its peers look for it, and its group's workers
+/// linked (no other action planned for the group). Its WAMP clients then reconnect to a
+/// worker that is there.
+fn hand_over(cluster: &str, desired: &Desired, observed: &Observed, out: &mut Plan) {
+    let owner_of = |a: &Action| -> Option<Owner> {
+        match a {
+            Action::StopWorker { .. } => None,
+            Action::StartWorker { owner, .. } => Some(owner.clone()),
+            other => desired
+                .get(other.node())
+                .and_then(|ws| ws.get(other.worker()))
+                .map(|s| s.owner.clone()),
+        }
+    };
+    let busy: BTreeSet<Owner> = out.actions.iter().filter_map(owner_of).collect();
+    let replaced_by_ready = |node: &str, id: &str, group: &str| -> Option<bool> {
+        let owner = Owner::router(cluster, group);
+        let (new_node, spec) = desired.iter().find_map(|(n, ws)| {
+            ws.get(id)
+                .filter(|s| n != node && s.owner == owner)
+                .map(|s| (n, s))
+        })?;
+        let started = observed
+            .get(new_node)
+            .and_then(|ws| ws.get(id))
+            .is_some_and(|w| {
+                w.status == WorkerStatus::Started
+                    && w.owner.as_ref() == Some(&owner)
+                    && w.config.is_some()
+            });
+        Some(started && spec.listening && !busy.contains(&owner))
+    };
+    let serving = |node: &str, id: &str| {
+        observed
+            .get(node)
+            .and_then(|ws| ws.get(id))
+            .is_some_and(|w| w.status == WorkerStatus::Started)
+    };
+    out.actions.retain(|a| match a {
+        Action::StopWorker { node, id, group } if serving(node, id) => {
+            replaced_by_ready(node, id, group).unwrap_or(true)
+        }
+        _ => true,
+    });
 }
 
 /// The actions that bring a running (or just started) worker from `seen` to `spec`.
@@ -370,6 +427,7 @@ mod tests {
             realms,
             port_range: (10000, 10100),
             secret: "s".into(),
+            listening: true,
         }
     }
 
@@ -468,20 +526,56 @@ mod tests {
     }
 
     #[test]
-    fn a_placement_change_stops_the_old_worker_and_starts_the_new_one() {
-        let s = spec("g", &[]);
+    fn a_re_placed_worker_stops_only_once_its_replacement_serves_and_is_linked() {
+        let s = spec("g", &[("g_1", 10001)]);
         let d = desired_on("n2", &[("g_0", s.clone())]);
-        let o: Observed = [
-            (
-                "n1".into(),
-                [("g_0".into(), running(s.owner.clone(), &s))].into(),
-            ),
+        let old = running(s.owner.clone(), &s);
+        let mut o: Observed = [
+            ("n1".into(), [("g_0".into(), old)].into()),
             ("n2".into(), BTreeMap::new()),
         ]
         .into();
         let p = plan(C, &d, &o);
-        assert_eq!(p.actions[0], stop("n1", "g_0"));
-        assert!(matches!(&p.actions[1], Action::StartWorker { node, .. } if node == "n2"));
+        assert!(matches!(&p.actions[0], Action::StartWorker { node, .. } if node == "n2"));
+        assert!(
+            !p.actions.contains(&stop("n1", "g_0")),
+            "the old worker serves until the new one does"
+        );
+        // Started and configured, but its port not recorded yet (peers cannot link to it).
+        let new = running(s.owner.clone(), &s);
+        o.get_mut("n2").unwrap().insert("g_0".into(), new);
+        let unlisted = WorkerSpec {
+            listening: false,
+            ..s.clone()
+        };
+        let p = plan(C, &desired_on("n2", &[("g_0", unlisted)]), &o);
+        assert_eq!(p.actions, []);
+        // Listening, and nothing left to configure in its group: the old one stops.
+        assert_eq!(plan(C, &d, &o).actions, [stop("n1", "g_0")]);
+        // A peer still to be linked to it keeps the old one.
+        let mut peer = s.clone();
+        peer.links.insert(
+            "g_0@realm1".into(),
+            apb::RouterLink {
+                id: "g_0@realm1".into(),
+                realm: "realm1".into(),
+                peer_host: "10.0.0.2".into(),
+                peer_port: 10000,
+                peer_path: "/ws".into(),
+                connected: false,
+            },
+        );
+        let mut d2 = d.clone();
+        d2.entry("n3".into())
+            .or_default()
+            .insert("g_1".into(), peer.clone());
+        o.insert(
+            "n3".into(),
+            [("g_1".into(), running(s.owner.clone(), &s))].into(),
+        );
+        let p = plan(C, &d2, &o);
+        assert!(!p.actions.contains(&stop("n1", "g_0")), "{:?}", p.actions);
+        assert!(!p.actions.is_empty());
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub async fn reconcile(
     }
     let findings = Findings {
         stopping,
+        crash_looping: crash_looping(&observed, &desired, &nodes),
         unobserved: !unobserved.is_empty() || super::online_unseen(core, &observed).await?,
         acted,
         failures,
@@ -119,6 +120,27 @@ pub async fn reconcile(
     Ok(apply::<RouterCluster>(core, oid, decide(&findings)).await?)
 }
 
+/// The wanted workers their agents restart after a crash, as `node/worker`.
+fn crash_looping(
+    observed: &Observed,
+    desired: &Desired,
+    nodes: &BTreeMap<String, Node>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (node, ws) in observed {
+        for (id, w) in ws {
+            let wanted = desired.get(node).and_then(|d| d.get(id));
+            if w.status == WorkerStatus::Restarting
+                && wanted.is_some_and(|s| w.owner.as_ref() == Some(&s.owner))
+            {
+                let authid = nodes.get(node).map_or(node.as_str(), |n| &n.authid);
+                out.push(format!("{authid}/{id}"));
+            }
+        }
+    }
+    out
+}
+
 fn member_facts(members: &[RouterClusterNode], nodes: &BTreeMap<String, Node>) -> Vec<Member> {
     members
         .iter()
@@ -130,6 +152,7 @@ fn member_facts(members: &[RouterClusterNode], nodes: &BTreeMap<String, Node>) -
             online: nodes
                 .get(&m.node_oid)
                 .is_some_and(|n| n.status == NodeStatus::Online as i32),
+            drained: nodes.get(&m.node_oid).is_some_and(super::drain::drained),
         })
         .collect()
 }
