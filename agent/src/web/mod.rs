@@ -298,7 +298,9 @@ async fn accept_loop(
         };
         serve(stream, peer);
     }
-    // Draining: what the kernel already queued on this socket is served, not reset.
+    // Draining: what the kernel queued on this socket is served, then it closes (closing
+    // resets what is queued after that, unless the kernel migrates it to the port's other
+    // sockets: net.ipv4.tcp_migrate_req, see docs/operations.md, "Rolling restarts").
     while let Some(Ok((stream, peer))) = futures::FutureExt::now_or_never(listener.accept()) {
         serve(stream, peer);
     }

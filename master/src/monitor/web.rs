@@ -242,11 +242,9 @@ fn start_or_configure(
         Some(w) => configure(actions, desired, &node, &id, w),
         None => {
             // Missing, stopped or failed: (re)start it with its transport and services.
+            // Services before the listener: a worker takes its first request (on a shared
+            // port, as soon as it listens) only once it serves everything.
             actions.push(Action::StartWorker {
-                node: node.clone(),
-                id: id.clone(),
-            });
-            actions.push(Action::StartTransport {
                 node: node.clone(),
                 id: id.clone(),
             });
@@ -257,6 +255,10 @@ fn start_or_configure(
                     service: s.clone(),
                 });
             }
+            actions.push(Action::StartTransport {
+                node: node.clone(),
+                id: id.clone(),
+            });
         }
     }
 }
@@ -264,12 +266,6 @@ fn start_or_configure(
 /// The actions that bring running worker `id` to the desired transport and services.
 fn configure(actions: &mut Vec<Action>, desired: &Desired, node: &str, id: &str, w: &WorkerObs) {
     let (node, id) = (node.to_owned(), id.to_owned());
-    if !w.transport {
-        actions.push(Action::StartTransport {
-            node: node.clone(),
-            id: id.clone(),
-        });
-    }
     for (path, s) in &w.services {
         if desired.services.get(path) != Some(s) {
             actions.push(Action::StopService {
@@ -287,6 +283,9 @@ fn configure(actions: &mut Vec<Action>, desired: &Desired, node: &str, id: &str,
                 service: s.clone(),
             });
         }
+    }
+    if !w.transport {
+        actions.push(Action::StartTransport { node, id });
     }
 }
 
@@ -371,8 +370,12 @@ mod tests {
                 id: "cpw-abcdef01-0".into()
             }
         );
+        assert!(
+            matches!(&a[1], Action::StartService { id, .. } if id == "cpw-abcdef01-0"),
+            "services are mounted before the worker listens: {a:?}"
+        );
         assert_eq!(
-            a[1],
+            a[2],
             Action::StartTransport {
                 node: "n1".into(),
                 id: "cpw-abcdef01-0".into()
