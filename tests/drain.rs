@@ -1,0 +1,254 @@
+//! Draining a node (issue 18): a drained node's router workers are re-placed on the other
+//! members, the node shows DRAINING then DRAINED; undraining moves nothing back. Bad input
+//! names the field; an unknown node is NOT_FOUND. Real master, agent and worker processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Pki, Proc, channel, eventually_async};
+use switchyard::pb::agent::v1::{
+    self as apb, WorkerStatus, node_controller_service_client::NodeControllerServiceClient,
+};
+use switchyard::pb::master::v1::{
+    self as pb, ClusterStatus, DrainStatus, node_service_client::NodeServiceClient,
+    router_cluster_service_client::RouterClusterServiceClient,
+};
+use tonic::transport::Channel;
+
+struct Cluster {
+    pki: Pki,
+    _data: tempfile::TempDir,
+    _master: Proc,
+    agents: BTreeMap<String, Proc>,
+    nodes: NodeServiceClient<Channel>,
+    router: RouterClusterServiceClient<Channel>,
+}
+
+impl Cluster {
+    async fn new(names: &[&str]) -> Cluster {
+        let pki = Pki::new(names);
+        let data = tempfile::tempdir().unwrap();
+        let master = Proc::master(&pki, data.path());
+        let agents = names
+            .iter()
+            .map(|n| (n.to_string(), Proc::agent(&pki, n, master.addr)))
+            .collect();
+        common::nodes_online(&pki, master.addr, names.len(), Duration::from_secs(15)).await;
+        let ch = channel(&pki, "admin", master.addr).await;
+        Cluster {
+            nodes: NodeServiceClient::new(ch.clone()),
+            router: RouterClusterServiceClient::new(ch),
+            pki,
+            _data: data,
+            _master: master,
+            agents,
+        }
+    }
+
+    /// (id, pid) of the started router workers on `node`.
+    async fn workers(&self, node: &str) -> Vec<(String, u32)> {
+        let addr = self.agents[node].addr;
+        let mut nc = NodeControllerServiceClient::new(channel(&self.pki, "admin", addr).await);
+        let mut out: Vec<_> = nc
+            .list_workers(apb::ListWorkersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workers
+            .into_iter()
+            .filter(|w| w.status == WorkerStatus::Started as i32)
+            .map(|w| (w.id, w.pid))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn all_workers(&self) -> BTreeMap<String, Vec<(String, u32)>> {
+        let mut out = BTreeMap::new();
+        for n in self.agents.keys() {
+            out.insert(n.clone(), self.workers(n).await);
+        }
+        out
+    }
+
+    async fn node(&self, name: &str) -> pb::Node {
+        self.nodes
+            .clone()
+            .get_node_by_name(pb::GetNodeByNameRequest {
+                authid: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .node
+            .unwrap()
+    }
+
+    async fn status(&self, rc: &str) -> i32 {
+        self.router
+            .clone()
+            .get_router_cluster(pb::GetRouterClusterRequest {
+                routercluster_oid: rc.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .routercluster
+            .unwrap()
+            .status
+    }
+}
+
+fn total(w: &BTreeMap<String, Vec<(String, u32)>>) -> usize {
+    w.values().map(Vec::len).sum()
+}
+
+#[tokio::test]
+async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing() {
+    let names = ["node1", "node2", "node3"];
+    let c = Cluster::new(&names).await;
+    let rc = common::create_router_cluster(&mut c.router.clone(), "routers").await;
+    for n in names {
+        common::add_router_node(&mut c.router.clone(), &rc, n, None)
+            .await
+            .unwrap();
+    }
+    c.router
+        .clone()
+        .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
+            routercluster_oid: rc.clone(),
+            workergroup: Some(pb::RouterWorkerGroup {
+                name: "grp".into(),
+                scale: 3,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    c.router
+        .clone()
+        .start_router_cluster(pb::StartRouterClusterRequest {
+            routercluster_oid: rc.clone(),
+        })
+        .await
+        .unwrap();
+    let before = eventually_async("3 workers, RUNNING", Duration::from_secs(30), || async {
+        let w = c.all_workers().await;
+        (c.status(&rc).await == ClusterStatus::Running as i32 && total(&w) == 3).then_some(w)
+    })
+    .await;
+    let victim = before
+        .iter()
+        .find(|(_, w)| !w.is_empty())
+        .unwrap()
+        .0
+        .clone();
+
+    let node = c.node(&victim).await;
+    assert_eq!(node.drain, DrainStatus::Unspecified as i32);
+    let drained = c
+        .nodes
+        .clone()
+        .drain_node(pb::DrainNodeRequest {
+            node_oid: node.oid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    assert_eq!(
+        drained.drain,
+        DrainStatus::Draining as i32,
+        "DRAINING at first"
+    );
+    let after = eventually_async("the hand-over", Duration::from_secs(30), || async {
+        let w = c.all_workers().await;
+        let done = w[&victim].is_empty()
+            && total(&w) == 3
+            && c.node(&victim).await.drain == DrainStatus::Drained as i32
+            && c.status(&rc).await == ClusterStatus::Running as i32;
+        done.then_some(w)
+    })
+    .await;
+    // The workers that were elsewhere kept their processes.
+    for (n, ws) in before.iter().filter(|(n, _)| **n != victim) {
+        for w in ws {
+            assert!(after[n].contains(w), "{n}: {w:?} moved");
+        }
+    }
+
+    // Undrain: eligible again, nothing moves (watched for a few monitor periods).
+    let undrained = c
+        .nodes
+        .clone()
+        .undrain_node(pb::UndrainNodeRequest {
+            node_oid: node.oid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    assert_eq!(undrained.drain, DrainStatus::Unspecified as i32);
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(4) {
+        assert_eq!(c.all_workers().await, after, "undrain moved a worker");
+    }
+}
+
+#[tokio::test]
+async fn drain_names_the_field_of_bad_input_and_refuses_unknown_nodes() {
+    let c = Cluster::new(&["node1"]).await;
+    for bad in ["", "node1", "not-an-oid"] {
+        let err = c
+            .nodes
+            .clone()
+            .drain_node(pb::DrainNodeRequest {
+                node_oid: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains("node_oid"), "{}", err.message());
+    }
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    for drain in [true, false] {
+        let err = if drain {
+            c.nodes
+                .clone()
+                .drain_node(pb::DrainNodeRequest {
+                    node_oid: unknown.into(),
+                })
+                .await
+                .map(drop)
+        } else {
+            c.nodes
+                .clone()
+                .undrain_node(pb::UndrainNodeRequest {
+                    node_oid: unknown.into(),
+                })
+                .await
+                .map(drop)
+        }
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    }
+    // Draining twice changes nothing; a node with nothing of a cluster on it becomes DRAINED.
+    let oid = c.node("node1").await.oid;
+    for _ in 0..2 {
+        c.nodes
+            .clone()
+            .drain_node(pb::DrainNodeRequest {
+                node_oid: oid.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    eventually_async("DRAINED", Duration::from_secs(15), || async {
+        (c.node("node1").await.drain == DrainStatus::Drained as i32).then_some(())
+    })
+    .await;
+}
