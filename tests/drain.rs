@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Pki, Proc, channel, eventually_async};
@@ -101,6 +102,40 @@ impl Cluster {
     }
 }
 
+/// The group's placements: (node authid, port).
+async fn placements(c: &Cluster, rc: &str, group: &str) -> Vec<(String, u32)> {
+    c.router
+        .clone()
+        .stat_router_cluster_worker_group(pb::StatRouterClusterWorkerGroupRequest {
+            routercluster_oid: rc.into(),
+            workergroup_oid: group.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stat
+        .unwrap()
+        .placements
+        .into_iter()
+        .map(|p| (p.node_authid, p.tcp_listening_port))
+        .collect()
+}
+
+/// `tests/python/wamp_steady.py` publishing and calling until `stop` exists.
+fn steady(from: u32, to: u32, stop: &std::path::Path) -> std::process::Child {
+    let url = |port: u32| format!("ws://127.0.0.1:{port}/ws");
+    Command::new(common::tool("python"))
+        .arg(common::repo().join("tests/python/wamp_steady.py"))
+        .args(["--publisher", &url(from), "--caller", &url(from)])
+        .args(["--subscriber", &url(to), "--callee", &url(to)])
+        .arg("--stop")
+        .arg(stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wamp_steady.py")
+}
+
 fn total(w: &BTreeMap<String, Vec<(String, u32)>>) -> usize {
     w.values().map(Vec::len).sum()
 }
@@ -115,7 +150,8 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
             .await
             .unwrap();
     }
-    c.router
+    let group = c
+        .router
         .clone()
         .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
             routercluster_oid: rc.clone(),
@@ -126,7 +162,11 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
             }),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .workergroup
+        .unwrap()
+        .oid;
     c.router
         .clone()
         .start_router_cluster(pb::StartRouterClusterRequest {
@@ -145,6 +185,21 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
         .unwrap()
         .0
         .clone();
+    // A WAMP client pair on the two other nodes' workers publishes and calls throughout.
+    let ports = eventually_async("every port known", Duration::from_secs(15), || async {
+        let p = placements(&c, &rc, &group).await;
+        p.iter().all(|(_, port)| *port != 0).then_some(p)
+    })
+    .await;
+    let others: Vec<u32> = ports
+        .iter()
+        .filter(|(n, _)| *n != victim)
+        .map(|(_, p)| *p)
+        .collect();
+    assert_eq!(others.len(), 2, "{ports:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let client = steady(others[0], others[1], &stop);
 
     let node = c.node(&victim).await;
     assert_eq!(node.drain, DrainStatus::Unspecified as i32);
@@ -173,6 +228,28 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
         done.then_some(w)
     })
     .await;
+    std::fs::write(&stop, "").unwrap();
+    let out = tokio::task::spawn_blocking(move || client.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "wamp_steady.py printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    println!("WAMP client during the drain: {report}");
+    assert_eq!(report["ready"], true, "{report}");
+    assert!(report["published"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(report["received"], report["published"], "{report}");
+    assert_eq!(report["call_failures"], 0, "{report}");
+    // The moved worker serves where it was placed.
+    let moved = placements(&c, &rc, &group).await;
+    assert!(
+        moved.iter().all(|(n, p)| *n != victim && *p != 0),
+        "{moved:?}"
+    );
     // The workers that were elsewhere kept their processes.
     for (n, ws) in before.iter().filter(|(n, _)| **n != victim) {
         for w in ws {

@@ -290,6 +290,9 @@ pub enum RouterCmd {
     Start { name: String },
     /// Stop it.
     Stop { name: String },
+    /// Rolling restart: replace every router worker with a new process, one worker of a
+    /// group at a time (returns once accepted; `show` says `restarting` until done).
+    Restart { name: String },
     /// Delete it (it must be stopped).
     Delete { name: String },
     /// Add a member node.

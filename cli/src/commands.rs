@@ -753,6 +753,8 @@ fn print_router(f: Format, c: &pb::RouterCluster) -> R {
         ("oid", c.oid.clone()),
         ("status", status_name(c.status)),
         ("reason", c.status_reason.clone()),
+        ("restarting", c.restarting.to_string()),
+        ("generation", c.restart_generation.to_string()),
     ]);
     Ok(())
 }
@@ -828,6 +830,18 @@ async fn router(ch: Channel, f: Format, c: RouterCmd) -> R {
                 .change
                 .unwrap_or_default();
             print_change(f, &c)
+        }
+        RouterCmd::Restart { name } => {
+            let oid = router_by_name(&mut api, &name).await?.oid;
+            let c = api
+                .restart_router_cluster(pb::RestartRouterClusterRequest {
+                    routercluster_oid: oid,
+                })
+                .await?
+                .into_inner()
+                .routercluster
+                .unwrap_or_default();
+            print_router(f, &c)
         }
         RouterCmd::Delete { name } => {
             let oid = router_by_name(&mut api, &name).await?.oid;

@@ -199,13 +199,15 @@ impl Core {
         {
             if let Some(node) = nodes.get(node_oid) {
                 let mut ws = self
-                    .workers_on(node, WorkerType::Router, |w| names.contains(&w.id.as_str()))
+                    .workers_on(node, WorkerType::Router, |w| {
+                        names.contains(&crate::monitor::router::slot_name(&w.id))
+                    })
                     .await;
                 for w in &mut ws {
                     w.workergroup_oid = group.oid.clone();
                     w.port = placements
                         .iter()
-                        .find(|p| p.worker_name == w.worker_id)
+                        .find(|p| p.worker_name == crate::monitor::router::slot_name(&w.worker_id))
                         .map_or(0, |p| p.tcp_listening_port);
                 }
                 workers.extend(ws);

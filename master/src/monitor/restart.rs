@@ -1,9 +1,9 @@
 //! The end of a rolling restart (docs/operations.md, "Rolling restarts"): the restart API
 //! stores a cluster's next worker generation with `restarting` set; the cluster's monitor
 //! replaces the older generations' workers and, once none is left, clears `restarting` here
-//! and publishes `on_webcluster_restarted`.
+//! and publishes `on_webcluster_restarted` / `on_routercluster_restarted`.
 
-use switchyard::pb::master::v1::{EventType, WebCluster, event};
+use switchyard::pb::master::v1::{EventType, RouterCluster, WebCluster, event};
 
 use super::status::ClusterRecord;
 use crate::store::{StoreError, StoreExt, Txn, codec};
@@ -29,6 +29,21 @@ impl Restartable for WebCluster {
         (
             EventType::OnWebclusterRestarted,
             event::Object::Webcluster(crate::web::redact(self)),
+        )
+    }
+}
+
+impl Restartable for RouterCluster {
+    fn restarting_mut(&mut self) -> &mut bool {
+        &mut self.restarting
+    }
+    fn generation(&self) -> u32 {
+        self.restart_generation
+    }
+    fn restarted(self) -> (EventType, event::Object) {
+        (
+            EventType::OnRouterclusterRestarted,
+            event::Object::Routercluster(self),
         )
     }
 }
