@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Pki, Proc, channel, eventually_async};
@@ -13,7 +14,8 @@ use switchyard::pb::agent::v1::{
     self as apb, WorkerStatus, node_controller_service_client::NodeControllerServiceClient,
 };
 use switchyard::pb::master::v1::{
-    self as pb, ClusterStatus, DrainStatus, node_service_client::NodeServiceClient,
+    self as pb, ClusterStatus, DrainStatus, EventType, event,
+    event_service_client::EventServiceClient, node_service_client::NodeServiceClient,
     router_cluster_service_client::RouterClusterServiceClient,
 };
 use tonic::transport::Channel;
@@ -25,6 +27,7 @@ struct Cluster {
     agents: BTreeMap<String, Proc>,
     nodes: NodeServiceClient<Channel>,
     router: RouterClusterServiceClient<Channel>,
+    ch: Channel,
 }
 
 impl Cluster {
@@ -40,7 +43,8 @@ impl Cluster {
         let ch = channel(&pki, "admin", master.addr).await;
         Cluster {
             nodes: NodeServiceClient::new(ch.clone()),
-            router: RouterClusterServiceClient::new(ch),
+            router: RouterClusterServiceClient::new(ch.clone()),
+            ch,
             pki,
             _data: data,
             _master: master,
@@ -100,6 +104,25 @@ impl Cluster {
             .unwrap()
             .status
     }
+}
+
+/// Every master event from now on, as it arrives.
+async fn record_events(c: &Cluster) -> Arc<Mutex<Vec<pb::Event>>> {
+    let mut watch = EventServiceClient::new(c.ch.clone())
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = watch.message().await {
+            if let Some(e) = r.event {
+                sink.lock().unwrap().push(e);
+            }
+        }
+    });
+    events
 }
 
 /// The group's placements: (node authid, port).
@@ -203,6 +226,7 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
 
     let node = c.node(&victim).await;
     assert_eq!(node.drain, DrainStatus::Unspecified as i32);
+    let events = record_events(&c).await;
     let drained = c
         .nodes
         .clone()
@@ -221,6 +245,8 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
     );
     let after = eventually_async("the hand-over", Duration::from_secs(30), || async {
         let w = c.all_workers().await;
+        // New before old: the moved worker's replacement starts before it stops.
+        assert!((3..=4).contains(&total(&w)), "{w:?}");
         let done = w[&victim].is_empty()
             && total(&w) == 3
             && c.node(&victim).await.drain == DrainStatus::Drained as i32
@@ -244,6 +270,38 @@ async fn a_drained_node_hands_its_router_workers_over_and_undrain_moves_nothing(
     assert!(report["published"].as_u64().unwrap() >= 20, "{report}");
     assert_eq!(report["received"], report["published"], "{report}");
     assert_eq!(report["call_failures"], 0, "{report}");
+    // Its replacement was listening on its new placement before the moved worker stopped.
+    let moved_name = before[&victim][0].0.clone();
+    let seen = events.lock().unwrap().clone();
+    let listening = seen.iter().position(|e| match &e.object {
+        Some(event::Object::Placement(p)) => {
+            p.worker_name == moved_name && p.node_oid != node.oid && p.tcp_listening_port != 0
+        }
+        _ => false,
+    });
+    let stopped = seen.iter().position(|e| match &e.object {
+        Some(event::Object::Worker(w)) => {
+            e.r#type == EventType::OnWorkerStopped as i32
+                && w.node_oid == node.oid
+                && w.worker_id == moved_name
+        }
+        _ => false,
+    });
+    let (Some(listening), Some(stopped)) = (listening, stopped) else {
+        panic!("no placement with a port ({listening:?}) or no stop ({stopped:?}): {seen:?}");
+    };
+    assert!(
+        listening < stopped,
+        "the old worker stopped before its replacement listened: {seen:?}"
+    );
+    let kinds: Vec<i32> = seen.iter().map(|e| e.r#type).collect();
+    let draining = kinds
+        .iter()
+        .position(|k| *k == EventType::OnNodeDraining as i32);
+    let drained = kinds
+        .iter()
+        .position(|k| *k == EventType::OnNodeDrained as i32);
+    assert!(draining.is_some() && draining < drained, "{kinds:?}");
     // The moved worker serves where it was placed.
     let moved = placements(&c, &rc, &group).await;
     assert!(

@@ -302,3 +302,165 @@ async fn a_rolling_restart_replaces_every_worker_without_failing_a_request() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }
+
+/// (node, id, pid) of every started router worker on the nodes of `agents`.
+async fn router_workers(pki: &Pki, agents: &[(&str, &Proc)]) -> Vec<(String, String, u32)> {
+    use switchyard::pb::agent::v1::{
+        self as apb, node_controller_service_client::NodeControllerServiceClient,
+    };
+    let mut out = Vec::new();
+    for (name, agent) in agents {
+        let mut nc = NodeControllerServiceClient::new(channel(pki, "admin", agent.addr).await);
+        let ws = nc
+            .list_workers(apb::ListWorkersRequest {
+                r#type: apb::WorkerType::Router as i32,
+                status: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
+        out.extend(
+            ws.into_iter()
+                .filter(|w| w.status == WorkerStatus::Started as i32)
+                .map(|w| (name.to_string(), w.id, w.pid)),
+        );
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_router_cluster_restart_replaces_every_worker_and_the_group_serves_after() {
+    use switchyard::pb::master::v1::router_cluster_service_client::RouterClusterServiceClient;
+    let pki = Pki::new(&["node1", "node2"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = Proc::master(&pki, data.path());
+    let a1 = Proc::agent(&pki, "node1", master.addr);
+    let a2 = Proc::agent(&pki, "node2", master.addr);
+    let agents = [("node1", &a1), ("node2", &a2)];
+    common::nodes_online(&pki, master.addr, 2, Duration::from_secs(15)).await;
+    let mut router = RouterClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
+    let rc = common::create_router_cluster(&mut router, "wamp").await;
+    for n in ["node1", "node2"] {
+        common::add_router_node(&mut router, &rc, n, Some(2))
+            .await
+            .unwrap();
+    }
+    let group = router
+        .add_router_cluster_worker_group(pb::AddRouterClusterWorkerGroupRequest {
+            routercluster_oid: rc.clone(),
+            workergroup: Some(pb::RouterWorkerGroup {
+                name: "grp".into(),
+                scale: 2,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workergroup
+        .unwrap()
+        .oid;
+    router
+        .start_router_cluster(pb::StartRouterClusterRequest {
+            routercluster_oid: rc.clone(),
+        })
+        .await
+        .unwrap();
+    let state = |router: RouterClusterServiceClient<Channel>| {
+        let (rc, group) = (rc.clone(), group.clone());
+        async move {
+            let mut router = router;
+            let c = router
+                .get_router_cluster(pb::GetRouterClusterRequest {
+                    routercluster_oid: rc.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .routercluster?;
+            let stat = router
+                .stat_router_cluster_worker_group(pb::StatRouterClusterWorkerGroupRequest {
+                    routercluster_oid: rc,
+                    workergroup_oid: group,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .stat?;
+            Some((c, stat.placements))
+        }
+    };
+    let serving = |c: &pb::RouterCluster, p: &[pb::Placement]| {
+        c.status == ClusterStatus::Running as i32
+            && !c.restarting
+            && p.len() == 2
+            && p.iter().all(|p| p.tcp_listening_port != 0)
+    };
+    eventually_async(
+        "the router cluster RUNNING",
+        Duration::from_secs(30),
+        || async {
+            let (c, p) = state(router.clone()).await?;
+            serving(&c, &p).then_some(())
+        },
+    )
+    .await;
+    let before = router_workers(&pki, &agents).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let accepted = router
+        .restart_router_cluster(pb::RestartRouterClusterRequest {
+            routercluster_oid: rc.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .routercluster
+        .unwrap();
+    assert!(accepted.restarting);
+    let (placements, after) =
+        eventually_async("the roll to finish", Duration::from_secs(60), || async {
+            let (c, p) = state(router.clone()).await?;
+            assert_ne!(
+                c.status,
+                ClusterStatus::Degraded as i32,
+                "{}",
+                c.status_reason
+            );
+            let w = router_workers(&pki, &agents).await;
+            // New before old: never fewer started workers than the group's scale, and never
+            // more than one extra (one worker of the group at a time).
+            assert!((2..=3).contains(&w.len()), "{w:?}");
+            (serving(&c, &p) && w.len() == 2).then_some((p, w))
+        })
+        .await;
+    for (node, id, pid) in &after {
+        assert!(id.ends_with(".g1"), "{node}/{id} is of the new generation");
+        assert!(
+            before.iter().all(|(_, _, old)| old != pid),
+            "{node}/{id} kept pid {pid}"
+        );
+    }
+
+    // The group routes across its new workers, both ways.
+    let url = |p: &pb::Placement| format!("ws://127.0.0.1:{}/ws", p.tcp_listening_port);
+    let (a, b) = (url(&placements[0]), url(&placements[1]));
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let out = Command::new(common::tool("python"))
+            .arg(common::repo().join("tests/python/wamp_check.py"))
+            .args(["fabric", "--subscriber", to, "--publisher", from])
+            .args(["--callee", to, "--caller", from])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["events"][0][0], "hello", "{r}");
+        assert_eq!(r["call"]["echo"], "ping", "{r}");
+    }
+}
