@@ -1,8 +1,11 @@
 //! Draining a node (issue 18): a drained node's router workers are re-placed on the other
-//! members, the node shows DRAINING then DRAINED; undraining moves nothing back. Bad input
-//! names the field; an unknown node is NOT_FOUND. Real master, agent and worker processes.
+//! members while an Autobahn client pair keeps publishing and calling, and its web work moves
+//! to a standby member under curl load; the node shows DRAINING then DRAINED; undraining moves
+//! nothing back. Bad input names the field; an unknown node is NOT_FOUND. Real master, agent
+//! and worker processes.
 
 mod common;
+mod load;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -386,4 +389,132 @@ async fn drain_names_the_field_of_bad_input_and_refuses_unknown_nodes() {
         (c.node("node1").await.drain == DrainStatus::Drained as i32).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_drained_node_s_web_work_moves_to_the_standby_without_failing_a_request() {
+    use switchyard::pb::master::v1::{
+        web_cluster_service_client::WebClusterServiceClient, web_service::Service,
+    };
+    let _migrate = load::MigrateReq::enable();
+    let c = Cluster::new(&["node1", "node2"]).await;
+    let mut web = WebClusterServiceClient::new(c.ch.clone());
+    let port = common::free_port();
+    let oid = common::create_web_cluster(&mut web, "site", port).await;
+    for (node, standby) in [("node1", false), ("node2", true)] {
+        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
+            webcluster_oid: oid.clone(),
+            node_oid: node.into(),
+            config: Some(pb::WebClusterNodeConfig {
+                parallel: 2,
+                standby,
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    web.add_web_cluster_service(pb::AddWebClusterServiceRequest {
+        webcluster_oid: oid.clone(),
+        webservice: Some(pb::WebService {
+            path: "/".into(),
+            service: Some(Service::Nodeinfo(Default::default())),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    web.start_web_cluster(pb::StartWebClusterRequest {
+        webcluster_oid: oid.clone(),
+    })
+    .await
+    .unwrap();
+    let web_workers = |node: &'static str| {
+        let web = web.clone();
+        let oid = oid.clone();
+        async move {
+            let mut web = web;
+            web.list_web_cluster_workers(pb::ListWebClusterWorkersRequest {
+                webcluster_oid: oid,
+                filter_online: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workers
+            .into_iter()
+            .filter(|w| w.node_authid == node && w.status == WorkerStatus::Started as i32)
+            .count()
+        }
+    };
+    let status = || {
+        let web = web.clone();
+        let oid = oid.clone();
+        async move {
+            let mut web = web;
+            web.get_web_cluster(pb::GetWebClusterRequest {
+                webcluster_oid: oid,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .webcluster
+            .unwrap()
+            .status
+        }
+    };
+    eventually_async(
+        "node1 serving, RUNNING",
+        Duration::from_secs(30),
+        || async {
+            (status().await == ClusterStatus::Running as i32
+                && web_workers("node1").await == 2
+                && web_workers("node2").await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let keep_alive = load::Load::start(&url, dir.path(), false);
+    let close = load::Load::start(&url, dir.path(), true);
+    common::eventually("requests served", Duration::from_secs(30), || {
+        (keep_alive.answered() >= 300 && close.answered() >= 300).then_some(())
+    });
+    let node1 = c.node("node1").await.oid;
+    c.nodes
+        .clone()
+        .drain_node(pb::DrainNodeRequest {
+            node_oid: node1.clone(),
+        })
+        .await
+        .unwrap();
+    eventually_async(
+        "the standby serving, node1 DRAINED",
+        Duration::from_secs(30),
+        || async {
+            let n1 = web_workers("node1").await;
+            let n2 = web_workers("node2").await;
+            assert!(
+                n1 + n2 >= 2,
+                "fewer workers than wanted: node1 {n1}, node2 {n2}"
+            );
+            (n1 == 0
+                && n2 == 2
+                && c.node("node1").await.drain == DrainStatus::Drained as i32
+                && status().await == ClusterStatus::Running as i32)
+                .then_some(())
+        },
+    )
+    .await;
+    let during = keep_alive.answered() + close.answered();
+    common::eventually("more requests served", Duration::from_secs(60), || {
+        (keep_alive.answered() + close.answered() >= (during + 400).max(2000)).then_some(())
+    });
+    let (ok_k, failed_k) = keep_alive.finish();
+    let (ok_c, failed_c) = close.finish();
+    println!(
+        "keep-alive: {ok_k} answered, {failed_k} failed; close: {ok_c} answered, {failed_c} failed"
+    );
+    assert_eq!(failed_k + failed_c, 0, "requests failed during the drain");
 }
