@@ -370,3 +370,61 @@ async fn a_router_cluster_restart_replaces_every_worker_and_the_group_serves_aft
         assert_eq!(r["call"]["echo"], "ping", "{r}");
     }
 }
+
+#[tokio::test]
+async fn a_rolling_restart_continues_after_the_master_restarts() {
+    let pki = Pki::new(&["node1", "node2"]);
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::stable_port());
+    let mut master = Proc::master_on(&pki, data.path(), &listen);
+    let _a1 = Proc::agent(&pki, "node1", master.addr);
+    let _a2 = Proc::agent(&pki, "node2", master.addr);
+    common::nodes_online(&pki, master.addr, 2, Duration::from_secs(15)).await;
+    let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
+    let oid = common::create_web_cluster(&mut web, "site", common::free_port()).await;
+    for node in ["node1", "node2"] {
+        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
+            webcluster_oid: oid.clone(),
+            node_oid: node.into(),
+            config: Some(pb::WebClusterNodeConfig {
+                parallel: 2,
+                standby: false,
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    web.start_web_cluster(pb::StartWebClusterRequest {
+        webcluster_oid: oid.clone(),
+    })
+    .await
+    .unwrap();
+    let before = eventually_async("4 workers, RUNNING", Duration::from_secs(30), || async {
+        let c = cluster(&web, &oid).await?;
+        let s = started(&web, &oid).await;
+        (c.status == ClusterStatus::Running as i32 && s.len() == 4).then_some(s)
+    })
+    .await;
+    web.restart_web_cluster(pb::RestartWebClusterRequest {
+        webcluster_oid: oid.clone(),
+        max_parallel: None,
+    })
+    .await
+    .unwrap();
+    // The master dies mid-roll (one node at a time: the second node has not rolled yet).
+    let c = cluster(&web, &oid).await.unwrap();
+    assert!(c.restarting);
+    master.kill9();
+    let master = Proc::master_on(&pki, data.path(), &listen);
+    let web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
+    let after = eventually_async("the roll to finish", Duration::from_secs(60), || async {
+        let c = cluster(&web, &oid).await?;
+        let s = started(&web, &oid).await;
+        (!c.restarting && c.status == ClusterStatus::Running as i32 && s.len() == 4).then_some(s)
+    })
+    .await;
+    for (node, id, pid) in &after {
+        assert!(id.contains("-g1-"), "{node}/{id} is of the new generation");
+        assert!(before.iter().all(|(_, _, old)| old != pid), "{node}/{id}");
+    }
+}
