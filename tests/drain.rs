@@ -389,6 +389,32 @@ async fn drain_names_the_field_of_bad_input_and_refuses_unknown_nodes() {
         (c.node("node1").await.drain == DrainStatus::Drained as i32).then_some(())
     })
     .await;
+
+    // The CLI, by node name.
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::cli_bin())
+            .args(args)
+            .env("SWITCHYARD_MASTER", c._master.addr.to_string())
+            .env("SWITCHYARD_PKI_DIR", &c.pki.path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, shown, _) = cli(&["node", "show", "node1"]);
+    assert!(ok && shown.contains("DRAINED"), "{shown}");
+    let (ok, said, err) = cli(&["node", "undrain", "node1"]);
+    assert!(ok, "{err}");
+    assert!(said.contains("no longer drained"), "{said}");
+    let (ok, said, err) = cli(&["node", "drain", "node1"]);
+    assert!(ok, "{err}");
+    assert!(said.contains("node node1 is DRAINING"), "{said}");
+    let (ok, _, err) = cli(&["node", "drain", "nosuchnode"]);
+    assert!(!ok && err.contains("nosuchnode"), "{err}");
 }
 
 #[tokio::test]
