@@ -147,8 +147,8 @@ pub struct WebServer {
 }
 
 /// A graceful stop of a listener: `start` closes the listener (after accepting what already
-/// waits in its queue) and asks every connection to close after its current response; the
-/// connections are waited for until `deadline`, then cut.
+/// waits in its queue) and asks every connection to close after its current response;
+/// `connections` tracks them, for [`WebServer::drain`] to wait for until its timeout.
 #[derive(Debug, Clone, Default)]
 struct Drain {
     start: CancellationToken,

@@ -157,6 +157,10 @@ fn cannot_run(members: &[Member], nobody_runs: bool) -> Option<String> {
         "the cluster has no active member: a standby member runs workers only in place of an \
          offline active member"
             .to_owned()
+    } else if members.iter().any(|m| m.drained) {
+        "no active member is online and undrained, and no standby member is online and \
+         undrained to take over"
+            .to_owned()
     } else {
         "no active member is online, and no standby member is online to take over".to_owned()
     })
@@ -404,5 +408,11 @@ mod tests {
             "{all_down}"
         );
         assert_eq!(cannot_run(&[member(false, true)], false), None);
+        let drained = Member {
+            drained: true,
+            ..member(false, true)
+        };
+        let reason = cannot_run(&[drained], true).unwrap();
+        assert!(reason.contains("undrained"), "{reason}");
     }
 }
