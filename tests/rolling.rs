@@ -428,3 +428,75 @@ async fn a_rolling_restart_continues_after_the_master_restarts() {
         assert!(before.iter().all(|(_, _, old)| old != pid), "{node}/{id}");
     }
 }
+
+#[tokio::test]
+async fn a_rolling_restart_starts_the_worker_binary_installed_now() {
+    use std::os::unix::fs::MetadataExt;
+    let pki = Pki::new(&["node1"]);
+    let data = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    // The worker executable, installed as a package manager does: a new file renamed over the
+    // path (the running workers keep the old one).
+    let exe = bin.path().join("switchyard-worker");
+    let install = || {
+        let tmp = bin.path().join(".switchyard-worker.new");
+        std::fs::copy(common::agent_bin(), &tmp).unwrap();
+        std::fs::rename(&tmp, &exe).unwrap();
+        std::fs::metadata(&exe).unwrap().ino()
+    };
+    let first = install();
+    let master = Proc::master(&pki, data.path());
+    let exe_arg = exe.display().to_string();
+    let _agent = Proc::agent_with(&pki, "node1", master.addr, &["--worker-exe", &exe_arg]);
+    common::nodes_online(&pki, master.addr, 1, Duration::from_secs(15)).await;
+    let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
+    let oid = common::create_web_cluster(&mut web, "site", common::free_port()).await;
+    web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
+        webcluster_oid: oid.clone(),
+        node_oid: "node1".into(),
+        config: Some(pb::WebClusterNodeConfig {
+            parallel: 2,
+            standby: false,
+        }),
+    })
+    .await
+    .unwrap();
+    web.start_web_cluster(pb::StartWebClusterRequest {
+        webcluster_oid: oid.clone(),
+    })
+    .await
+    .unwrap();
+    let running_inodes = |web: WebClusterServiceClient<Channel>| {
+        let oid = oid.clone();
+        async move {
+            let c = cluster(&web, &oid).await?;
+            let s = started(&web, &oid).await;
+            let done = c.status == ClusterStatus::Running as i32 && !c.restarting && s.len() == 2;
+            done.then(|| {
+                s.iter()
+                    .map(|(_, _, pid)| std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino())
+                    .collect::<Vec<u64>>()
+            })
+        }
+    };
+    let before = eventually_async("2 workers, RUNNING", Duration::from_secs(30), || {
+        running_inodes(web.clone())
+    })
+    .await;
+    assert!(before.iter().all(|i| *i == first), "{before:?} vs {first}");
+
+    let second = install();
+    assert_ne!(first, second);
+    web.restart_web_cluster(pb::RestartWebClusterRequest {
+        webcluster_oid: oid.clone(),
+        max_parallel: None,
+    })
+    .await
+    .unwrap();
+    let after = eventually_async("the roll to finish", Duration::from_secs(60), || async {
+        let inodes = running_inodes(web.clone()).await?;
+        (inodes.iter().all(|i| *i == second)).then_some(inodes)
+    })
+    .await;
+    assert_eq!(after.len(), 2);
+}
