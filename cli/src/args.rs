@@ -134,6 +134,17 @@ pub enum NodeCmd {
         /// The node's authid or oid.
         name: String,
     },
+    /// Drain a node: no new placements; its router workers move to other members and its web
+    /// workers to a standby member (DRAINING, then DRAINED once nothing runs on it).
+    Drain {
+        /// The node's authid or oid.
+        name: String,
+    },
+    /// Make a drained node eligible again (nothing moves back).
+    Undrain {
+        /// The node's authid or oid.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +159,14 @@ pub enum WebCmd {
     Start { name: String },
     /// Stop it.
     Stop { name: String },
+    /// Rolling restart: replace every worker with a new process, node by node, without
+    /// dropping a request (returns once accepted; `show` says `restarting` until done).
+    Restart {
+        name: String,
+        /// Member nodes restarted at a time.
+        #[arg(long, default_value_t = 1)]
+        max_parallel: u32,
+    },
     /// Delete it (it must be stopped).
     Delete { name: String },
     /// Add a member node.
@@ -274,6 +293,9 @@ pub enum RouterCmd {
     Start { name: String },
     /// Stop it.
     Stop { name: String },
+    /// Rolling restart: replace every router worker with a new process, one worker of a
+    /// group at a time (returns once accepted; `show` says `restarting` until done).
+    Restart { name: String },
     /// Delete it (it must be stopped).
     Delete { name: String },
     /// Add a member node.

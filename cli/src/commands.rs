@@ -128,6 +128,7 @@ async fn node(ch: Channel, f: Format, c: NodeCmd) -> R {
                 ("cpus", n.cpu_count.to_string()),
                 ("version", n.version.clone()),
                 ("workers", n.workers.to_string()),
+                ("drain", drain_status(n.drain)),
                 ("registered", ts(n.registered.as_ref())),
                 ("last heartbeat", ts(n.last_heartbeat.as_ref())),
             ]);
@@ -160,6 +161,59 @@ async fn node(ch: Channel, f: Format, c: NodeCmd) -> R {
             );
             Ok(())
         }
+        NodeCmd::Drain { name } => {
+            let node_oid = node_oid(&mut api, name).await?;
+            let n = api
+                .drain_node(pb::DrainNodeRequest { node_oid })
+                .await?
+                .into_inner()
+                .node
+                .unwrap_or_default();
+            if f == Format::Json {
+                return print_json("switchyard.master.v1.Node", &n);
+            }
+            println!("node {} is {}", n.authid, drain_status(n.drain));
+            Ok(())
+        }
+        NodeCmd::Undrain { name } => {
+            let node_oid = node_oid(&mut api, name).await?;
+            let n = api
+                .undrain_node(pb::UndrainNodeRequest { node_oid })
+                .await?
+                .into_inner()
+                .node
+                .unwrap_or_default();
+            if f == Format::Json {
+                return print_json("switchyard.master.v1.Node", &n);
+            }
+            println!("node {} is no longer drained", n.authid);
+            Ok(())
+        }
+    }
+}
+
+/// The oid of node `name` (an oid already, or an authid to look up).
+async fn node_oid(
+    api: &mut NodeServiceClient<Channel>,
+    name: String,
+) -> Result<String, tonic::Status> {
+    if looks_like_oid(&name) {
+        return Ok(name);
+    }
+    Ok(api
+        .get_node_by_name(pb::GetNodeByNameRequest { authid: name })
+        .await?
+        .into_inner()
+        .node
+        .unwrap_or_default()
+        .oid)
+}
+
+fn drain_status(s: i32) -> String {
+    match pb::DrainStatus::try_from(s) {
+        Ok(pb::DrainStatus::Unspecified) => "not drained".to_owned(),
+        Ok(s) => enum_name(s.as_str_name(), "DRAIN_STATUS_"),
+        Err(_) => s.to_string(),
     }
 }
 
@@ -203,6 +257,8 @@ fn print_web(f: Format, c: &pb::WebCluster) -> R {
             c.tcp_interface.clone().unwrap_or_else(|| "*".into()),
         ),
         ("tls", c.tls_certificate.is_some().to_string()),
+        ("restarting", c.restarting.to_string()),
+        ("generation", c.restart_generation.to_string()),
     ]);
     Ok(())
 }
@@ -272,6 +328,19 @@ async fn web(ch: Channel, f: Format, c: WebCmd) -> R {
                 .change
                 .unwrap_or_default();
             print_change(f, &c)
+        }
+        WebCmd::Restart { name, max_parallel } => {
+            let oid = web_by_name(&mut api, &name).await?.oid;
+            let c = api
+                .restart_web_cluster(pb::RestartWebClusterRequest {
+                    webcluster_oid: oid,
+                    max_parallel: Some(max_parallel),
+                })
+                .await?
+                .into_inner()
+                .webcluster
+                .unwrap_or_default();
+            print_web(f, &c)
         }
         WebCmd::Delete { name } => {
             let oid = web_by_name(&mut api, &name).await?.oid;
@@ -685,6 +754,8 @@ fn print_router(f: Format, c: &pb::RouterCluster) -> R {
         ("oid", c.oid.clone()),
         ("status", status_name(c.status)),
         ("reason", c.status_reason.clone()),
+        ("restarting", c.restarting.to_string()),
+        ("generation", c.restart_generation.to_string()),
     ]);
     Ok(())
 }
@@ -760,6 +831,18 @@ async fn router(ch: Channel, f: Format, c: RouterCmd) -> R {
                 .change
                 .unwrap_or_default();
             print_change(f, &c)
+        }
+        RouterCmd::Restart { name } => {
+            let oid = router_by_name(&mut api, &name).await?.oid;
+            let c = api
+                .restart_router_cluster(pb::RestartRouterClusterRequest {
+                    routercluster_oid: oid,
+                })
+                .await?
+                .into_inner()
+                .routercluster
+                .unwrap_or_default();
+            print_router(f, &c)
         }
         RouterCmd::Delete { name } => {
             let oid = router_by_name(&mut api, &name).await?.oid;

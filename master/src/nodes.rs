@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use switchyard::error::Reason;
-use switchyard::pb::master::v1::{EventType, HeartbeatRequest, Node, NodeStatus, event};
+use switchyard::pb::master::v1::{
+    DrainStatus, EventType, HeartbeatRequest, Node, NodeStatus, event,
+};
 
 use crate::core::{Core, new_oid};
 use crate::error::{Error, Result};
@@ -341,6 +343,84 @@ impl Core {
             }
         }
         Ok(nodes)
+    }
+
+    /// Drains (`drain`) or undrains node `oid`, stored on its record (docs/operations.md,
+    /// "Draining a node"). A drained node starts DRAINING; the drain watcher
+    /// ([`crate::monitor::drain`]) makes it DRAINED once nothing of a cluster runs on it.
+    /// Asking for the state the node is in changes nothing.
+    pub async fn set_drain(
+        &self,
+        oid: &str,
+        drain: bool,
+        caller: Option<&switchyard::auth::Principal>,
+    ) -> Result<Node> {
+        let oid = validate::oid("node_oid", oid)?;
+        let key = keys::node(&oid);
+        let (mut node, bytes) = self
+            .store
+            .load::<Node>(&key)
+            .await?
+            .ok_or_else(|| Error::not_found(format_args!("node {oid}")))?;
+        let drained = node.drain != DrainStatus::Unspecified as i32;
+        if drained == drain {
+            return Ok(self.with_liveness(node).await);
+        }
+        node.drain = if drain {
+            DrainStatus::Draining
+        } else {
+            DrainStatus::Unspecified
+        } as i32;
+        self.store
+            .commit(
+                Txn::new()
+                    .equals(key.clone(), bytes)
+                    .put(key, codec::encode(&node)),
+            )
+            .await
+            .map_err(|e| crate::web::conflict_retry(e, "node"))?;
+        let (kind, what) = if drain {
+            (EventType::OnNodeDraining, "node draining")
+        } else {
+            (EventType::OnNodeUndrained, "node undrained")
+        };
+        tracing::info!(node = %node.authid, %oid, "{what}");
+        let node = self.with_liveness(node).await;
+        self.events.publish(
+            kind,
+            &oid,
+            Some(crate::core::who(caller)),
+            event::Object::Node(node.clone()),
+        );
+        Ok(node)
+    }
+
+    /// Marks drained node `oid` DRAINED (nothing of a cluster runs on it any more), unless it
+    /// was undrained meanwhile; true when it changed.
+    pub async fn mark_drained(&self, oid: &str) -> Result<bool> {
+        let key = keys::node(oid);
+        let Some((mut node, bytes)) = self.store.load::<Node>(&key).await? else {
+            return Ok(false);
+        };
+        if node.drain != DrainStatus::Draining as i32 {
+            return Ok(false);
+        }
+        node.drain = DrainStatus::Drained as i32;
+        self.commit_as_leader(
+            Txn::new()
+                .equals(key.clone(), bytes)
+                .put(key, codec::encode(&node)),
+        )
+        .await?;
+        tracing::info!(node = %node.authid, %oid, "node drained: nothing of a cluster runs on it");
+        let node = self.with_liveness(node).await;
+        self.events.publish(
+            EventType::OnNodeDrained,
+            oid,
+            None,
+            event::Object::Node(node),
+        );
+        Ok(true)
     }
 
     /// Forgets a node that is no cluster's member, revoking its certificates.

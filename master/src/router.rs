@@ -74,6 +74,8 @@ impl Core {
             changed: now_ns(),
             owner: caller.map(|p| p.uri()).unwrap_or_default(),
             who: None,
+            restart_generation: 0,
+            restarting: false,
             ..spec
         };
         let name_key = keys::routercluster_name(&cluster.name);
@@ -179,6 +181,51 @@ impl Core {
             EventType::OnRouterclusterDeleted,
             &oid,
             Some(who(caller)),
+            event::Object::Routercluster(cluster.clone()),
+        );
+        Ok(cluster)
+    }
+
+    /// Starts a rolling restart of a RUNNING or DEGRADED router cluster: stores the next worker
+    /// generation, which the monitor rolls out one worker of a group at a time
+    /// (docs/operations.md, "Rolling restarts"). Returns the cluster as stored.
+    pub async fn restart_routercluster(
+        &self,
+        oid: &str,
+        caller: Option<&Principal>,
+    ) -> Result<RouterCluster> {
+        let oid = validate::oid("routercluster_oid", oid)?;
+        let (mut cluster, bytes) = self.load_routercluster(&oid).await?;
+        let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
+        if !matches!(status, ClusterStatus::Running | ClusterStatus::Degraded) {
+            return Err(Error::domain(
+                Reason::NotStarted,
+                format!(
+                    "cannot restart router cluster '{}': it is {} (only a RUNNING or DEGRADED cluster restarts)",
+                    cluster.name,
+                    status_name(cluster.status)
+                ),
+            ));
+        }
+        let who = who(caller);
+        cluster.restart_generation = cluster.restart_generation.wrapping_add(1);
+        cluster.restarting = true;
+        cluster.changed = now_ns();
+        cluster.who = Some(who.clone());
+        let key = keys::routercluster(&oid);
+        self.store
+            .commit(
+                Txn::new()
+                    .equals(key.clone(), bytes)
+                    .put(key, codec::encode(&cluster)),
+            )
+            .await
+            .map_err(|e| conflict_retry(e, "router cluster"))?;
+        tracing::info!(cluster = %cluster.name, generation = cluster.restart_generation, "rolling restart accepted");
+        self.events.publish(
+            EventType::OnRouterclusterRestarting,
+            &oid,
+            Some(who),
             event::Object::Routercluster(cluster.clone()),
         );
         Ok(cluster)

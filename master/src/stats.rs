@@ -144,6 +144,9 @@ impl Core {
                 online: nodes
                     .get(&m.node_oid)
                     .is_some_and(|n| n.status == NodeStatus::Online as i32),
+                drained: nodes
+                    .get(&m.node_oid)
+                    .is_some_and(crate::monitor::drain::drained),
             })
             .collect();
         let desired: u32 = assign(&facts).0.values().sum();
@@ -196,13 +199,15 @@ impl Core {
         {
             if let Some(node) = nodes.get(node_oid) {
                 let mut ws = self
-                    .workers_on(node, WorkerType::Router, |w| names.contains(&w.id.as_str()))
+                    .workers_on(node, WorkerType::Router, |w| {
+                        names.contains(&crate::monitor::router::slot_name(&w.id))
+                    })
                     .await;
                 for w in &mut ws {
                     w.workergroup_oid = group.oid.clone();
                     w.port = placements
                         .iter()
-                        .find(|p| p.worker_name == w.worker_id)
+                        .find(|p| p.worker_name == crate::monitor::router::slot_name(&w.worker_id))
                         .map_or(0, |p| p.tcp_listening_port);
                 }
                 workers.extend(ws);

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::store::{StoreExt, Txn, codec, keys};
 use crate::validate;
 
+/// The most member nodes a rolling restart replaces at once.
+pub const MAX_RESTART_PARALLEL: u32 = 64;
+
 /// What Get returns instead of a stored TLS key.
 pub const REDACTED: &str = "<redacted>";
 
@@ -228,6 +231,9 @@ impl Core {
             owner: caller.map(|p| p.uri()).unwrap_or_default(),
             who: None,
             tcp_shared: Some(spec.tcp_shared.unwrap_or(true)),
+            restart_generation: 0,
+            restarting: false,
+            restart_max_parallel: 0,
             ..spec
         };
         let name_key = keys::webcluster_name(&cluster.name);
@@ -397,6 +403,61 @@ impl Core {
             changed: cluster.changed,
             who: Some(who),
         })
+    }
+
+    /// Starts a rolling restart of a RUNNING or DEGRADED web cluster, `max_parallel` member
+    /// nodes at a time (default 1): stores the next worker generation, which the monitor rolls
+    /// out (docs/operations.md, "Rolling restarts"). Returns the cluster as stored.
+    pub async fn restart_webcluster(
+        &self,
+        oid: &str,
+        max_parallel: Option<u32>,
+        caller: Option<&Principal>,
+    ) -> Result<WebCluster> {
+        let oid = validate::oid("webcluster_oid", oid)?;
+        let max_parallel = max_parallel.unwrap_or(1);
+        if !(1..=MAX_RESTART_PARALLEL).contains(&max_parallel) {
+            return Err(Error::invalid(
+                "max_parallel",
+                format!("must be between 1 and {MAX_RESTART_PARALLEL}"),
+            ));
+        }
+        let (mut cluster, bytes) = self.load_webcluster(&oid).await?;
+        let status = ClusterStatus::try_from(cluster.status).unwrap_or(ClusterStatus::Unspecified);
+        if !matches!(status, ClusterStatus::Running | ClusterStatus::Degraded) {
+            return Err(Error::domain(
+                Reason::NotStarted,
+                format!(
+                    "cannot restart web cluster '{}': it is {} (only a RUNNING or DEGRADED cluster restarts)",
+                    cluster.name,
+                    status_name(cluster.status)
+                ),
+            ));
+        }
+        let who = who(caller);
+        cluster.restart_generation = cluster.restart_generation.wrapping_add(1);
+        cluster.restarting = true;
+        cluster.restart_max_parallel = max_parallel;
+        cluster.changed = now_ns();
+        cluster.who = Some(who.clone());
+        let key = keys::webcluster(&oid);
+        self.store
+            .commit(
+                Txn::new()
+                    .equals(key.clone(), bytes)
+                    .put(key, codec::encode(&cluster)),
+            )
+            .await
+            .map_err(|e| conflict_retry(e, "web cluster"))?;
+        tracing::info!(cluster = %cluster.name, generation = cluster.restart_generation, max_parallel, "rolling restart accepted");
+        let out = redact(cluster);
+        self.events.publish(
+            EventType::OnWebclusterRestarting,
+            &oid,
+            Some(who),
+            event::Object::Webcluster(out.clone()),
+        );
+        Ok(out)
     }
 
     /// Adds a node (by oid or authid) to a web cluster.

@@ -142,8 +142,22 @@ pub struct WebServer {
     listening: SocketAddr,
     started: SystemTime,
     stop: CancellationToken,
+    drain: Drain,
     done: tokio::sync::oneshot::Receiver<()>,
 }
+
+/// A graceful stop of a listener: `start` closes the listener (after accepting what already
+/// waits in its queue) and asks every connection to close after its current response;
+/// `connections` tracks them, for [`WebServer::drain`] to wait for until its timeout.
+#[derive(Debug, Clone, Default)]
+struct Drain {
+    start: CancellationToken,
+    connections: tokio_util::task::TaskTracker,
+}
+
+/// How long an idle keep-alive connection of a draining listener is kept open for a request
+/// already on its way (which then gets `Connection: close` with its response).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(300);
 
 impl WebServer {
     /// Binds and starts serving `routes` with `transport` on the listener's own thread.
@@ -177,12 +191,14 @@ impl WebServer {
             transport,
         });
         let stop = CancellationToken::new();
+        let drain = Drain::default();
         let (finished, done) = tokio::sync::oneshot::channel();
         let serve = accept_loop(
             listener,
             tls.map(tokio_rustls::TlsAcceptor::from),
             shared.clone(),
             stop.clone(),
+            drain.clone(),
         );
         std::thread::Builder::new()
             .name(format!("web {listening}"))
@@ -199,6 +215,7 @@ impl WebServer {
             listening,
             started: SystemTime::now(),
             stop,
+            drain,
             done,
         })
     }
@@ -215,6 +232,19 @@ impl WebServer {
             started: Some(self.started.into()),
             requests: self.shared.requests.load(Ordering::Relaxed),
         }
+    }
+
+    /// Stops gracefully: stops accepting (the port closes, once the connections already in its
+    /// queue are accepted), lets open connections finish their requests (keep-alive ones are
+    /// told `Connection: close`, HTTP/2 ones get GOAWAY) for at most `timeout`, then ends the
+    /// rest. Clients reconnect to the node's other workers on the shared port.
+    pub async fn drain(mut self, timeout: Duration) -> WebTransportStatus {
+        let status = self.status();
+        self.drain.start.cancel();
+        let _ = tokio::time::timeout(timeout, &mut self.done).await;
+        self.stop.cancel();
+        let _ = (&mut self.done).await;
+        status
     }
 
     /// Stops listening (the port closes) and ends its connections.
@@ -237,13 +267,26 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    drain: Drain,
 ) {
     let timeout = Duration::from_secs(u64::from(
         shared.transport.http_client_timeout.unwrap_or(60).max(1),
     ));
+    let serve = |stream: tokio::net::TcpStream, peer| {
+        let _ = stream.set_nodelay(true);
+        drain.connections.spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            shared.clone(),
+            timeout,
+            drain.start.clone(),
+        ));
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = drain.start.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -253,15 +296,41 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
-            tls.clone(),
-            shared.clone(),
-            timeout,
-        ));
+        serve(stream, peer);
     }
+    // Draining: what the kernel queued on this socket is served, then it closes (closing
+    // resets what is queued after that, unless the kernel migrates it to the port's other
+    // sockets: net.ipv4.tcp_migrate_req, see docs/operations.md, "Rolling restarts").
+    while let Some(Ok((stream, peer))) = futures::FutureExt::now_or_never(listener.accept()) {
+        serve(stream, peer);
+    }
+    drop(listener);
+    drain.connections.close();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = drain.connections.wait() => {}
+    }
+}
+
+/// Serves connection `$conn` to its end; once the listener drains (`$draining`), shuts it down
+/// gracefully (a request in flight is answered, an idle connection closes) after
+/// [`DRAIN_IDLE_GRACE`]. A macro: the connection's type has no name worth spelling out.
+macro_rules! until_drained {
+    ($conn:expr, $draining:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        tokio::select! {
+            served = conn.as_mut() => served,
+            _ = $draining.cancelled() => {
+                tokio::select! {
+                    served = conn.as_mut() => served,
+                    _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        }
+    }};
 }
 
 /// Serves one connection: HTTP/1.1 or HTTP/2, over TLS when configured. Plaintext connections
@@ -273,15 +342,27 @@ async fn connection(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     timeout: Duration,
+    draining: CancellationToken,
 ) {
     let jobs = sendfile::Jobs::default();
     let files = tls.is_none().then(|| jobs.clone());
     let client = Arc::new(proxy::Client::new(peer));
+    let closing = draining.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let files = files.clone();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, &client, files).await) }
+        let closing = closing.clone();
+        async move {
+            let mut response = handle(shared, req, &client, files).await;
+            if closing.is_cancelled() {
+                // The listener drains: the client sends its next request to another worker.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -297,15 +378,15 @@ async fn connection(
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                until_drained!(conn, draining)
             }
             _ => return,
         },
         None => {
             let io = TokioIo::new(sendfile::Conn::new(stream, jobs));
-            builder.serve_connection_with_upgrades(io, service).await
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            until_drained!(conn, draining)
         }
     };
     if let Err(error) = served {

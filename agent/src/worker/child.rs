@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// CPUs to pin to before starting (empty: inherit).
     #[arg(long, value_delimiter = ',')]
     pub cpu_affinity: Vec<u32>,
+    /// Seconds a stopping web worker lets its open connections finish (after its listener
+    /// closed) before it ends them; below the agent's stop timeout.
+    #[arg(long, default_value_t = 4.0)]
+    pub drain_timeout: f64,
     /// Test hook: allocate and free this many MiB at start (see [`gc::ballast`]).
     #[arg(long, default_value_t = 0)]
     pub ballast_mib: usize,
@@ -63,6 +67,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     };
     if !(args.adopt_grace.is_finite() && args.adopt_grace > 0.0) {
         eprintln!("worker {}: --adopt-grace must be positive", args.id);
+        return ExitCode::FAILURE;
+    }
+    if !(args.drain_timeout.is_finite() && args.drain_timeout >= 0.0) {
+        eprintln!("worker {}: --drain-timeout must not be negative", args.id);
         return ExitCode::FAILURE;
     }
     if !args.cpu_affinity.is_empty()
@@ -113,18 +121,34 @@ async fn serve(args: WorkerArgs, agent: ProcessId) -> ExitCode {
     tracing::info!(worker = %args.id, kind = %args.kind, pid = std::process::id(), "worker serving");
     let builder =
         tonic::transport::Server::builder().add_service(NativeProcessServiceServer::new(local));
+    let mut drained = None;
     let builder = if args.kind == "router" {
         builder.add_service(NodeControllerServiceServer::new(
             super::router_control::RouterControl::new(&args.id, shutdown.clone()),
         ))
     } else {
-        builder.add_service(NodeControllerServiceServer::new(
-            super::web_control::WebControl::new(args.node.clone(), args.id.clone()),
-        ))
+        let web = std::sync::Arc::new(super::web_control::WebControl::new(
+            args.node.clone(),
+            args.id.clone(),
+        ));
+        // On SIGTERM the listener closes at once and its connections drain meanwhile.
+        let (stopping, timeout) = (
+            shutdown.clone(),
+            Duration::from_secs_f64(args.drain_timeout),
+        );
+        let drainer = web.clone();
+        drained = Some(tokio::spawn(async move {
+            stopping.cancelled().await;
+            drainer.drain(timeout).await;
+        }));
+        builder.add_service(NodeControllerServiceServer::from_arc(web))
     };
     let served = builder
         .serve_with_incoming_shutdown(incoming, streams.cancelled_owned())
         .await;
+    if let Some(drained) = drained {
+        let _ = drained.await;
+    }
     let _ = std::fs::remove_file(&args.control);
     match served {
         Ok(()) => ExitCode::SUCCESS,

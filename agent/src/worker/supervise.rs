@@ -133,7 +133,12 @@ impl Workers {
             .args(["--parent-pid", &std::process::id().to_string()])
             .arg("--agent-key")
             .arg(c.runtime_dir.join(control::KEY_FILE))
-            .args(["--adopt-grace", &c.adopt_grace.as_secs_f64().to_string()]);
+            .args(["--adopt-grace", &c.adopt_grace.as_secs_f64().to_string()])
+            // A stopping web worker drains within the agent's stop timeout.
+            .args([
+                "--drain-timeout",
+                &(c.stop_timeout.as_secs_f64() * 0.8).to_string(),
+            ]);
         if !worker.options.cpu_affinity.is_empty() {
             let cpus: Vec<String> = worker
                 .options

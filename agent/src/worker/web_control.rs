@@ -78,6 +78,16 @@ impl WebControl {
         Ok(server.stop().await)
     }
 
+    /// Stops the transport gracefully, if it runs: the port closes, open connections finish
+    /// for at most `timeout` ([`WebServer::drain`]). What a stopping worker does.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let server = self.server.lock().await.take();
+        if let Some(server) = server {
+            tracing::info!(worker = %self.identity.worker, ?timeout, "draining the web listener");
+            server.drain(timeout).await;
+        }
+    }
+
     /// Validates `service` and mounts it on its path.
     pub fn start_service(&self, service: Option<pb::WebService>) -> Result<pb::WebService> {
         let spec = service.ok_or_else(|| Error::invalid("service", "required"))?;

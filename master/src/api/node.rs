@@ -221,4 +221,20 @@ impl NodeService for NodeApi {
             .await?;
         Ok(Response::new(RemoveNodeResponse { node: Some(node) }))
     }
+
+    async fn drain_node(&self, req: Request<DrainNodeRequest>) -> R<DrainNodeResponse> {
+        let node = self
+            .0
+            .set_drain(&req.get_ref().node_oid, true, caller(&req))
+            .await?;
+        Ok(Response::new(DrainNodeResponse { node: Some(node) }))
+    }
+
+    async fn undrain_node(&self, req: Request<UndrainNodeRequest>) -> R<UndrainNodeResponse> {
+        let node = self
+            .0
+            .set_drain(&req.get_ref().node_oid, false, caller(&req))
+            .await?;
+        Ok(Response::new(UndrainNodeResponse { node: Some(node) }))
+    }
 }

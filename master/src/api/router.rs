@@ -105,6 +105,19 @@ impl RouterClusterService for RouterClusterApi {
         }))
     }
 
+    async fn restart_router_cluster(
+        &self,
+        req: Request<RestartRouterClusterRequest>,
+    ) -> R<RestartRouterClusterResponse> {
+        let c = self
+            .0
+            .restart_routercluster(&req.get_ref().routercluster_oid, caller(&req))
+            .await?;
+        Ok(Response::new(RestartRouterClusterResponse {
+            routercluster: Some(c),
+        }))
+    }
+
     async fn add_router_cluster_node(
         &self,
         req: Request<AddRouterClusterNodeRequest>,

@@ -102,6 +102,20 @@ impl WebClusterService for WebClusterApi {
         }))
     }
 
+    async fn restart_web_cluster(
+        &self,
+        req: Request<RestartWebClusterRequest>,
+    ) -> R<RestartWebClusterResponse> {
+        let r = req.get_ref();
+        let c = self
+            .0
+            .restart_webcluster(&r.webcluster_oid, r.max_parallel, caller(&req))
+            .await?;
+        Ok(Response::new(RestartWebClusterResponse {
+            webcluster: Some(c),
+        }))
+    }
+
     async fn add_web_cluster_node(
         &self,
         req: Request<AddWebClusterNodeRequest>,

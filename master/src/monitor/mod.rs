@@ -15,8 +15,10 @@
 //! A monitor never exits on an error: it logs, counts and retries on the next wake-up.
 
 pub mod agent;
+pub mod drain;
 pub mod owner;
 pub mod placement;
+pub mod restart;
 pub mod router;
 pub mod router_monitor;
 pub mod status;
@@ -209,6 +211,9 @@ impl Supervisor {
         if !self.resume().await {
             return;
         }
+        let (core, agents) = (self.core.clone(), self.agents.clone());
+        self.tasks
+            .spawn(drain::watch(core, agents, self.config.period, stop.clone()));
         // Monitors start from start events; a start event missed (this receiver lagged, or the
         // store's event history was compacted past it) is found by resuming again from the
         // store, now and then.

@@ -1,7 +1,7 @@
 //! Router worker placement as a pure function: every worker group's `scale` workers spread over
 //! the online members, least-loaded first, never above a member's `hardlimit`, members under
 //! `softlimit` first. Healthy placements never move; placements on offline or removed members
-//! are re-placed; surplus placements (scale lowered) are dropped.
+//! and drained members are re-placed; surplus placements (scale lowered) are dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +18,8 @@ pub struct Member {
     pub hardlimit: Option<u32>,
     /// Online now.
     pub online: bool,
+    /// Drained: no placements (its placements are moved to other members).
+    pub drained: bool,
 }
 
 /// A worker group.
@@ -60,7 +62,7 @@ pub fn worker_id(group: &str, n: u32) -> String {
 pub fn place(groups: &[Group], members: &[Member], existing: &[Slot]) -> Placed {
     let online: BTreeMap<&str, &Member> = members
         .iter()
-        .filter(|m| m.online)
+        .filter(|m| m.online && !m.drained)
         .map(|m| (m.node.as_str(), m))
         .collect();
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
@@ -117,7 +119,27 @@ mod tests {
             softlimit: soft,
             hardlimit: hard,
             online,
+            drained: false,
         }
+    }
+
+    #[test]
+    fn a_drained_member_gets_nothing_and_loses_its_placements() {
+        let mut members = vec![member("a", None, None, true), member("b", None, None, true)];
+        let g = [Group {
+            oid: "g".into(),
+            name: "grp".into(),
+            scale: 2,
+        }];
+        let first = place(&g, &members, &[]);
+        assert_eq!(per_node(&first).len(), 2);
+        members[0].drained = true;
+        let second = place(&g, &members, &first.slots);
+        assert!(second.slots.iter().all(|s| s.node == "b"), "{second:?}");
+        assert!(second.unplaced.is_empty());
+        // Undrained: eligible again, but nothing healthy moves back.
+        members[0].drained = false;
+        assert_eq!(place(&g, &members, &second.slots).slots, second.slots);
     }
 
     fn per_node(p: &Placed) -> BTreeMap<String, usize> {

@@ -24,6 +24,10 @@ pub struct WorkerSpec {
     pub secret: String,
     /// Its links to the group's other workers, by link id.
     pub links: BTreeMap<String, apb::RouterLink>,
+    /// Its placement's worker name (`<group>_<n>`: its links are named after it).
+    pub name: String,
+    /// The port its placement records on this node (0: none yet); its peers link to it there.
+    pub placed_port: u32,
 }
 
 /// What a router cluster wants: node oid → worker id → worker.
@@ -205,8 +209,9 @@ pub fn node_host(n: &Node) -> String {
     }
 }
 
-/// What every placed worker of cluster `cluster` should be. `placements` are the stored ones
-/// (their ports make the peers, on online nodes only); `secrets` are by group oid.
+/// What every placed worker of cluster `cluster` should be, by node and agent id (of worker
+/// generation `generation`). `placements` are the stored ones (their ports make the peers, on
+/// online nodes only); `secrets` are by group oid.
 pub fn desired(
     cluster: &str,
     groups: &[RouterWorkerGroup],
@@ -214,6 +219,7 @@ pub fn desired(
     placements: &[Placement],
     nodes: &BTreeMap<String, Node>,
     secrets: &BTreeMap<String, String>,
+    generation: u32,
 ) -> Desired {
     let mut peers: BTreeMap<&str, Vec<PeerWorker>> = BTreeMap::new();
     for p in placements.iter().filter(|p| p.tcp_listening_port != 0) {
@@ -242,7 +248,15 @@ pub fn desired(
         let realms = realms(g);
         let range = g.port_range.unwrap_or_default();
         let group_peers = peers.get(s.group.as_str()).map_or(&[][..], Vec::as_slice);
+        let placed_port = placements
+            .iter()
+            .find(|p| {
+                p.workergroup_oid == s.group && p.worker_name == s.worker && p.node_oid == s.node
+            })
+            .map_or(0, |p| p.tcp_listening_port);
         let spec = WorkerSpec {
+            name: s.worker.clone(),
+            placed_port,
             owner: Owner::router(cluster, &g.oid),
             links: desired_links(&s.worker, &realms, group_peers),
             realms,
@@ -251,7 +265,75 @@ pub fn desired(
         };
         out.entry(s.node.clone())
             .or_default()
-            .insert(s.worker.clone(), spec);
+            .insert(agent_id(&s.worker, generation), spec);
+    }
+    out
+}
+
+/// The agent's id of generation `generation` of placed worker `name`: the name itself for
+/// generation 0 (a cluster never restarted), `<name>.g<generation>` after a rolling restart.
+pub fn agent_id(name: &str, generation: u32) -> String {
+    if generation == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}.g{generation}")
+    }
+}
+
+/// The placed worker name of agent id `id` (group names have no dots).
+pub fn slot_name(id: &str) -> &str {
+    id.split_once(".g").map_or(id, |(name, _)| name)
+}
+
+/// A rolling restart, one worker of a group at a time: `desired` names the current
+/// generation's ids; a placed worker that still runs as an older generation on its node keeps
+/// its old id (and is configured as it is) unless it is its group's one worker being replaced.
+/// The one being replaced gets its new id: the new process starts next to the old one, which
+/// [`plan`] stops once the new one serves (see `hand_over`).
+pub fn roll(desired: Desired, observed: &Observed) -> Desired {
+    let old_of = |node: &str, id: &str, spec: &WorkerSpec| -> Option<String> {
+        let ws = observed.get(node)?;
+        ws.iter()
+            .filter(|(other, w)| {
+                other.as_str() != id
+                    && slot_name(other) == spec.name
+                    && w.owner.as_ref() == Some(&spec.owner)
+                    && live(w.status as i32)
+            })
+            .map(|(other, _)| other.clone())
+            .next()
+    };
+    let new_live = |node: &str, id: &str| {
+        observed
+            .get(node)
+            .and_then(|ws| ws.get(id))
+            .is_some_and(|w| live(w.status as i32))
+    };
+    // Groups with a replacement under way, and each group's first worker waiting for one.
+    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut waiting: Vec<(String, String, String, String)> = Vec::new();
+    for (node, ws) in &desired {
+        for (id, spec) in ws {
+            if let Some(old) = old_of(node, id, spec) {
+                if new_live(node, id) {
+                    busy.insert(spec.owner.group.clone());
+                } else {
+                    waiting.push((spec.owner.group.clone(), node.clone(), id.clone(), old));
+                }
+            }
+        }
+    }
+    waiting.sort_by(|a, b| (&a.0, slot_name(&a.2), &a.1).cmp(&(&b.0, slot_name(&b.2), &b.1)));
+    let mut out = desired;
+    for (group, node, id, old) in waiting {
+        if busy.insert(group) {
+            continue; // This group's turn: it starts under its new id.
+        }
+        if let Some(ws) = out.get_mut(&node)
+            && let Some(spec) = ws.remove(&id)
+        {
+            ws.insert(old, spec);
+        }
     }
     out
 }
@@ -306,7 +388,65 @@ pub fn plan(cluster: &str, desired: &Desired, observed: &Observed) -> Plan {
             }
         }
     }
+    hand_over(cluster, desired, observed, &mut out);
     out
+}
+
+/// Keeps a worker that is replaced (re-placed on another node: its node drained or no member
+/// any more; or restarted: a new process of a newer generation on its node) running until its
+/// replacement serves: started, listening on the port its placement records (where its peers
+/// look for it), and its group's workers linked (no other action planned for the group). Its
+/// WAMP clients then reconnect to a worker that is there.
+fn hand_over(cluster: &str, desired: &Desired, observed: &Observed, out: &mut Plan) {
+    let owner_of = |a: &Action| -> Option<Owner> {
+        match a {
+            Action::StopWorker { .. } => None,
+            Action::StartWorker { owner, .. } => Some(owner.clone()),
+            other => desired
+                .get(other.node())
+                .and_then(|ws| ws.get(other.worker()))
+                .map(|s| s.owner.clone()),
+        }
+    };
+    let busy: BTreeSet<Owner> = out.actions.iter().filter_map(owner_of).collect();
+    let replaced_by_ready = |node: &str, id: &str, group: &str| -> Option<bool> {
+        let owner = Owner::router(cluster, group);
+        let (new_node, new_id, spec) = desired.iter().find_map(|(n, ws)| {
+            ws.iter()
+                .find(|(i, s)| {
+                    (n.as_str(), i.as_str()) != (node, id)
+                        && s.owner == owner
+                        && s.name == slot_name(id)
+                })
+                .map(|(i, s)| (n, i, s))
+        })?;
+        let ready = observed
+            .get(new_node)
+            .and_then(|ws| ws.get(new_id))
+            .is_some_and(|w| {
+                let port = match &w.config {
+                    Some(Config::Verified { port }) => Some(*port),
+                    Some(Config::Seen(seen)) => seen.port,
+                    None => None,
+                };
+                w.status == WorkerStatus::Started
+                    && w.owner.as_ref() == Some(&owner)
+                    && port.is_some_and(|p| p != 0 && p == spec.placed_port)
+            });
+        Some(ready && !busy.contains(&owner))
+    };
+    let serving = |node: &str, id: &str| {
+        observed
+            .get(node)
+            .and_then(|ws| ws.get(id))
+            .is_some_and(|w| w.status == WorkerStatus::Started)
+    };
+    out.actions.retain(|a| match a {
+        Action::StopWorker { node, id, group } if serving(node, id) => {
+            replaced_by_ready(node, id, group).unwrap_or(true)
+        }
+        _ => true,
+    });
 }
 
 /// The actions that bring a running (or just started) worker from `seen` to `spec`.
@@ -370,6 +510,8 @@ mod tests {
             realms,
             port_range: (10000, 10100),
             secret: "s".into(),
+            name: "g_0".into(),
+            placed_port: 10000,
         }
     }
 
@@ -387,7 +529,10 @@ mod tests {
     }
 
     fn desired_on(node: &str, workers: &[(&str, WorkerSpec)]) -> Desired {
-        let ws = workers.iter().map(|(id, s)| ((*id).to_owned(), s.clone()));
+        let ws = workers.iter().map(|(id, s)| {
+            let name = slot_name(id).to_owned();
+            ((*id).to_owned(), WorkerSpec { name, ..s.clone() })
+        });
         [(node.to_owned(), ws.collect())].into()
     }
 
@@ -468,20 +613,112 @@ mod tests {
     }
 
     #[test]
-    fn a_placement_change_stops_the_old_worker_and_starts_the_new_one() {
+    fn a_rolling_restart_replaces_one_worker_of_a_group_at_a_time_new_before_old() {
         let s = spec("g", &[]);
-        let d = desired_on("n2", &[("g_0", s.clone())]);
-        let o: Observed = [
+        let named = |name: &str| WorkerSpec {
+            name: name.into(),
+            ..s.clone()
+        };
+        // Generation 1 is wanted; generation 0 runs.
+        let mut d: Desired = desired_on("n1", &[]);
+        d.get_mut("n1")
+            .unwrap()
+            .insert(agent_id("g_0", 1), named("g_0"));
+        d.entry("n2".into())
+            .or_default()
+            .insert(agent_id("g_1", 1), named("g_1"));
+        let mut o: Observed = [
             (
                 "n1".into(),
                 [("g_0".into(), running(s.owner.clone(), &s))].into(),
             ),
+            (
+                "n2".into(),
+                [("g_1".into(), running(s.owner.clone(), &s))].into(),
+            ),
+        ]
+        .into();
+        let rolled = roll(d.clone(), &o);
+        assert!(rolled["n1"].contains_key("g_0.g1"), "{rolled:?}");
+        assert!(
+            rolled["n2"].contains_key("g_1"),
+            "the group's other worker waits, under its old id: {rolled:?}"
+        );
+        let p = plan(C, &rolled, &o);
+        assert!(matches!(&p.actions[0], Action::StartWorker { id, .. } if id == "g_0.g1"));
+        assert!(
+            p.actions
+                .iter()
+                .all(|a| !matches!(a, Action::StopWorker { .. })),
+            "{:?}",
+            p.actions
+        );
+        // The new process serves on the placement's port: the old one stops; g_1 still waits.
+        o.get_mut("n1")
+            .unwrap()
+            .insert("g_0.g1".into(), running(s.owner.clone(), &s));
+        let rolled = roll(d.clone(), &o);
+        assert!(rolled["n2"].contains_key("g_1"));
+        assert_eq!(plan(C, &rolled, &o).actions, [stop("n1", "g_0")]);
+        // g_0 done: g_1's turn.
+        o.get_mut("n1").unwrap().remove("g_0");
+        let rolled = roll(d, &o);
+        assert!(rolled["n2"].contains_key("g_1.g1"), "{rolled:?}");
+        assert_eq!(slot_name("g_1.g1"), "g_1");
+        assert_eq!(slot_name("g_1"), "g_1");
+    }
+
+    #[test]
+    fn a_re_placed_worker_stops_only_once_its_replacement_serves_and_is_linked() {
+        let s = spec("g", &[("g_1", 10001)]);
+        let d = desired_on("n2", &[("g_0", s.clone())]);
+        let old = running(s.owner.clone(), &s);
+        let mut o: Observed = [
+            ("n1".into(), [("g_0".into(), old)].into()),
             ("n2".into(), BTreeMap::new()),
         ]
         .into();
         let p = plan(C, &d, &o);
-        assert_eq!(p.actions[0], stop("n1", "g_0"));
-        assert!(matches!(&p.actions[1], Action::StartWorker { node, .. } if node == "n2"));
+        assert!(matches!(&p.actions[0], Action::StartWorker { node, .. } if node == "n2"));
+        assert!(
+            !p.actions.contains(&stop("n1", "g_0")),
+            "the old worker serves until the new one does"
+        );
+        // Started and configured, but its port not recorded yet (peers cannot link to it).
+        let new = running(s.owner.clone(), &s);
+        o.get_mut("n2").unwrap().insert("g_0".into(), new);
+        let unlisted = WorkerSpec {
+            placed_port: 0,
+            ..s.clone()
+        };
+        let p = plan(C, &desired_on("n2", &[("g_0", unlisted)]), &o);
+        assert_eq!(p.actions, []);
+        // Listening, and nothing left to configure in its group: the old one stops.
+        assert_eq!(plan(C, &d, &o).actions, [stop("n1", "g_0")]);
+        // A peer still to be linked to it keeps the old one.
+        let mut peer = s.clone();
+        peer.links.insert(
+            "g_0@realm1".into(),
+            apb::RouterLink {
+                id: "g_0@realm1".into(),
+                realm: "realm1".into(),
+                peer_host: "10.0.0.2".into(),
+                peer_port: 10000,
+                peer_path: "/ws".into(),
+                connected: false,
+            },
+        );
+        let mut d2 = d.clone();
+        d2.entry("n3".into())
+            .or_default()
+            .insert("g_1".into(), peer.clone());
+        o.insert(
+            "n3".into(),
+            [("g_1".into(), running(s.owner.clone(), &s))].into(),
+        );
+        let p = plan(C, &d2, &o);
+        assert!(!p.actions.contains(&stop("n1", "g_0")), "{:?}", p.actions);
+        assert!(!p.actions.is_empty());
     }
 
     #[test]

@@ -17,7 +17,9 @@ use switchyard::pb::master::v1::{
 use super::agent::AgentApi;
 use super::owner::Owner;
 use super::placement::{self, Group, Member, Slot};
-use super::router::{Action, Config, Desired, Observed, Seen, WorkerObs, WorkerSpec, plan};
+use super::router::{
+    Action, Config, Desired, Observed, Seen, WorkerObs, WorkerSpec, plan, roll, slot_name,
+};
 use super::status::{Findings, apply, decide};
 use super::{Executor, MonitorError, Outcome, Step, execute, nodes_by_oid, observe_online};
 use crate::core::{Core, new_oid, now_ns};
@@ -62,6 +64,7 @@ pub async fn reconcile(
         &current,
         &nodes,
         &secrets,
+        cluster.restart_generation,
     );
 
     let (observed, unobserved) = {
@@ -72,6 +75,8 @@ pub async fn reconcile(
         })
         .await
     };
+    // A rolling restart replaces one worker of a group at a time; the others keep their ids.
+    let desired = roll(desired, &observed);
     let planned = plan(oid, &desired, &observed);
     core.gauges.set(
         oid,
@@ -96,12 +101,16 @@ pub async fn reconcile(
     ports.extend(exec.started.into_inner().unwrap_or_else(|p| p.into_inner()));
     acted |= store_ports(core, oid, &current, &ports).await?;
 
+    if cluster.restarting && (stopping || (!acted && !rolling(oid, &desired, &observed))) {
+        super::restart::finish::<RouterCluster>(core, oid).await?;
+    }
     let shortfall = shortfall(&placed.unplaced, &planned.blocked);
     for e in &unobserved {
         tracing::warn!(cluster = %cluster.name, error = %e, "node not observed");
     }
     let findings = Findings {
         stopping,
+        crash_looping: crash_looping(&observed, &desired, &nodes),
         unobserved: !unobserved.is_empty() || super::online_unseen(core, &observed).await?,
         acted,
         failures,
@@ -119,6 +128,41 @@ pub async fn reconcile(
     Ok(apply::<RouterCluster>(core, oid, decide(&findings)).await?)
 }
 
+/// Whether a rolling restart is under way: a node that should run workers was not observed, or
+/// a live worker of the cluster runs that is not wanted under its id where it runs (an older
+/// generation, or one handing over).
+fn rolling(cluster: &str, desired: &Desired, observed: &Observed) -> bool {
+    desired.keys().any(|n| !observed.contains_key(n))
+        || observed.iter().any(|(node, ws)| {
+            ws.iter().any(|(id, w)| {
+                w.owner.as_ref().is_some_and(|o| o.cluster == cluster)
+                    && super::owner::live(w.status as i32)
+                    && desired.get(node).and_then(|d| d.get(id)).is_none()
+            })
+        })
+}
+
+/// The wanted workers their agents restart after a crash, as `node/worker`.
+fn crash_looping(
+    observed: &Observed,
+    desired: &Desired,
+    nodes: &BTreeMap<String, Node>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (node, ws) in observed {
+        for (id, w) in ws {
+            let wanted = desired.get(node).and_then(|d| d.get(id));
+            if w.status == WorkerStatus::Restarting
+                && wanted.is_some_and(|s| w.owner.as_ref() == Some(&s.owner))
+            {
+                let authid = nodes.get(node).map_or(node.as_str(), |n| &n.authid);
+                out.push(format!("{authid}/{id}"));
+            }
+        }
+    }
+    out
+}
+
 fn member_facts(members: &[RouterClusterNode], nodes: &BTreeMap<String, Node>) -> Vec<Member> {
     members
         .iter()
@@ -130,6 +174,7 @@ fn member_facts(members: &[RouterClusterNode], nodes: &BTreeMap<String, Node>) -
             online: nodes
                 .get(&m.node_oid)
                 .is_some_and(|n| n.status == NodeStatus::Online as i32),
+            drained: nodes.get(&m.node_oid).is_some_and(super::drain::drained),
         })
         .collect()
 }
@@ -210,9 +255,14 @@ async fn observe_node(
     for w in workers {
         let owner = Owner::of(&w);
         let status = WorkerStatus::try_from(w.status).unwrap_or(WorkerStatus::Unspecified);
-        let spec = wanted.and_then(|ws| ws.get(&w.id)).filter(|s| {
-            owner.as_ref() == Some(&s.owner) && owner.as_ref().is_some_and(|o| o.cluster == cluster)
-        });
+        // By placed name: a worker of an older generation that a rolling restart has not
+        // reached yet is configured as it is, under its own id.
+        let spec = wanted
+            .and_then(|ws| ws.values().find(|s| s.name == slot_name(&w.id)))
+            .filter(|s| {
+                owner.as_ref() == Some(&s.owner)
+                    && owner.as_ref().is_some_and(|o| o.cluster == cluster)
+            });
         let config = match spec {
             Some(spec) if status == WorkerStatus::Started => {
                 let key = (node.oid.clone(), w.id.clone());
@@ -481,7 +531,7 @@ async fn store_ports(
     for (group, worker, port) in ports {
         if let Some(p) = current
             .iter()
-            .find(|p| &p.workergroup_oid == group && &p.worker_name == worker)
+            .find(|p| &p.workergroup_oid == group && p.worker_name == slot_name(worker))
             .filter(|p| p.tcp_listening_port != *port && *port != 0)
         {
             let mut p = p.clone();

@@ -21,6 +21,9 @@ pub struct Findings {
     pub failures: Vec<String>,
     /// Why nothing can run at all (ERROR), if so.
     pub cannot_run: Option<String>,
+    /// Workers their agent restarts after a crash (WORKER_STATUS_RESTARTING), as
+    /// `node/worker`: a crash loop makes the cluster DEGRADED.
+    pub crash_looping: Vec<String>,
     /// Why, although converged, some wanted workers cannot run (DEGRADED), if so.
     pub shortfall: Option<String>,
     /// Not converged, and nothing to do until something changes (e.g. workers placed on a node
@@ -61,6 +64,12 @@ pub fn decide(f: &Findings) -> Verdict {
         Verdict::Set(ClusterStatus::Error, reason.clone())
     } else if let Some(first) = f.failures.first() {
         let reason = format!("{} action(s) failed: {first}", f.failures.len());
+        Verdict::Set(ClusterStatus::Degraded, reason)
+    } else if let Some(first) = f.crash_looping.first() {
+        let reason = format!(
+            "{} worker(s) crashed and are being restarted by their agent: {first}",
+            f.crash_looping.len()
+        );
         Verdict::Set(ClusterStatus::Degraded, reason)
     } else if f.acted {
         Verdict::Keep(Outcome::Again)
@@ -218,6 +227,41 @@ mod tests {
             ..stopping
         };
         assert_eq!(decide(&failed), Verdict::Keep(Outcome::Continue));
+    }
+
+    #[test]
+    fn a_crash_looping_worker_degrades_the_cluster() {
+        let looping = Findings {
+            crash_looping: vec!["node1/cpw-x-0".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&looping),
+            Verdict::Set(
+                ClusterStatus::Degraded,
+                "1 worker(s) crashed and are being restarted by their agent: node1/cpw-x-0".into()
+            )
+        );
+        let acting_too = Findings {
+            acted: true,
+            ..looping.clone()
+        };
+        assert!(
+            matches!(
+                decide(&acting_too),
+                Verdict::Set(ClusterStatus::Degraded, _)
+            ),
+            "other workers converging do not hide the crash loop"
+        );
+        let stopping = Findings {
+            stopping: true,
+            ..looping
+        };
+        assert_eq!(
+            decide(&stopping),
+            Verdict::Stopped,
+            "a stopping cluster stops"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use switchyard::pb::master::v1::{
 use super::agent::AgentApi;
 use super::owner::{Owner, web_prefix};
 use super::status::{Findings, apply, decide};
-use super::web::{Action, Desired, Member, WorkerObs, assign, plan};
+use super::web::{Action, Desired, Member, WorkerObs, assign, plan, rolling};
 use super::{Executor, MonitorError, Outcome, Step, execute, nodes_by_oid, observe_online};
 use crate::core::Core;
 use crate::store::{StoreError, StoreExt, keys};
@@ -54,6 +54,7 @@ pub async fn reconcile(
             online: nodes
                 .get(&m.node_oid)
                 .is_some_and(|n| n.status == NodeStatus::Online as i32),
+            drained: nodes.get(&m.node_oid).is_some_and(super::drain::drained),
         })
         .collect();
     let (assigned, unreplaced) = if stopping {
@@ -74,6 +75,13 @@ pub async fn reconcile(
         nodes: assigned,
         transport: transport(&cluster),
         services: agent_services,
+        generation: cluster.restart_generation,
+        max_parallel: cluster.restart_max_parallel.max(1),
+        draining: nodes
+            .values()
+            .filter(|n| super::drain::drained(n))
+            .map(|n| n.oid.clone())
+            .collect(),
     };
     let actions = plan(&desired, &observed);
     core.gauges.set(
@@ -102,19 +110,39 @@ pub async fn reconcile(
     for e in &unobserved {
         tracing::warn!(cluster = %cluster.name, error = %e, "node not observed");
     }
+    let done = cluster.restarting && (stopping || (!acted && !rolling(&desired, &observed)));
+    if done {
+        super::restart::finish::<WebCluster>(core, oid).await?;
+    }
     let findings = Findings {
         stopping,
+        crash_looping: crash_looping(&observed, &nodes),
         unobserved: !unobserved.is_empty() || super::online_unseen(core, &observed).await?,
         acted,
         failures,
         cannot_run: cannot_run(&facts, desired.nodes.is_empty()),
         shortfall: (unreplaced > 0).then(|| {
-            format!("{unreplaced} active member(s) offline and no standby to replace them")
+            format!(
+                "{unreplaced} active member(s) offline or drained and no standby to replace them"
+            )
         }),
         // Workers assigned to an online node that did not answer: wait for it.
         pending: desired.nodes.keys().any(|n| !observed.contains_key(n)),
     };
     Ok(apply::<WebCluster>(core, oid, decide(&findings)).await?)
+}
+
+/// The workers their agents restart after a crash, as `node/worker`.
+fn crash_looping(observed: &super::web::Observed, nodes: &BTreeMap<String, Node>) -> Vec<String> {
+    observed
+        .iter()
+        .flat_map(|(node, ws)| {
+            let authid = nodes.get(node).map_or(node.as_str(), |n| &n.authid);
+            ws.iter()
+                .filter(|(_, w)| w.status == WorkerStatus::Restarting)
+                .map(move |(id, _)| format!("{authid}/{id}"))
+        })
+        .collect()
 }
 
 /// Why a web cluster cannot run at all, if so: no members, or nobody to run workers.
@@ -128,6 +156,10 @@ fn cannot_run(members: &[Member], nobody_runs: bool) -> Option<String> {
     Some(if members.iter().all(|m| m.standby) {
         "the cluster has no active member: a standby member runs workers only in place of an \
          offline active member"
+            .to_owned()
+    } else if members.iter().any(|m| m.drained) {
+        "no active member is online and undrained, and no standby member is online and \
+         undrained to take over"
             .to_owned()
     } else {
         "no active member is online, and no standby member is online to take over".to_owned()
@@ -357,6 +389,7 @@ mod tests {
             parallel: 1,
             standby,
             online,
+            drained: false,
         }
     }
 
@@ -375,5 +408,11 @@ mod tests {
             "{all_down}"
         );
         assert_eq!(cannot_run(&[member(false, true)], false), None);
+        let drained = Member {
+            drained: true,
+            ..member(false, true)
+        };
+        let reason = cannot_run(&[drained], true).unwrap();
+        assert!(reason.contains("undrained"), "{reason}");
     }
 }
