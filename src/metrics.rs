@@ -409,3 +409,28 @@ mod tests {
         );
     }
 }
+
+/// Labels of the certificate expiry gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `server`: the certificate the process serves (and calls) with; `ca`: its CA.
+    pub kind: &'static str,
+}
+
+/// Adds `switchyard_certificate_expiry_timestamp_seconds` for the certificate `certs` serves
+/// now (nothing without mTLS).
+pub fn register_certificate_expiry(registry: &mut Registry, certs: Option<&crate::tls::CertSwap>) {
+    let Some(certs) = certs else { return };
+    let expiry = Family::<CertificateLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    let (server, ca) = certs.expiry();
+    for (kind, not_after) in [("server", server), ("ca", ca)] {
+        if let Some(t) = not_after {
+            expiry.get_or_create(&CertificateLabels { kind }).set(t);
+        }
+    }
+    registry.register(
+        "switchyard_certificate_expiry_timestamp_seconds",
+        "When the certificate this process serves with (kind=server) and its CA (kind=ca) expire, Unix seconds",
+        expiry,
+    );
+}

@@ -75,6 +75,23 @@ impl CertSwap {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
+
+    /// When the certificate served now expires, and when its CA does (the last certificate of
+    /// the chain), as Unix seconds: the `/metrics` gauge of docs/operations.md.
+    pub fn expiry(&self) -> (Option<i64>, Option<i64>) {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let not_after = |der: Option<&CertificateDer<'_>>| {
+            der.and_then(|d| crate::issuer::validity(d)).map(|(_, na)| na)
+        };
+        (
+            not_after(current.cert.first()),
+            not_after(current.cert.get(1..).and_then(|rest| rest.last())),
+        )
+    }
 }
 
 impl ResolvesServerCert for CertSwap {
