@@ -76,20 +76,19 @@ impl CertSwap {
         Ok(())
     }
 
-    /// When the certificate served now expires, and when its CA does (the last certificate of
-    /// the chain), as Unix seconds: the `/metrics` gauge of docs/operations.md.
-    pub fn expiry(&self) -> (Option<i64>, Option<i64>) {
+    /// The validity (`not_before`, `not_after`, Unix seconds) of the certificate served now and
+    /// of its CA (the last certificate of the chain): the `/metrics` gauges of
+    /// docs/operations.md.
+    pub fn validity(&self) -> (Option<(i64, i64)>, Option<(i64, i64)>) {
         let current = self
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let not_after = |der: Option<&CertificateDer<'_>>| {
-            der.and_then(|d| crate::issuer::validity(d)).map(|(_, na)| na)
-        };
+        let of = |der: Option<&CertificateDer<'_>>| der.and_then(|d| crate::issuer::validity(d));
         (
-            not_after(current.cert.first()),
-            not_after(current.cert.get(1..).and_then(|rest| rest.last())),
+            of(current.cert.first()),
+            of(current.cert.get(1..).and_then(|rest| rest.last())),
         )
     }
 }

@@ -26,6 +26,12 @@ struct ProcessLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    node: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -38,7 +44,7 @@ pub fn scrape(agent: Arc<Agent>, rpc: Arc<RpcMetrics>, certs: Option<Arc<CertSwa
             let mut r = Registry::default();
             rpc.register(&mut r);
             processes(&mut r, &agent);
-            switchyard::metrics::register_certificate_expiry(&mut r, certs.as_deref());
+            switchyard::metrics::register_certificate_validity(&mut r, "node", certs.as_deref());
             traffic::register(&mut r, &agent).await;
             r
         })
@@ -46,6 +52,17 @@ pub fn scrape(agent: Arc<Agent>, rpc: Arc<RpcMetrics>, certs: Option<Arc<CertSwa
 }
 
 fn processes(r: &mut Registry, agent: &Agent) {
+    let info = Family::<AgentLabels, Gauge>::default();
+    info.get_or_create(&AgentLabels {
+        node: agent.authid.clone(),
+        version: switchyard::VERSION.to_owned(),
+    })
+    .set(1);
+    r.register(
+        "switchyard_agent_info",
+        "1, labelled with the agent's node authid and version (join on instance to name a node)",
+        info,
+    );
     let cpu = Family::<ProcessLabels, Counter<f64>>::default();
     let rss = Family::<ProcessLabels, Gauge>::default();
     let fds = Family::<ProcessLabels, Gauge>::default();

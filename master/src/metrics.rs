@@ -150,7 +150,7 @@ pub fn scrape(
         let certs = certs.clone();
         Box::pin(async move {
             let mut r = registry(&core, &supervisor, &rpc).await;
-            switchyard::metrics::register_certificate_expiry(&mut r, certs.as_deref());
+            switchyard::metrics::register_certificate_validity(&mut r, "master", certs.as_deref());
             r
         })
     })
