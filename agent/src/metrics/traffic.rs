@@ -288,7 +288,7 @@ impl Routers {
     fn register(self, r: &mut Registry) {
         r.register(
             "switchyard_router_sessions",
-            "WAMP sessions joined to a router worker's realm now (router links' sessions included)",
+            "WAMP client sessions joined to a router worker's realm now (router links not counted)",
             self.sessions,
         );
         r.register(
