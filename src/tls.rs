@@ -62,6 +62,9 @@ fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(certified))
 }
 
+/// `not_before` and `not_after` of a certificate, Unix seconds.
+pub type Validity = (i64, i64);
+
 /// A server's certificate, replaceable while it serves.
 #[derive(Debug)]
 pub struct CertSwap {
@@ -79,7 +82,7 @@ impl CertSwap {
     /// The validity (`not_before`, `not_after`, Unix seconds) of the certificate served now and
     /// of its CA (the last certificate of the chain): the `/metrics` gauges of
     /// docs/operations.md.
-    pub fn validity(&self) -> (Option<(i64, i64)>, Option<(i64, i64)>) {
+    pub fn validity(&self) -> (Option<Validity>, Option<Validity>) {
         let current = self
             .current
             .read()

@@ -215,7 +215,10 @@ fn documented_families() -> Vec<(String, String)> {
         .lines()
         .filter_map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            let name = cells.get(1)?.strip_prefix("`switchyard_")?.strip_suffix('`')?;
+            let name = cells
+                .get(1)?
+                .strip_prefix("`switchyard_")?
+                .strip_suffix('`')?;
             Some((format!("switchyard_{name}"), cells.get(2)?.to_string()))
         })
         .collect();
@@ -235,7 +238,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
         }
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().expect("every target has an expr");
-            out.push((p["title"].as_str().unwrap_or("?").to_owned(), expr.to_owned()));
+            out.push((
+                p["title"].as_str().unwrap_or("?").to_owned(),
+                expr.to_owned(),
+            ));
         }
     }
     assert!(out.len() >= 20, "the dashboard's queries: {out:?}");
@@ -258,7 +264,11 @@ fn http_get(port: u16, path: &str) -> Option<u16> {
 
 fn check_rules() {
     let promtool = prometheus_tool("promtool");
-    let out = run_ok(Command::new(&promtool).args(["check", "rules"]).arg(deploy("prometheus/alerts.yml")));
+    let out = run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(deploy("prometheus/alerts.yml")),
+    );
     assert!(out.contains("SUCCESS"), "{out}");
     run_ok(
         Command::new(&promtool)
@@ -276,7 +286,9 @@ fn check_rules() {
     assert!(tests.contains("alertname: SwitchyardNodeOffline"));
 }
 
-async fn web_cluster(web: &mut WebClusterServiceClient<tonic::transport::Channel>) -> (String, u16) {
+async fn web_cluster(
+    web: &mut WebClusterServiceClient<tonic::transport::Channel>,
+) -> (String, u16) {
     let port = common::free_port();
     let oid = common::create_web_cluster(web, "site", port).await;
     for node in ["node1", "node2"] {
@@ -373,7 +385,11 @@ async fn router_cluster(
                 .ok()?
                 .into_inner()
                 .stat?;
-            let ports: Vec<u32> = stat.placements.iter().map(|p| p.tcp_listening_port).collect();
+            let ports: Vec<u32> = stat
+                .placements
+                .iter()
+                .map(|p| p.tcp_listening_port)
+                .collect();
             (stat.running_workers == 2 && ports.len() == 2 && ports.iter().all(|p| *p != 0))
                 .then_some(ports)
         }
@@ -412,13 +428,15 @@ class S(ApplicationSession):
         print("joined", flush=True)
 ApplicationRunner(sys.argv[1], "realm1").run(S)
 "#;
-    let mut child = Killed(Command::new(tool("python"))
-        .args(["-c", HOLD, &format!("ws://127.0.0.1:{port}/ws")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run python"));
+    let mut child = Killed(
+        Command::new(tool("python"))
+            .args(["-c", HOLD, &format!("ws://127.0.0.1:{port}/ws")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run python"),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
@@ -456,7 +474,10 @@ fn check_dashboard(p: &Prometheus) {
             empty.insert(format!("{title}: {expr}"));
         }
     }
-    assert!(empty.is_empty(), "dashboard queries without data: {empty:#?}");
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data: {empty:#?}"
+    );
 }
 
 #[tokio::test]
@@ -576,8 +597,16 @@ async fn prometheus_scrapes_alerts_and_feeds_the_dashboard() {
         );
         eventually(&q, within, || prom.value(&q));
     }
-    prom.wait_value(&format!("sum(switchyard_router_links{{{grp}}})"), 2.0, within);
-    prom.wait_value(&format!("sum(switchyard_router_links_up{{{grp}}})"), 2.0, within);
+    prom.wait_value(
+        &format!("sum(switchyard_router_links{{{grp}}})"),
+        2.0,
+        within,
+    );
+    prom.wait_value(
+        &format!("sum(switchyard_router_links_up{{{grp}}})"),
+        2.0,
+        within,
+    );
     let session = wamp_session(ports[1]);
     prom.wait_value(
         &format!("sum(switchyard_router_sessions{{{grp},realm=\"realm1\"}})"),
@@ -611,11 +640,7 @@ async fn prometheus_scrapes_alerts_and_feeds_the_dashboard() {
         );
         prom.wait_value(&q, n, within);
     }
-    prom.wait_value(
-        "sum(switchyard_workers{status=\"started\"})",
-        4.0,
-        within,
-    );
+    prom.wait_value("sum(switchyard_workers{status=\"started\"})", 4.0, within);
 
     // node2's agent dies: the node goes offline, and the rule fires after its minute.
     node2.kill9();
@@ -661,6 +686,9 @@ fn a_missing_prometheus_names_the_debian_package() {
         find_tool([PathBuf::from("/nonexistent")].into_iter(), "promtool")
     })
     .unwrap_err();
-    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
     assert!(text.contains("Debian package `prometheus`"), "{text}");
 }

@@ -16,8 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use switchyard::metrics::{RpcMetrics, Scrape};
-use switchyard::tls::CertSwap;
 use switchyard::pb::master::v1::{ClusterStatus, NodeStatus, RouterCluster, WebCluster};
+use switchyard::tls::CertSwap;
 
 use crate::core::Core;
 use crate::monitor::Supervisor;

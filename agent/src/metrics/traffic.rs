@@ -79,7 +79,15 @@ struct TypeLabels {
 
 /// A histogram whose buckets were counted elsewhere (by the worker): set once per scrape.
 #[derive(Debug, Default)]
-struct Recorded(Mutex<(f64, u64, Vec<(f64, u64)>)>);
+struct Recorded(Mutex<Snapshot>);
+
+/// Sum, count, and (upper bound, non-cumulative count) per bucket.
+#[derive(Debug, Default)]
+struct Snapshot {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
 
 impl Recorded {
     fn set(&self, t: &pb::WebServiceTraffic) {
@@ -90,7 +98,11 @@ impl Recorded {
             .chain(std::iter::once(f64::INFINITY));
         let buckets: Vec<(f64, u64)> = bounds.zip(t.latency_counts.iter().copied()).collect();
         let count = buckets.iter().map(|(_, n)| n).sum();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (t.latency_sum, count, buckets);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Snapshot {
+            sum: t.latency_sum,
+            count,
+            buckets,
+        };
     }
 }
 
@@ -100,8 +112,8 @@ impl TypedMetric for Recorded {
 
 impl EncodeMetric for Recorded {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let (sum, count, buckets) = &*self.0.lock().unwrap_or_else(|e| e.into_inner());
-        encoder.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        encoder.encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
