@@ -193,4 +193,42 @@ mod tests {
             assert_eq!((b * 1e9).round() as u64, ns);
         }
     }
+
+    #[tokio::test]
+    async fn body_bytes_count_known_lengths_at_once_and_streams_as_they_go() {
+        use http_body_util::BodyExt;
+        let t = Arc::new(Traffic::default());
+        let _ = count_body(&t, false, Response::new(super::super::full("12345")));
+        assert_eq!(t.to_pb("/").bytes_sent, 5);
+        let _ = count_body(&t, true, Response::new(super::super::full("12345")));
+        assert_eq!(t.to_pb("/").bytes_sent, 5, "HEAD sends no body");
+
+        // A stream of unknown length (a chunked proxied body): counted frame by frame.
+        let frames = futures::stream::iter(
+            ["abc", "defg"].map(|s| Ok::<_, BodyError>(Frame::data(bytes::Bytes::from(s)))),
+        );
+        let streamed = Body::stream(http_body_util::StreamBody::new(frames));
+        assert_eq!(streamed.size_hint().exact(), None);
+        let response = count_body(&t, false, Response::new(streamed));
+        assert_eq!(
+            t.to_pb("/").bytes_sent,
+            5,
+            "nothing counted before it is sent"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"abcdefg");
+        assert_eq!(t.to_pb("/").bytes_sent, 12);
+    }
+
+    #[test]
+    fn open_connections_count_down_when_they_close() {
+        let c = Arc::new(Connections::default());
+        let a = c.open();
+        let b = c.open();
+        assert_eq!(c.get(), 2);
+        drop(a);
+        assert_eq!(c.get(), 1);
+        drop(b);
+        assert_eq!(c.get(), 0);
+    }
 }
