@@ -62,7 +62,7 @@ async fn main() {
         addrs.push(listener.local_addr().unwrap());
         let options = AgentOptions {
             authid: name.clone(),
-            master: master.addr.to_string(),
+            masters: vec![master.addr.to_string()],
             security: Security::Mtls(
                 identity
                     .server(switchyard::tls::ClientAuth::Required)

@@ -63,6 +63,9 @@ pub enum Reason {
     TokenRevoked,
     /// The join token does not allow this node name (its name prefix).
     NameNotAllowed,
+    /// A control call from a master whose leadership epoch is older than the newest this agent
+    /// has seen: a deposed leader (docs/operations.md, "Several masters").
+    StaleLeader,
     /// Anything else: logged with context, never detailed to the client.
     Internal,
 }
@@ -95,6 +98,7 @@ impl Reason {
             Reason::TokenExhausted => "TOKEN_EXHAUSTED",
             Reason::TokenRevoked => "TOKEN_REVOKED",
             Reason::NameNotAllowed => "NAME_NOT_ALLOWED",
+            Reason::StaleLeader => "STALE_LEADER",
             Reason::Internal => "INTERNAL",
         }
     }
@@ -110,7 +114,8 @@ impl Reason {
             | Reason::CannotStop
             | Reason::AlreadyStarted
             | Reason::NotStarted
-            | Reason::InUse => Code::FailedPrecondition,
+            | Reason::InUse
+            | Reason::StaleLeader => Code::FailedPrecondition,
             Reason::ConcurrentChange => Code::Aborted,
             Reason::NotAuthorized
             | Reason::CertificateRevoked

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fencing;
 pub mod issuer;
 pub mod metrics;
 pub mod pb;

@@ -29,6 +29,7 @@ pub const MASTER_SERVICES: &[&str] = &[
     "switchyard.master.v1.RouterClusterService",
     "switchyard.master.v1.NodeService",
     "switchyard.master.v1.EventService",
+    "switchyard.master.v1.ControlPlaneService",
     "switchyard.agent.v1.NodeControllerService",
     "switchyard.agent.v1.NativeProcessService",
 ];

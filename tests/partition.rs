@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::Net;
 use common::{Proc, agent_bin, eventually_async, master_bin, system_tool};
 use switchyard::pb::agent::v1::{
     self as apb, WorkerStatus, node_controller_service_client::NodeControllerServiceClient,
@@ -15,85 +16,6 @@ use switchyard::pb::agent::v1::{
 use switchyard::pb::master::v1::{
     self as pb, router_cluster_service_client::RouterClusterServiceClient,
 };
-
-fn ip(args: &[&str]) {
-    let out = Command::new(system_tool("ip")).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespace and veth pair, removed on drop.
-struct Net {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-impl Net {
-    fn new() -> Net {
-        let id = std::process::id() % 60000;
-        let subnet = 1 + id % 250;
-        let net = Net {
-            ns: format!("sy{id}"),
-            host_if: format!("syh{id}"),
-            host_ip: format!("10.251.{subnet}.1"),
-            ns_ip: format!("10.251.{subnet}.2"),
-        };
-        let ns_if = format!("sya{id}");
-        let _ = Command::new("ip").args(["netns", "del", &net.ns]).output();
-        ip(&["netns", "add", &net.ns]);
-        ip(&[
-            "link",
-            "add",
-            &net.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ]);
-        ip(&["link", "set", &ns_if, "netns", &net.ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", net.host_ip),
-            "dev",
-            &net.host_if,
-        ]);
-        ip(&["link", "set", &net.host_if, "up"]);
-        ip(&[
-            "netns",
-            "exec",
-            &net.ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", net.ns_ip),
-            "dev",
-            &ns_if,
-        ]);
-        ip(&["netns", "exec", &net.ns, "ip", "link", "set", &ns_if, "up"]);
-        ip(&["netns", "exec", &net.ns, "ip", "link", "set", "lo", "up"]);
-        net
-    }
-
-    fn link(&self, up: bool) {
-        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-    }
-}
 
 fn ca(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new(master_bin())

@@ -203,9 +203,11 @@ fn retry_delay(identity: &Identity) -> Duration {
         })
 }
 
-/// Renews the certificate whenever it is due, until `shutdown`.
-pub async fn run(certs: Arc<NodeCerts>, master: String, shutdown: CancellationToken) {
+/// Renews the certificate whenever it is due, until `shutdown`, through the first of `masters`
+/// that answers (any master can renew).
+pub async fn run(certs: Arc<NodeCerts>, masters: Vec<String>, shutdown: CancellationToken) {
     let mut failed = false;
+    let mut next = 0;
     loop {
         let identity = certs.current();
         let delay = if failed {
@@ -217,6 +219,10 @@ pub async fn run(certs: Arc<NodeCerts>, master: String, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
+        let master = masters
+            .get(next % masters.len().max(1))
+            .cloned()
+            .unwrap_or_default();
         match renew(&certs, &master).await {
             Ok(not_after) => {
                 failed = false;
@@ -224,6 +230,7 @@ pub async fn run(certs: Arc<NodeCerts>, master: String, shutdown: CancellationTo
             }
             Err(error) => {
                 failed = true;
+                next += 1;
                 let expires =
                     validity(&certs.current()).map(|(_, na)| time::OffsetDateTime::from(na));
                 tracing::warn!(node = %certs.authid, %error, ?expires, "certificate renewal failed; retrying");

@@ -68,7 +68,8 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9701", env = "SWITCHYARD_LISTEN")]
     listen: SocketAddr,
-    /// The master's address (host:port), for heartbeats (required).
+    /// The master's address (host:port), for heartbeats (required); with several masters,
+    /// all of them comma-separated (a,b,c): the agent finds the leader among them.
     #[arg(long, env = "SWITCHYARD_MASTER")]
     master: Option<String>,
     /// The node's authid; the agent uses DIR/AUTHID.pem and DIR/AUTHID.key (required).
@@ -420,6 +421,21 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
             "master is required (--master, SWITCHYARD_MASTER or master in --config)",
         );
     };
+    let masters: Vec<String> = master
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = masters.iter().find(|m| {
+        m.rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    }) {
+        return config_error(&format!("master: '{bad}' is not host:port"));
+    }
+    if masters.is_empty() {
+        return config_error("master: no address given");
+    }
     if !switchyard::auth::valid_name(&name) {
         return config_error(&format!("name: invalid node name '{name}'"));
     }
@@ -448,7 +464,7 @@ fn serve(config: ServeFile, print: bool, join_token: Option<String>) -> ExitCode
         .unwrap_or_else(|| listen.to_string());
     let mut options = AgentOptions {
         authid: name,
-        master,
+        masters,
         security: Security::Insecure,
         worker_exe,
         runtime_dir,
@@ -574,7 +590,7 @@ impl Credentials {
             Credentials::Loaded(identity) => identity,
             Credentials::Join { dir, token, pin } => {
                 let request = crate::join::JoinRequest {
-                    master: &options.master,
+                    master: &options.masters[0],
                     authid: &options.authid,
                     token: &token,
                     ca_pin: &pin,

@@ -2,6 +2,12 @@
 //! online; reconnects with exponential backoff while the master is away. The master's answers
 //! carry the revocation list ([`switchyard::revocation`]) the agent's role layer checks.
 //!
+//! With several masters (`--master a,b,c`) the agent heartbeats to the leader: a follower's
+//! answers name the leader, and the stream moves there; a master that does not answer within
+//! three heartbeat intervals (down, or stopped) is left for the next one in the list. The
+//! leader's epoch in every answer raises the epoch below which the agent refuses control calls
+//! (`switchyard::fencing`; docs/operations.md, "Several masters").
+//!
 //! When the node's certificate is renewed ([`crate::certs`]), the stream moves to a connection
 //! made with the new certificate: the new stream is up (its first answer arrived) before the old
 //! one is dropped, and the master keeps a node online while any of its streams is.
@@ -26,8 +32,10 @@ use crate::worker::Workers;
 /// Where and as whom to heartbeat.
 #[derive(Debug, Clone)]
 pub struct HeartbeatConfig {
-    /// The master's `host:port`.
-    pub master: String,
+    /// The masters' `host:port`s, tried in turn.
+    pub masters: Vec<String>,
+    /// The newest leadership epoch seen, raised by the masters' answers.
+    pub epochs: Arc<switchyard::fencing::EpochGuard>,
     /// The node's certificate; `None` with `--insecure` (plaintext).
     pub certs: Option<Arc<NodeCerts>>,
     /// The revocations the master sends, checked by the agent's role layer.
@@ -71,6 +79,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// cannot help until an operator acts, so the master is not asked every second.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How a heartbeat session ended.
+enum Ended {
+    /// Shutdown.
+    Shutdown,
+    /// The master answered that another one leads, at this address.
+    Leader(String),
+    /// The stream failed.
+    Failed(String),
+}
+
+impl From<String> for Ended {
+    fn from(e: String) -> Self {
+        Ended::Failed(e)
+    }
+}
+
 /// Heartbeats until `shutdown`.
 pub async fn run(
     config: HeartbeatConfig,
@@ -79,21 +103,38 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut next = 0;
+    let mut master = config.masters.first().cloned().unwrap_or_default();
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&config, &link, &workers, &shutdown) => r,
+            r = session(&config, &master, &link, &workers, &shutdown) => r,
         };
         link.connected.store(false, Ordering::Relaxed);
         let mut pause = backoff;
         match result {
-            Ok(()) => return,
-            Err(e) if e.contains("CERTIFICATE_REVOKED") || e.contains("CERTIFICATE_EXPIRED") => {
-                tracing::error!(master = %config.master, error = %e, retry_in = ?REFUSED_BACKOFF, "the master refuses this node's certificate: join again with a new token");
+            Ended::Shutdown => return,
+            Ended::Leader(leader) => {
+                tracing::info!(from = %master, to = %leader, "moving the heartbeat stream to the leader");
+                master = leader;
+                continue;
+            }
+            Ended::Failed(e)
+                if e.contains("CERTIFICATE_REVOKED") || e.contains("CERTIFICATE_EXPIRED") =>
+            {
+                tracing::error!(%master, error = %e, retry_in = ?REFUSED_BACKOFF, "the master refuses this node's certificate: join again with a new token");
                 pause = REFUSED_BACKOFF;
             }
-            Err(e) => {
-                tracing::warn!(master = %config.master, error = %e, retry_in = ?backoff, "heartbeat to master failed");
+            Ended::Failed(e) => {
+                tracing::warn!(%master, error = %e, retry_in = ?backoff, "heartbeat to master failed");
+                if config.masters.len() > 1 {
+                    // Another master may answer at once: try it before pausing.
+                    next = (next + 1) % config.masters.len();
+                    master = config.masters[next].clone();
+                    if next != 0 {
+                        pause = Duration::ZERO;
+                    }
+                }
             }
         }
         tokio::select! {
@@ -158,10 +199,11 @@ fn beat(config: &HeartbeatConfig, workers: &Workers) -> HeartbeatRequest {
 /// Opens a stream with the current certificate; returns it once the master answered.
 async fn open(
     config: &HeartbeatConfig,
+    master: &str,
     workers: &Workers,
 ) -> Result<(Beats, HeartbeatResponse), String> {
     let identity = config.certs.as_ref().map(|c| c.current());
-    let channel = master_endpoint(&config.master, identity.as_ref())?
+    let channel = master_endpoint(master, identity.as_ref())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;
@@ -198,37 +240,61 @@ async fn renewed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
 /// on shutdown.
 async fn session(
     config: &HeartbeatConfig,
+    master: &str,
     link: &MasterLink,
     workers: &Workers,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
+) -> Ended {
+    match beating(config, master, link, workers, shutdown).await {
+        Ok(ended) | Err(ended) => ended,
+    }
+}
+
+async fn beating(
+    config: &HeartbeatConfig,
+    master: &str,
+    link: &MasterLink,
+    workers: &Workers,
+    shutdown: &CancellationToken,
+) -> Result<Ended, Ended> {
     let mut changes = config.certs.as_ref().map(|c| c.subscribe());
-    let (mut beats, first) = open(config, workers).await?;
+    let (mut beats, first) = open(config, master, workers).await?;
     let mut interval = Duration::from_millis(500);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut reply = Some(first);
+    let mut last_answer = tokio::time::Instant::now();
     loop {
         if let Some(r) = reply.take() {
-            answered(config, link, r, &mut interval, &mut ticker).await;
+            last_answer = tokio::time::Instant::now();
+            if !r.leader_address.is_empty() && r.leader_address != master {
+                config.epochs.observe(r.leader_epoch);
+                return Ok(Ended::Leader(r.leader_address));
+            }
+            answered(config, master, link, r, &mut interval, &mut ticker).await;
         }
+        // A master that stops answering (stopped, or cut off) is left for another.
+        let silent = last_answer + (interval * 3).max(Duration::from_secs(1));
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            _ = tokio::time::sleep_until(silent) => {
+                return Err(Ended::Failed(format!("no answer for {:?}", silent - last_answer)));
+            }
             _ = ticker.tick() => {
                 beats.tx.send(beat(config, workers)).await.map_err(|_| "heartbeat stream closed".to_owned())?;
             }
-            _ = renewed(&mut changes) => match open(config, workers).await {
+            _ = renewed(&mut changes) => match open(config, master, workers).await {
                 Ok((next, first)) => {
-                    tracing::info!(master = %config.master, "heartbeat stream moved to the renewed certificate");
+                    tracing::info!(%master, "heartbeat stream moved to the renewed certificate");
                     beats = next; // the old stream ends here, after the new one is up
                     reply = Some(first);
                 }
-                Err(e) => tracing::warn!(master = %config.master, error = %e, "cannot open a heartbeat stream with the renewed certificate; keeping the old one"),
+                Err(e) => tracing::warn!(%master, error = %e, "cannot open a heartbeat stream with the renewed certificate; keeping the old one"),
             },
             next = beats.replies.message() => match next {
                 Ok(Some(r)) => reply = Some(r),
-                Ok(None) => return Err("the master ended the heartbeat stream".into()),
-                Err(s) => return Err(describe(&s)),
+                Ok(None) => return Err("the master ended the heartbeat stream".to_owned().into()),
+                Err(s) => return Err(describe(&s).into()),
             },
         }
     }
@@ -237,13 +303,15 @@ async fn session(
 /// Takes in one answer of the master: the node oid, the interval, the revocations.
 async fn answered(
     config: &HeartbeatConfig,
+    master: &str,
     link: &MasterLink,
     r: HeartbeatResponse,
     interval: &mut Duration,
     ticker: &mut tokio::time::Interval,
 ) {
+    config.epochs.observe(r.leader_epoch);
     if !link.connected.swap(true, Ordering::Relaxed) {
-        tracing::info!(master = %config.master, node_oid = %r.node_oid, "connected to master");
+        tracing::info!(%master, node_oid = %r.node_oid, epoch = r.leader_epoch, "connected to master");
     }
     *link.node_oid.lock().unwrap_or_else(|p| p.into_inner()) = r.node_oid;
     if let Some(list) = r.revocations {

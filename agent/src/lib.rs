@@ -54,8 +54,9 @@ use worker::{Backoff, WorkerConfig, Workers};
 pub struct AgentOptions {
     /// The node's authid (its certificate's name).
     pub authid: String,
-    /// The master's address, for heartbeats.
-    pub master: String,
+    /// The masters' addresses (host:port), for heartbeats: the agent finds the leader among
+    /// them.
+    pub masters: Vec<String>,
     /// mTLS (the default) or explicit plaintext.
     pub security: Security,
     /// The executable started in worker mode.
@@ -143,6 +144,8 @@ pub struct Agent {
     pub shutdown: CancellationToken,
     /// The heartbeat link to the master.
     pub master: Arc<heartbeat::MasterLink>,
+    /// The newest leadership epoch seen: control calls of an older one are refused.
+    pub epochs: Arc<switchyard::fencing::EpochGuard>,
 }
 
 /// Runs the agent on `listener` until `shutdown` is cancelled, then stops its workers (or,
@@ -193,6 +196,7 @@ pub async fn serve(
         host: system::Host::new()?,
         shutdown: shutdown.clone(),
         master: Arc::default(),
+        epochs: Arc::default(),
     });
     let local = listener
         .local_addr()
@@ -226,13 +230,14 @@ pub async fn serve(
     if let Some(certs) = &certs {
         tokio::spawn(certs::run(
             certs.clone(),
-            options.master.clone(),
+            options.masters.clone(),
             shutdown.clone(),
         ));
     }
     tokio::spawn(heartbeat::run(
         heartbeat::HeartbeatConfig {
-            master: options.master.clone(),
+            masters: options.masters.clone(),
+            epochs: agent.epochs.clone(),
             certs,
             revocations,
             authid: options.authid.clone(),
@@ -259,7 +264,7 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
-    tracing::info!(listen = %local, authid = %options.authid, master = %options.master, "agent serving");
+    tracing::info!(listen = %local, authid = %options.authid, masters = ?options.masters, "agent serving");
     let served = server::serve(
         listener,
         security,

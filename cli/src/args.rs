@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     after_help = "After `switchyard-master dev`, export the two lines it prints and no flag is needed."
 )]
 pub struct Cli {
-    /// The master's address (host:port).
+    /// The master's address (host:port); with several masters, any of them comma-separated
+    /// (a,b,c): the first that answers is used.
     #[arg(
         long,
         global = true,
@@ -63,6 +64,8 @@ pub enum Command {
     /// Router clusters.
     #[command(subcommand)]
     Routercluster(RouterCmd),
+    /// The masters of the control plane and which one leads.
+    Masters,
     /// Live events.
     Watch {
         /// Only these event types (e.g. on_webcluster_started; repeatable).

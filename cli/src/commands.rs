@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> R {
         Command::Node(c) => node(channel, f, c).await,
         Command::Webcluster(c) => web(channel, f, c).await,
         Command::Routercluster(c) => router(channel, f, c).await,
+        Command::Masters => masters(channel, f).await,
         Command::Watch { types } => watch(channel, f, types).await,
         Command::Stats {
             node,
@@ -916,6 +917,33 @@ fn print_group(f: Format, g: &pb::RouterWorkerGroup) -> R {
 }
 
 // ---- streams and node control through the master's gateway ----
+
+async fn masters(ch: Channel, f: Format) -> R {
+    use switchyard::pb::master::v1::control_plane_service_client::ControlPlaneServiceClient;
+    let cp = ControlPlaneServiceClient::new(ch)
+        .get_control_plane(pb::GetControlPlaneRequest {})
+        .await?
+        .into_inner();
+    if f == Format::Json {
+        return print_json("switchyard.master.v1.GetControlPlaneResponse", &cp);
+    }
+    let mut t = Table::new(&["NAME", "ADDRESS", "ROLE", "SINCE", "LAST SEEN"]);
+    for m in &cp.members {
+        let role = pb::MasterRole::try_from(m.role)
+            .map(|r| enum_name(r.as_str_name(), "MASTER_ROLE_"))
+            .unwrap_or_default();
+        t.row(vec![
+            m.name.clone(),
+            m.address.clone(),
+            role,
+            ts(m.since.as_ref()),
+            ts(m.last_seen.as_ref()),
+        ]);
+    }
+    t.print();
+    println!("epoch {}", cp.epoch);
+    Ok(())
+}
 
 async fn watch(ch: Channel, f: Format, types: Vec<String>) -> R {
     let mut wanted = Vec::new();

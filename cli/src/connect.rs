@@ -30,21 +30,38 @@ fn tls(cli: &Cli) -> Result<ClientTlsConfig, Failure> {
     }
 }
 
-/// Connects to the master.
+/// Connects to the master: the first of `--master a,b,c` that answers (every master serves
+/// the whole API).
 pub async fn channel(cli: &Cli) -> Result<Channel, Failure> {
-    let url = format!("https://{}", cli.master);
-    let endpoint = Channel::from_shared(url.clone())
-        .map_err(|_| Failure::Config(format!("'{}' is not a master address", cli.master)))?
-        .tls_config(tls(cli)?)
-        .map_err(|e| Failure::Config(format!("TLS: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| {
-        let mut msg = format!("UNAVAILABLE: cannot connect to the master at {url}: {e}");
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
+    let tls = tls(cli)?;
+    let mut failures = Vec::new();
+    for master in cli
+        .master
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        let url = format!("https://{master}");
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|_| Failure::Config(format!("'{master}' is not a master address")))?
+            .tls_config(tls.clone())
+            .map_err(|e| Failure::Config(format!("TLS: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => {
+                let mut msg = format!("{url}: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                failures.push(msg);
+            }
         }
-        Failure::Other(msg)
-    })
+    }
+    Err(Failure::Other(format!(
+        "UNAVAILABLE: cannot connect to the master ({})",
+        failures.join("; ")
+    )))
 }

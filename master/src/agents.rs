@@ -22,6 +22,8 @@ pub const ACT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Agents {
     identity: Option<Identity>,
     channels: Mutex<HashMap<String, (String, Channel)>>,
+    /// The leadership whose epoch marks the monitors' calls (unset: unmarked, unfenced).
+    leadership: std::sync::OnceLock<std::sync::Arc<crate::leader::Leadership>>,
 }
 
 impl Agents {
@@ -30,7 +32,36 @@ impl Agents {
         Agents {
             identity,
             channels: Mutex::default(),
+            leadership: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Marks the monitors' calls with `leadership`'s epoch, and refuses them once this master
+    /// no longer surely leads (docs/operations.md, "Several masters").
+    pub fn lead_with(&self, leadership: std::sync::Arc<crate::leader::Leadership>) {
+        let _ = self.leadership.set(leadership);
+    }
+
+    /// `message` as a monitor's call: marked with the leadership epoch, or refused here when
+    /// this master no longer leads.
+    pub fn as_leader<T>(&self, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let mut request = tonic::Request::new(message);
+        let Some(leadership) = self.leadership.get() else {
+            return Ok(request);
+        };
+        let term = leadership.term().ok_or_else(|| {
+            switchyard::error::status(
+                switchyard::error::Reason::StaleLeader,
+                "this master is no longer the leader",
+            )
+        })?;
+        if term.epoch > 0 {
+            request.metadata_mut().insert(
+                switchyard::fencing::EPOCH_METADATA,
+                tonic::metadata::MetadataValue::from(term.epoch),
+            );
+        }
+        Ok(request)
     }
 
     /// A node-controller client of `node` (reconnects when its endpoint changes).

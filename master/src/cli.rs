@@ -144,7 +144,8 @@ enum StoreKind {
 struct ServeArgs {
     /// TOML file with any of these options (keys: listen, data_dir, pki_dir, insecure,
     /// heartbeat_interval_ms, heartbeat_grace_ms, metrics_listen, log_format, node_cert_ttl,
-    /// store, etcd_endpoints, etcd_prefix, etcd_ca, etcd_cert, etcd_key).
+    /// store, etcd_endpoints, etcd_prefix, etcd_ca, etcd_cert, etcd_key, name, advertise,
+    /// leader_lease).
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration (TOML) and exit.
@@ -188,6 +189,16 @@ struct ServeArgs {
     /// (10s..=365d); agents renew at about two thirds of it.
     #[arg(long, default_value = "7d", env = "SWITCHYARD_NODE_CERT_TTL")]
     node_cert_ttl: String,
+    /// This master's name among the masters of one store; its certificate is NAME.pem/NAME.key
+    /// in --pki-dir (falling back to master.pem/master.key).
+    #[arg(long, default_value = "master", env = "SWITCHYARD_NAME")]
+    name: String,
+    /// The address (host:port) agents and clients reach this master at (default: --listen).
+    #[arg(long, env = "SWITCHYARD_ADVERTISE")]
+    advertise: Option<String>,
+    /// The leader's etcd lease (2s..=60s): a dead leader is replaced within about this long.
+    #[arg(long, default_value = "2s", env = "SWITCHYARD_LEADER_LEASE")]
+    leader_lease: String,
 }
 
 /// The master's configuration file, and the effective configuration `--print-config` shows.
@@ -209,6 +220,9 @@ struct ServeFile {
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
     node_cert_ttl: Option<String>,
+    name: Option<String>,
+    advertise: Option<String>,
+    leader_lease: Option<String>,
 }
 
 impl ServeFile {
@@ -293,6 +307,14 @@ fn effective(
         etcd_ca: config::layered_opt(serve, "etcd_ca", args.etcd_tls.etcd_ca, file.etcd_ca),
         etcd_cert: config::layered_opt(serve, "etcd_cert", args.etcd_tls.etcd_cert, file.etcd_cert),
         etcd_key: config::layered_opt(serve, "etcd_key", args.etcd_tls.etcd_key, file.etcd_key),
+        name: Some(config::layered(serve, "name", args.name, file.name)),
+        advertise: config::layered_opt(serve, "advertise", args.advertise, file.advertise),
+        leader_lease: Some(config::layered(
+            serve,
+            "leader_lease",
+            args.leader_lease,
+            file.leader_lease,
+        )),
         node_cert_ttl: Some(config::layered(
             serve,
             "node_cert_ttl",
@@ -422,12 +444,19 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
         grace: std::time::Duration::from_millis(grace),
     };
     let node_cert_ttl = node_cert_ttl(config.node_cert_ttl.as_deref())?;
+    let control_plane = control_plane(&config, listen)?;
     let mut signer = None;
     let (security, identity) = match (config.insecure.unwrap_or(false), config.pki_dir) {
         (true, _) => (Security::Insecure, None),
         (false, Some(dir)) => {
+            let own = dir.join(format!("{}.pem", control_plane.name));
+            let file = if own.exists() {
+                control_plane.name.as_str()
+            } else {
+                "master"
+            };
             let identity =
-                Identity::load(&dir, "master").map_err(|e| Failure::Config(e.to_string()))?;
+                Identity::load(&dir, file).map_err(|e| Failure::Config(e.to_string()))?;
             let tls = ServerTls::new(&identity, ClientAuth::Optional)
                 .map_err(|e| Failure::Config(e.to_string()))?;
             signer = pki_signer(&dir)?;
@@ -453,6 +482,7 @@ fn serve(config: ServeFile, print: bool) -> Result<(), Failure> {
             metrics_listen: config.metrics_listen,
             signer,
             node_cert_ttl,
+            control_plane,
         };
         crate::serve(listener, options, shutdown)
             .await
@@ -570,10 +600,10 @@ fn store_command(command: StoreCommand) -> Result<(), Failure> {
                     .map_err(|e| Failure::Runtime(e.into()))
             }
         };
-        let (source, source_sled) = open(from.clone()).await?;
-        let (target, target_sled) = open(to.clone()).await?;
+        let source = open(from.clone()).await?;
+        let target = open(to.clone()).await?;
         deadline.abort();
-        let copied = crate::store::copy::copy(&*source, &*target, force)
+        let copied = crate::store::copy::copy(&*source.store, &*target.store, force)
             .await
             .map_err(|e| match e {
                 crate::store::copy::CopyError::NotEmpty(n) => Failure::Config(format!(
@@ -581,7 +611,7 @@ fn store_command(command: StoreCommand) -> Result<(), Failure> {
                 )),
                 other => Failure::Runtime(other.into()),
             })?;
-        for sled in [source_sled, target_sled].into_iter().flatten() {
+        for sled in [source.sled, target.sled].into_iter().flatten() {
             sled.sync().await.map_err(|e| Failure::Runtime(e.into()))?;
         }
         println!("copied {} rows from {from} to {to}", copied.total());
@@ -605,6 +635,41 @@ fn node_cert_ttl(text: Option<&str>) -> Result<std::time::Duration, Failure> {
         )));
     }
     Ok(ttl)
+}
+
+/// This master's place among the masters of its store, from the effective configuration.
+fn control_plane(config: &ServeFile, listen: SocketAddr) -> Result<crate::ControlPlane, Failure> {
+    let name = config.name.clone().unwrap_or_else(|| "master".to_owned());
+    if !switchyard::auth::valid_name(&name) {
+        return Err(Failure::Config(format!(
+            "name: '{name}' is not a valid master name"
+        )));
+    }
+    let text = config.leader_lease.as_deref().unwrap_or("2s");
+    let lease =
+        config::parse_duration(text).map_err(|e| Failure::Config(format!("leader_lease: {e}")))?;
+    if !(2..=60).contains(&lease.as_secs()) {
+        return Err(Failure::Config(format!(
+            "leader_lease: '{text}' is not between 2s and 60s"
+        )));
+    }
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen.to_string());
+    if advertise
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(Failure::Config(format!(
+            "advertise: '{advertise}' is not host:port"
+        )));
+    }
+    Ok(crate::ControlPlane {
+        name,
+        advertise,
+        leader_lease: lease,
+    })
 }
 
 /// The CA key in the master's PKI directory, if there is one (joins and renewals need it).

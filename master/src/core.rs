@@ -52,6 +52,8 @@ pub struct Core {
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Nodes gone offline, by node and why (for metrics).
     pub offline_total: crate::metrics::OfflineCounters,
+    /// Which master leads (on sled: this one, always).
+    pub leadership: Arc<crate::leader::Leadership>,
     /// Node certificates: the CA key, their lifetime, the revocations (set once at start-up,
     /// [`Core::start_issuing`]; defaults until then).
     issuing: std::sync::OnceLock<crate::join::Issuing>,
@@ -75,11 +77,37 @@ impl Core {
             offline_total: Default::default(),
             liveness: Liveness::default(),
             heartbeat,
-            shutdown,
             agents,
             gauges: Default::default(),
+            leadership: Arc::new(crate::leader::Leadership::single(
+                "master",
+                "",
+                shutdown.clone(),
+            )),
             issuing: std::sync::OnceLock::new(),
+            shutdown,
         }
+    }
+
+    /// This core with `leadership` (several masters on etcd) instead of leading alone.
+    pub fn with_leadership(mut self, leadership: Arc<crate::leader::Leadership>) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Commits a write only the leader makes (monitors, node liveness), conditioned on this
+    /// master still leading: UNAVAILABLE once it does not.
+    pub async fn commit_as_leader(
+        &self,
+        txn: crate::store::Txn,
+    ) -> Result<crate::store::Revision, crate::store::StoreError> {
+        let term = self.leadership.term().ok_or_else(|| {
+            crate::leader::fenced(crate::store::StoreError::Conflict(
+                String::from_utf8_lossy(crate::store::keys::LEADER).into_owned(),
+            ))
+        })?;
+        let txn = term.fence(txn)?;
+        self.store.commit(txn).await.map_err(crate::leader::fenced)
     }
 }
 

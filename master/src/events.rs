@@ -303,6 +303,7 @@ fn object_oids(e: &Event) -> Vec<&str> {
         Some(Workergroup(o)) => vec![o.oid.as_str(), o.cluster_oid.as_str()],
         Some(Node(o)) => vec![o.oid.as_str()],
         Some(Worker(o)) => vec![o.node_oid.as_str()],
+        Some(Master(o)) => vec![o.name.as_str()],
         Some(Placement(o)) => vec![o.oid.as_str(), o.cluster_oid.as_str(), o.node_oid.as_str()],
         None => vec![],
     }

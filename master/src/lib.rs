@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod join;
+pub mod leader;
 pub mod metrics;
 pub mod monitor;
 pub mod nodes;
@@ -69,6 +70,29 @@ pub struct MasterOptions {
     pub signer: Option<Arc<switchyard::issuer::CaSigner>>,
     /// The lifetime of the node certificates the master issues.
     pub node_cert_ttl: std::time::Duration,
+    /// This master among the masters of its store.
+    pub control_plane: ControlPlane,
+}
+
+/// A master's place among the masters sharing one store (docs/operations.md, "Several masters").
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// Its name.
+    pub name: String,
+    /// Where agents and clients reach it (host:port).
+    pub advertise: String,
+    /// The leader's etcd lease.
+    pub leader_lease: std::time::Duration,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        ControlPlane {
+            name: "master".to_owned(),
+            advertise: String::new(),
+            leader_lease: leader::DEFAULT_LEASE,
+        }
+    }
 }
 
 /// Errors that stop the master.
@@ -109,14 +133,26 @@ pub async fn serve(
     options: MasterOptions,
     shutdown: CancellationToken,
 ) -> Result<(), MasterError> {
-    let (store, sled) = open_store(&options.store, &shutdown).await?;
+    let opened = open_store(&options.store, &shutdown).await?;
+    let cp = &options.control_plane;
+    let leadership = Arc::new(match &opened.etcd {
+        Some(_) => leader::Leadership::elected(&cp.name, &cp.advertise, cp.leader_lease),
+        None => leader::Leadership::single(&cp.name, &cp.advertise, shutdown.clone()),
+    });
     let agents = Arc::new(agents::Agents::new(options.identity.clone()));
-    let core = Arc::new(Core::new(
-        store,
-        options.heartbeat,
-        agents.clone(),
-        shutdown.clone(),
-    ));
+    agents.lead_with(leadership.clone());
+    let core = Arc::new(
+        Core::new(
+            opened.store,
+            options.heartbeat,
+            agents.clone(),
+            shutdown.clone(),
+        )
+        .with_leadership(leadership.clone()),
+    );
+    let electing = opened
+        .etcd
+        .map(|etcd| tokio::spawn(leadership.run(etcd, core.clone(), shutdown.clone())));
     let revocations = core
         .start_issuing(options.signer.clone(), options.node_cert_ttl)
         .await
@@ -165,7 +201,10 @@ pub async fn serve(
     shutdown.cancel();
     let _ = supervising.await;
     supervisor.drain(std::time::Duration::from_secs(10)).await;
-    if let Some(sled) = sled
+    if let Some(electing) = electing {
+        let _ = electing.await; // resigned: the lease is revoked
+    }
+    if let Some(sled) = opened.sled
         && let Err(error) = sled.sync().await
     {
         tracing::error!(%error, "final flush failed");
@@ -186,12 +225,22 @@ impl std::fmt::Display for StoreChoice {
     }
 }
 
-/// Opens the chosen store (waiting for etcd while it does not answer); the sled store is also
-/// returned on its own for the final flush.
+/// An opened store, and its concrete backend for what only it can do.
+#[derive(Debug)]
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn store::Store>,
+    /// The same, on sled (for the final flush).
+    pub sled: Option<Arc<store::sled::SledStore>>,
+    /// The same, on etcd (for the leader election).
+    pub etcd: Option<Arc<store::etcd::EtcdStore>>,
+}
+
+/// Opens the chosen store (waiting for etcd while it does not answer).
 pub async fn open_store(
     choice: &StoreChoice,
     shutdown: &CancellationToken,
-) -> Result<(Arc<dyn store::Store>, Option<Arc<store::sled::SledStore>>), MasterError> {
+) -> Result<OpenedStore, MasterError> {
     match choice {
         StoreChoice::Sled(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| MasterError::DataDir {
@@ -204,7 +253,11 @@ pub async fn open_store(
                     source,
                 }
             })?);
-            Ok((sled.clone(), Some(sled)))
+            Ok(OpenedStore {
+                store: sled.clone(),
+                sled: Some(sled),
+                etcd: None,
+            })
         }
         StoreChoice::Etcd(config) => {
             let etcd = store::etcd::EtcdStore::connect(config.clone(), shutdown.clone())
@@ -213,7 +266,12 @@ pub async fn open_store(
                     store: choice.to_string(),
                     source,
                 })?;
-            Ok((Arc::new(etcd), None))
+            let etcd = Arc::new(etcd);
+            Ok(OpenedStore {
+                store: etcd.clone(),
+                sled: None,
+                etcd: Some(etcd),
+            })
         }
     }
 }

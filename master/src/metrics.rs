@@ -310,5 +310,19 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
         "Monitors restarted after they ended unexpectedly (a panic; see the master's log)",
         restarts,
     );
+    let leader = Gauge::<i64>::default();
+    leader.set(i64::from(core.leadership.is_leader()));
+    r.register(
+        "switchyard_master_is_leader",
+        "1 while this master leads (runs the monitors), 0 while it follows",
+        leader,
+    );
+    let epoch = Gauge::<i64>::default();
+    epoch.set(core.leadership.view().epoch as i64);
+    r.register(
+        "switchyard_master_leader_epoch",
+        "The leadership epoch this master knows (grows with every new leader; 0 on sled)",
+        epoch,
+    );
     r
 }

@@ -1,7 +1,9 @@
 //! Nodes: registered by their first heartbeat (durably, with a new oid), online while their
 //! heartbeat stream is up and heartbeats arrive within the grace period, offline at once when the
-//! stream breaks. Liveness lives in memory; the node record changes only when what the agent
-//! reports changes, so heartbeats cost no disk writes.
+//! stream breaks. Liveness lives in the leader's memory; the node record changes only when what
+//! the agent reports changes, so heartbeats cost no disk writes. The leader writes a node's
+//! liveness (`nodelive/`) when it changes: followers answer with it, and a new leader starts
+//! from it (docs/operations.md, "Several masters").
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +23,8 @@ struct Live {
     last_seen_at: SystemTime,
     streams: u32,
     online: bool,
+    /// Restored from the previous leader's view, not yet confirmed by a heartbeat to this one.
+    presumed: bool,
 }
 
 /// In-memory liveness of nodes, by oid.
@@ -50,7 +54,19 @@ impl Core {
         }
     }
 
-    fn with_liveness(&self, mut node: Node) -> Node {
+    /// `node` with its status and last heartbeat: the leader's own view, or on a follower the
+    /// leader's as last written.
+    async fn with_liveness(&self, mut node: Node) -> Node {
+        if !self.leadership.is_leader() {
+            let row = self.store.load::<Node>(&keys::node_live(&node.oid)).await;
+            let (status, last) = match row {
+                Ok(Some((live, _))) => (live.status, live.last_heartbeat),
+                _ => (NodeStatus::Offline as i32, None),
+            };
+            node.status = status;
+            node.last_heartbeat = last;
+            return node;
+        }
         let live = self.liveness.lock().get(&node.oid).copied();
         node.status = if live.is_some_and(|l| l.online) {
             NodeStatus::Online
@@ -63,8 +79,57 @@ impl Core {
         node
     }
 
+    /// At the start of a term: the nodes the previous leader saw online are presumed online
+    /// (their agents reconnect within the grace period, or go offline then). Whether any was.
+    pub async fn take_over_liveness(&self) -> bool {
+        let rows = match self.store.list::<Node>(keys::NODE_LIVENESS).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the nodes' last liveness; waiting for heartbeats");
+                return false;
+            }
+        };
+        let mut live = self.liveness.lock();
+        let mut restored = false;
+        for node in rows
+            .iter()
+            .filter(|n| n.status == NodeStatus::Online as i32)
+        {
+            live.entry(node.oid.clone()).or_insert_with(|| {
+                restored = true;
+                Live {
+                    last_seen: Instant::now(),
+                    last_seen_at: SystemTime::now(),
+                    streams: 0,
+                    online: true,
+                    presumed: true,
+                }
+            });
+        }
+        restored
+    }
+
+    /// Writes node `oid`'s liveness for followers and the next leader.
+    async fn record_liveness(&self, oid: &str, online: bool) {
+        let row = Node {
+            oid: oid.to_owned(),
+            status: if online {
+                NodeStatus::Online
+            } else {
+                NodeStatus::Offline
+            } as i32,
+            last_heartbeat: Some(SystemTime::now().into()),
+            ..Default::default()
+        };
+        let txn = Txn::new().put(keys::node_live(oid), codec::encode(&row));
+        if let Err(error) = self.commit_as_leader(txn).await {
+            tracing::warn!(%oid, %error, "cannot record the node's liveness");
+        }
+    }
+
     /// Records a heartbeat from the node `authid` (already checked against its certificate).
-    /// The first one registers the node. Returns the node.
+    /// The first one registers the node. Returns the node. Only the leader keeps liveness: a
+    /// follower registers the node and answers.
     pub async fn heartbeat(&self, req: &HeartbeatRequest, first_of_stream: bool) -> Result<Node> {
         if !switchyard::auth::valid_name(&req.authid) {
             return Err(Error::invalid("authid", "not a valid node authid"));
@@ -133,25 +198,33 @@ impl Core {
                 }
             }
         };
-        let became_online = {
+        if !self.leadership.is_leader() {
+            return Ok(node);
+        }
+        let (became_online, confirmed) = {
             let mut live = self.liveness.lock();
             let entry = live.entry(node.oid.clone()).or_insert(Live {
                 last_seen: Instant::now(),
                 last_seen_at: SystemTime::now(),
                 streams: 0,
                 online: false,
+                presumed: false,
             });
             entry.last_seen = Instant::now();
             entry.last_seen_at = SystemTime::now();
             if first_of_stream {
                 entry.streams += 1;
             }
-            let was = entry.online;
+            let (was, presumed) = (entry.online, entry.presumed);
             entry.online = true;
-            !was
+            entry.presumed = false;
+            (!was, presumed)
         };
-        let node = self.with_liveness(node);
         if became_online {
+            self.record_liveness(&node.oid, true).await;
+        }
+        let node = self.with_liveness(node).await;
+        if became_online || confirmed {
             tracing::info!(node = %node.authid, oid = %node.oid, "node online");
             self.events.publish(
                 EventType::OnNodeReady,
@@ -205,6 +278,7 @@ impl Core {
     }
 
     async fn node_went_offline(&self, oid: &str, reason: &'static str, why: &str) {
+        self.record_liveness(oid, false).await;
         if let Ok(Some((node, _))) = self.store.load::<Node>(&keys::node(oid)).await {
             tracing::warn!(node = %node.authid, %oid, why, "node offline");
             let labels = crate::metrics::NodeReasonLabels {
@@ -212,7 +286,7 @@ impl Core {
                 reason,
             };
             self.offline_total.get_or_create(&labels).inc();
-            let node = self.with_liveness(node);
+            let node = self.with_liveness(node).await;
             self.events.publish(
                 EventType::OnNodeShutdown,
                 oid,
@@ -230,7 +304,7 @@ impl Core {
             .load::<Node>(&keys::node(&oid))
             .await?
             .ok_or_else(|| Error::not_found(format_args!("node {oid}")))?;
-        Ok(self.with_liveness(node))
+        Ok(self.with_liveness(node).await)
     }
 
     /// A node by authid.
@@ -259,14 +333,14 @@ impl Core {
 
     /// Every node, optionally only those in `status`.
     pub async fn list_nodes(&self, status: Option<NodeStatus>) -> Result<Vec<Node>> {
-        Ok(self
-            .store
-            .list::<Node>(keys::NODES)
-            .await?
-            .into_iter()
-            .map(|n| self.with_liveness(n))
-            .filter(|n| status.is_none_or(|s| n.status == s as i32))
-            .collect())
+        let mut nodes = Vec::new();
+        for node in self.store.list::<Node>(keys::NODES).await? {
+            let node = self.with_liveness(node).await;
+            if status.is_none_or(|s| node.status == s as i32) {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
     }
 
     /// Forgets a node that is no cluster's member, revoking its certificates.
@@ -300,6 +374,7 @@ impl Core {
             .commit(
                 Txn::new()
                     .delete(keys::node(&node.oid))
+                    .delete(keys::node_live(&node.oid))
                     .delete(keys::node_name(&node.authid))
                     .put(revoked_key, revoked),
             )

@@ -28,6 +28,8 @@ pub struct Etcd {
     /// Client TLS: (CA, certificate, key) PEM files; clients must present a certificate of
     /// the CA.
     tls: Option<[PathBuf; 3]>,
+    /// Another address clients may reach the members at (besides 127.0.0.1).
+    also_on: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -79,7 +81,24 @@ impl Etcd {
         etcd
     }
 
+    /// A one-member etcd reachable at 127.0.0.1 and at `addr` too (a test's veth address).
+    pub fn start_also_on(addr: &str) -> Etcd {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd::launch_on(tmp.path(), 1, None, Some(addr.to_owned()));
+        etcd._tmp = Some(tmp);
+        etcd
+    }
+
+    /// The client URL of the first member at the `start_also_on` address.
+    pub fn endpoint_on(&self, addr: &str) -> String {
+        self.members[0].client.replace("127.0.0.1", addr)
+    }
+
     fn launch(dir: &Path, n: usize, tls: Option<[PathBuf; 3]>) -> Etcd {
+        Etcd::launch_on(dir, n, tls, None)
+    }
+
+    fn launch_on(dir: &Path, n: usize, tls: Option<[PathBuf; 3]>, also_on: Option<String>) -> Etcd {
         static PORTS: Mutex<Vec<(PathBuf, Vec<u16>)>> = Mutex::new(Vec::new());
         let ports = {
             let mut known = PORTS.lock().unwrap();
@@ -111,6 +130,7 @@ impl Etcd {
             members,
             initial_cluster,
             tls,
+            also_on,
             _tmp: None,
         };
         for i in 0..n {
@@ -132,7 +152,12 @@ impl Etcd {
             ],
             None => Vec::new(),
         };
+        let also = self.also_on.clone();
         let m = &mut self.members[i];
+        let listen = match &also {
+            Some(addr) => format!("{},{}", m.client, m.client.replace("127.0.0.1", addr)),
+            None => m.client.clone(),
+        };
         // A member that ran before keeps its identity in its data dir; the initial-* flags are
         // then ignored. --max-txn-ops: a cluster delete removes every row of the cluster in one
         // transaction (docs/operations.md).
@@ -141,7 +166,7 @@ impl Etcd {
             .arg(&m.dir)
             .args([
                 "--listen-client-urls",
-                &m.client,
+                &listen,
                 "--advertise-client-urls",
                 &m.client,
             ])

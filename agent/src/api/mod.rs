@@ -35,9 +35,13 @@ pub const WHO_METADATA: &str = "switchyard-who";
 
 /// Every agent service, ready to serve.
 pub fn routes(agent: Arc<Agent>) -> Routes {
-    Routes::new(NodeControllerServiceServer::new(NodeControllerApi::new(
-        agent.clone(),
-    )))
+    // A deposed leader's control calls are refused (switchyard::fencing).
+    let epochs = agent.epochs.clone();
+    let fenced = move |request: Request<()>| epochs.check(&request).map(|()| request);
+    Routes::new(NodeControllerServiceServer::with_interceptor(
+        NodeControllerApi::new(agent.clone()),
+        fenced,
+    ))
     .add_service(NativeProcessServiceServer::new(NativeProcessApi::new(
         agent,
     )))

@@ -2,6 +2,7 @@
 //!
 //! The master also serves the agents' services as a gateway to every node ([`crate::gateway`]).
 
+mod control_plane;
 mod event;
 mod node;
 mod router;
@@ -14,6 +15,7 @@ use switchyard::pb::agent::v1::{
     node_controller_service_server::NodeControllerServiceServer,
 };
 use switchyard::pb::master::v1::{
+    control_plane_service_server::ControlPlaneServiceServer,
     event_service_server::EventServiceServer, node_service_server::NodeServiceServer,
     router_cluster_service_server::RouterClusterServiceServer,
     web_cluster_service_server::WebClusterServiceServer,
@@ -23,6 +25,7 @@ use tonic::service::Routes;
 use crate::core::Core;
 use crate::error::{Error, Result};
 
+pub use control_plane::ControlPlaneApi;
 pub use event::EventApi;
 pub use node::NodeApi;
 pub use router::RouterClusterApi;
@@ -36,6 +39,9 @@ pub fn routes(core: Arc<Core>) -> Routes {
         )))
         .add_service(NodeServiceServer::new(NodeApi(core.clone())))
         .add_service(EventServiceServer::new(EventApi(core.clone())))
+        .add_service(ControlPlaneServiceServer::new(ControlPlaneApi(
+            core.clone(),
+        )))
         .add_service(NodeControllerServiceServer::new(crate::gateway::Gateway(
             core.clone(),
         )))

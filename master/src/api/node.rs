@@ -59,7 +59,13 @@ impl NodeService for NodeApi {
         let interval_ms = core.heartbeat.interval.as_millis() as u32;
         let reply = move |core: &Core, node_oid: String, agent_version: u64| {
             let version = core.issuing().revocations.version();
+            let view = core.leadership.view();
             HeartbeatResponse {
+                leader_address: (view.epoch > 0)
+                    .then(|| view.leader.map(|l| l.address))
+                    .flatten()
+                    .unwrap_or_default(),
+                leader_epoch: view.epoch,
                 node_oid,
                 heartbeat_interval_ms: interval_ms,
                 revocations_version: version,

@@ -24,9 +24,10 @@ macro_rules! agent_calls {
             $(
                 fn $name(&self, node: &Node, req: $req) -> AgentFuture<'_, $resp> {
                     let client = self.node_controller(node);
+                    let request = self.as_leader(req);
                     Box::pin(async move {
                         let mut client = client.map_err(tonic::Status::unavailable)?;
-                        $deadline(client.$name(req)).await
+                        $deadline(client.$name(request?)).await
                     })
                 }
             )*

@@ -130,6 +130,8 @@ pub struct Supervisor {
     config: MonitorConfig,
     monitors: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
     tasks: TaskTracker,
+    /// The stop token of the current term of leadership.
+    term: std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -143,19 +145,66 @@ impl Supervisor {
             config,
             monitors: Default::default(),
             tasks: TaskTracker::new(),
+            term: Default::default(),
             stats: Stats::default(),
         })
     }
 
-    /// Resumes the monitors of every active cluster, then follows events until shutdown.
-    ///
-    /// Resuming waits one heartbeat grace period first: a restarted master knows no node as
-    /// online until its agents reconnect, and must not judge (or re-place) their workers before.
+    /// Runs the monitors in each term this master leads (docs/operations.md, "Several
+    /// masters"): when a term ends, every monitor of it stops before the next term starts.
     pub async fn run(self: Arc<Self>) {
+        let mut view = self.core.leadership.subscribe();
+        loop {
+            let term = loop {
+                if let Some(term) = view.borrow_and_update().term.clone()
+                    && term.holds()
+                {
+                    break term;
+                }
+                tokio::select! {
+                    _ = self.core.shutdown.cancelled() => return,
+                    changed = view.changed() => if changed.is_err() { return },
+                }
+            };
+            *self.term.lock().unwrap_or_else(|p| p.into_inner()) = Some(term.stop.clone());
+            tracing::info!(epoch = term.epoch, "monitors starting for this term");
+            self.lead().await;
+            term.stop.cancel();
+            self.drain(Duration::from_secs(10)).await;
+            self.tasks.reopen();
+            self.lock_monitors().clear();
+            if self.core.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!(
+                epoch = term.epoch,
+                "monitors stopped: this master no longer leads"
+            );
+        }
+    }
+
+    /// Cancelled when this term of leadership ends (or on shutdown).
+    fn stop(&self) -> tokio_util::sync::CancellationToken {
+        self.term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.core.shutdown.clone())
+    }
+
+    /// Resumes the monitors of every active cluster, then follows events until the term ends.
+    ///
+    /// Resuming waits one heartbeat grace period first unless the previous leader's view of the
+    /// nodes was restored: a master that knows no node as online until its agents reconnect
+    /// must not judge (or re-place) their workers before.
+    async fn lead(self: &Arc<Self>) {
+        let stop = self.stop();
         let mut events = self.core.events.subscribe();
-        tokio::select! {
-            _ = self.core.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(self.core.heartbeat.grace) => {}
+        if !self.core.take_over_liveness().await {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.core.heartbeat.grace) => {}
+            }
         }
         if !self.resume().await {
             return;
@@ -167,7 +216,7 @@ impl Supervisor {
         safety.reset();
         loop {
             let event = tokio::select! {
-                _ = self.core.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = safety.tick() => {
                     self.resume().await;
                     continue;
@@ -213,7 +262,7 @@ impl Supervisor {
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the clusters to resume; retrying");
                     tokio::select! {
-                        _ = self.core.shutdown.cancelled() => return false,
+                        _ = self.stop().cancelled_owned() => return false,
                         _ = tokio::time::sleep(self.config.period) => {}
                     }
                 }
@@ -229,8 +278,8 @@ impl Supervisor {
             (E::OnNodeReady, Some(event::Object::Node(node))) => {
                 self.wake_all();
                 let (core, agents, node) = (self.core.clone(), self.agents.clone(), node.clone());
-                let period = self.config.period;
-                self.tasks.spawn(sweep(core, agents, node, period));
+                let (period, stop) = (self.config.period, self.stop());
+                self.tasks.spawn(sweep(core, agents, node, period, stop));
             }
             (E::OnNodeReady | E::OnNodeShutdown | E::OnNodeRemoved, _) => self.wake_all(),
             (E::OnWebclusterStarting, _) => self.ensure(Kind::Web, &event.oid),
@@ -296,18 +345,18 @@ impl Supervisor {
                 self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "monitor ended unexpectedly; restarting it");
                 tokio::select! {
-                    _ = self.core.shutdown.cancelled() => {}
+                    _ = self.stop().cancelled_owned() => {}
                     _ = tokio::time::sleep(self.config.period) => {}
                 }
             }
             // A store that cannot tell keeps the monitor.
-            let ended = self.core.shutdown.is_cancelled()
+            let ended = self.stop().is_cancelled()
                 || matches!(is_active(&self.core, kind, &oid).await, Ok(false));
             if !ended {
                 continue;
             }
             self.lock_monitors().remove(&oid);
-            if self.core.shutdown.is_cancelled() || !self.active_after_all(kind, &oid).await {
+            if self.stop().is_cancelled() || !self.active_after_all(kind, &oid).await {
                 break;
             }
             // Started again before the deregistration: its start event found this monitor
@@ -331,7 +380,7 @@ impl Supervisor {
                 Err(error) => tracing::warn!(%error, "cannot read the cluster; asking again"),
             }
             tokio::select! {
-                _ = self.core.shutdown.cancelled() => return false,
+                _ = self.stop().cancelled_owned() => return false,
                 _ = tokio::time::sleep(self.config.period) => {}
             }
         }
@@ -345,7 +394,7 @@ impl Supervisor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = self.core.shutdown.cancelled() => return,
+                _ = self.stop().cancelled_owned() => return,
                 _ = ticker.tick() => {}
                 _ = notify.notified() => {}
             }
@@ -441,14 +490,20 @@ async fn cluster_running(core: &Core, oid: &str) -> Result<bool, StoreError> {
 /// A node came (back) online: stop its workers whose cluster is stopped or gone (stopped or
 /// deleted while the node was unreachable), recognised by their owner labels. Running
 /// clusters' monitors handle the rest. Retried while the store cannot answer.
-async fn sweep(core: Arc<Core>, agents: Arc<dyn AgentApi>, node: Node, period: Duration) {
+async fn sweep(
+    core: Arc<Core>,
+    agents: Arc<dyn AgentApi>,
+    node: Node,
+    period: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
     for _ in 0..SWEEP_ATTEMPTS {
         match sweep_once(&core, &*agents, &node).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(node = %node.authid, %error, "sweep failed; retrying"),
         }
         tokio::select! {
-            _ = core.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
     }

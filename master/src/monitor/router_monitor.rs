@@ -461,7 +461,7 @@ async fn store_placements(
     if txn.puts.is_empty() && txn.deletes.is_empty() {
         return Ok(());
     }
-    core.store.commit(txn).await?;
+    core.commit_as_leader(txn).await?;
     for p in changed {
         tracing::info!(cluster = %oid, worker = %p.worker_name, node = %p.node_authid, "placed");
         publish_placement(core, oid, p);
@@ -497,7 +497,7 @@ async fn store_ports(
     if changed.is_empty() {
         return Ok(false);
     }
-    core.store.commit(txn).await?;
+    core.commit_as_leader(txn).await?;
     for p in changed {
         tracing::info!(cluster = %oid, worker = %p.worker_name, port = p.tcp_listening_port, "router worker listening");
         publish_placement(core, oid, p);
@@ -543,7 +543,7 @@ pub async fn link_secrets(
         if txn.puts.is_empty() {
             return Ok(secrets);
         }
-        match core.store.commit(txn).await {
+        match core.commit_as_leader(txn).await {
             // Another writer created one meanwhile: read them again.
             Err(StoreError::Conflict(_)) => continue,
             done => return done.map(|_| secrets),

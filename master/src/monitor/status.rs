@@ -178,13 +178,12 @@ pub async fn set_status<C: ClusterRecord>(
     *current = status as i32;
     *current_reason = reason.to_owned();
     *changed = now_ns();
-    core.store
-        .commit(
-            Txn::new()
-                .equals(key.clone(), bytes)
-                .put(key, codec::encode(&c)),
-        )
-        .await?;
+    core.commit_as_leader(
+        Txn::new()
+            .equals(key.clone(), bytes)
+            .put(key, codec::encode(&c)),
+    )
+    .await?;
     tracing::info!(kind = C::KIND, cluster = %c.name(), from = ?from, to = ?status, reason, "cluster status");
     if let Some((kind, object)) = c.event(status) {
         core.events.publish(kind, oid, None, object);

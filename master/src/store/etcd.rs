@@ -28,6 +28,8 @@ use futures::StreamExt;
 
 use super::{Change, ChangeStream, Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
 
+mod lease;
+
 /// The generated etcd v3 client (a subset; see `master/proto/etcd/rpc.proto`).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod pb {

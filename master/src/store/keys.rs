@@ -111,3 +111,19 @@ pub fn revoked_node(authid: &str) -> Vec<u8> {
 }
 /// Prefix of every node revocation.
 pub const REVOKED_NODES: &[u8] = b"revoked/";
+/// `nodelive/<oid>` → whether the leader sees node `oid` online (a `Node` with only `status` and
+/// `last_heartbeat`), written when that changes: followers answer with it, and a new leader
+/// starts from it (docs/operations.md, "Several masters").
+pub fn node_live(oid: &str) -> Vec<u8> {
+    format!("nodelive/{oid}").into_bytes()
+}
+/// Prefix of every node's liveness.
+pub const NODE_LIVENESS: &[u8] = b"nodelive/";
+/// `ctl/leader` → the leader (`ControlPlaneMember`), on the leader's etcd lease.
+pub const LEADER: &[u8] = b"ctl/leader";
+/// `ctl/master/<name>` → a master that is up (`ControlPlaneMember`), on its etcd lease.
+pub fn master(name: &str) -> Vec<u8> {
+    format!("ctl/master/{name}").into_bytes()
+}
+/// Prefix of every master that is up.
+pub const MASTERS: &[u8] = b"ctl/master/";
