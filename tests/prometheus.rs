@@ -629,6 +629,7 @@ async fn prometheus_scrapes_alerts_and_feeds_the_dashboard() {
         assert!(age < 10.0, "heartbeat of {node} {age} s old");
     }
     prom.wait_value("count(switchyard_agent_info)", 2.0, within);
+    prom.wait_value("sum(switchyard_master_is_leader)", 1.0, within);
     for (role, n) in [("master", 1.0), ("node", 2.0)] {
         // Issued for 7 days at most (node certificates) or for the PKI's lifetime.
         let q = format!(
