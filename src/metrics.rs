@@ -409,3 +409,44 @@ mod tests {
         );
     }
 }
+
+/// Labels of the certificate validity gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// Whose certificate: `master` or `node`.
+    pub role: &'static str,
+    /// `server`: the certificate the process serves (and calls) with; `ca`: its CA.
+    pub kind: &'static str,
+}
+
+/// Adds `switchyard_certificate_expiry_timestamp_seconds` and
+/// `switchyard_certificate_not_before_timestamp_seconds` for the certificate `certs` serves now
+/// and its CA (nothing without mTLS); `role` is `master` or `node`.
+pub fn register_certificate_validity(
+    registry: &mut Registry,
+    role: &'static str,
+    certs: Option<&crate::tls::CertSwap>,
+) {
+    let Some(certs) = certs else { return };
+    let expiry = Family::<CertificateLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    let not_before =
+        Family::<CertificateLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    let (server, ca) = certs.validity();
+    for (kind, validity) in [("server", server), ("ca", ca)] {
+        if let Some((nb, na)) = validity {
+            let labels = CertificateLabels { role, kind };
+            expiry.get_or_create(&labels).set(na);
+            not_before.get_or_create(&labels).set(nb);
+        }
+    }
+    registry.register(
+        "switchyard_certificate_expiry_timestamp_seconds",
+        "When the certificate this process serves with (kind=server) and its CA (kind=ca) expire, Unix seconds",
+        expiry,
+    );
+    registry.register(
+        "switchyard_certificate_not_before_timestamp_seconds",
+        "Start of the validity of the certificate this process serves with (kind=server) and of its CA (kind=ca), Unix seconds",
+        not_before,
+    );
+}

@@ -62,6 +62,9 @@ fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(certified))
 }
 
+/// `not_before` and `not_after` of a certificate, Unix seconds.
+pub type Validity = (i64, i64);
+
 /// A server's certificate, replaceable while it serves.
 #[derive(Debug)]
 pub struct CertSwap {
@@ -74,6 +77,22 @@ impl CertSwap {
         let next = certified_key(identity)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
+    }
+
+    /// The validity (`not_before`, `not_after`, Unix seconds) of the certificate served now and
+    /// of its CA (the last certificate of the chain): the `/metrics` gauges of
+    /// docs/operations.md.
+    pub fn validity(&self) -> (Option<Validity>, Option<Validity>) {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let of = |der: Option<&CertificateDer<'_>>| der.and_then(|d| crate::issuer::validity(d));
+        (
+            of(current.cert.first()),
+            of(current.cert.get(1..).and_then(|rest| rest.last())),
+        )
     }
 }
 

@@ -249,6 +249,10 @@ pub async fn serve(
         workers.clone(),
         shutdown.clone(),
     ));
+    let served_certs = match &security {
+        Security::Mtls(tls) => Some(tls.certificates().clone()),
+        Security::Insecure => None,
+    };
     let rpc = Arc::new(switchyard::metrics::RpcMetrics::default());
     if let Some(addr) = options.metrics_listen {
         let metrics_listener = TcpListener::bind(addr)
@@ -256,7 +260,7 @@ pub async fn serve(
             .map_err(|source| AgentError::MetricsListen { addr, source })?;
         tokio::spawn(switchyard::metrics::serve(
             metrics_listener,
-            metrics::scrape(agent.clone(), rpc.clone()),
+            metrics::scrape(agent.clone(), rpc.clone(), served_certs),
             shutdown.clone(),
         ));
     }

@@ -1,6 +1,9 @@
 //! The agent's `/metrics`: per-process CPU seconds, resident memory, fds and threads of the agent
 //! ("controller") and each live worker, worker restarts, workers by status (`restarting`
-//! included), and RPC counts and latencies.
+//! included), the expiry of the node's certificate, RPC counts and latencies, and the traffic
+//! of its web and router workers ([`traffic`]). docs/operations.md lists every family.
+
+mod traffic;
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use switchyard::metrics::{RpcMetrics, Scrape};
 use switchyard::pb::agent::v1::{WorkerStatus, WorkerType};
+use switchyard::tls::CertSwap;
 
 use crate::Agent;
 use crate::process::stats;
@@ -22,21 +26,43 @@ struct ProcessLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    node: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
 
-/// The agent's scrape.
-pub fn scrape(agent: Arc<Agent>, rpc: Arc<RpcMetrics>) -> Scrape {
+/// The agent's scrape; `certs` is the certificate its server presents (none without mTLS).
+pub fn scrape(agent: Arc<Agent>, rpc: Arc<RpcMetrics>, certs: Option<Arc<CertSwap>>) -> Scrape {
     Arc::new(move || {
-        let (agent, rpc) = (agent.clone(), rpc.clone());
-        Box::pin(async move { registry(&agent, &rpc) })
+        let (agent, rpc, certs) = (agent.clone(), rpc.clone(), certs.clone());
+        Box::pin(async move {
+            let mut r = Registry::default();
+            rpc.register(&mut r);
+            processes(&mut r, &agent);
+            switchyard::metrics::register_certificate_validity(&mut r, "node", certs.as_deref());
+            traffic::register(&mut r, &agent).await;
+            r
+        })
     })
 }
 
-fn registry(agent: &Agent, rpc: &RpcMetrics) -> Registry {
-    let mut r = Registry::default();
-    rpc.register(&mut r);
+fn processes(r: &mut Registry, agent: &Agent) {
+    let info = Family::<AgentLabels, Gauge>::default();
+    info.get_or_create(&AgentLabels {
+        node: agent.authid.clone(),
+        version: switchyard::VERSION.to_owned(),
+    })
+    .set(1);
+    r.register(
+        "switchyard_agent_info",
+        "1, labelled with the agent's node authid and version (join on instance to name a node)",
+        info,
+    );
     let cpu = Family::<ProcessLabels, Counter<f64>>::default();
     let rss = Family::<ProcessLabels, Gauge>::default();
     let fds = Family::<ProcessLabels, Gauge>::default();
@@ -116,5 +142,4 @@ fn registry(agent: &Agent, rpc: &RpcMetrics) -> Registry {
         "Workers known to the agent, by status",
         by_status,
     );
-    r
 }

@@ -165,6 +165,10 @@ pub async fn serve(
             store: options.store.to_string(),
             source,
         })?;
+    let served_certs = match &options.security {
+        Security::Mtls(tls) => Some(tls.certificates().clone()),
+        Security::Insecure => None,
+    };
     let security = match options.security {
         Security::Mtls(tls) => Security::Mtls(tls.with_revocations(revocations)),
         Security::Insecure => Security::Insecure,
@@ -179,7 +183,7 @@ pub async fn serve(
             .map_err(|source| MasterError::MetricsListen { addr, source })?;
         tokio::spawn(switchyard::metrics::serve(
             metrics_listener,
-            metrics::scrape(core.clone(), supervisor.clone(), rpc.clone()),
+            metrics::scrape(core.clone(), supervisor.clone(), rpc.clone(), served_certs),
             shutdown.clone(),
         ));
     }

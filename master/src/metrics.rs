@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use switchyard::metrics::{RpcMetrics, Scrape};
 use switchyard::pb::master::v1::{ClusterStatus, NodeStatus, RouterCluster, WebCluster};
+use switchyard::tls::CertSwap;
 
 use crate::core::Core;
 use crate::monitor::Supervisor;
@@ -109,6 +110,13 @@ struct ClusterLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    kind: String,
+    cluster: String,
+    cluster_oid: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     kind: String,
     cluster: String,
@@ -130,11 +138,21 @@ fn status_name(s: i32) -> String {
         .unwrap_or_default()
 }
 
-/// The master's scrape.
-pub fn scrape(core: Arc<Core>, supervisor: Arc<Supervisor>, rpc: Arc<RpcMetrics>) -> Scrape {
+/// The master's scrape; `certs` is the certificate its server presents (none without mTLS).
+pub fn scrape(
+    core: Arc<Core>,
+    supervisor: Arc<Supervisor>,
+    rpc: Arc<RpcMetrics>,
+    certs: Option<Arc<CertSwap>>,
+) -> Scrape {
     Arc::new(move || {
         let (core, supervisor, rpc) = (core.clone(), supervisor.clone(), rpc.clone());
-        Box::pin(async move { registry(&core, &supervisor, &rpc).await })
+        let certs = certs.clone();
+        Box::pin(async move {
+            let mut r = registry(&core, &supervisor, &rpc).await;
+            switchyard::metrics::register_certificate_validity(&mut r, "master", certs.as_deref());
+            r
+        })
     })
 }
 
@@ -147,6 +165,7 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
     let running = Family::<ClusterLabels, Gauge>::default();
     let unplaced = Family::<ClusterLabels, Gauge>::default();
     let converged = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+    let info = Family::<InfoLabels, Gauge>::default();
     let mut clusters: Vec<(&str, String, String, i32)> = Vec::new();
     for c in core
         .store
@@ -165,6 +184,12 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
         clusters.push(("router", c.oid, c.name, c.status));
     }
     for (kind, oid, name, s) in clusters {
+        info.get_or_create(&InfoLabels {
+            kind: kind.to_owned(),
+            cluster: name.clone(),
+            cluster_oid: oid.clone(),
+        })
+        .set(1);
         status
             .get_or_create(&StatusLabels {
                 kind: kind.to_owned(),
@@ -205,6 +230,11 @@ async fn registry(core: &Core, supervisor: &Supervisor, rpc: &RpcMetrics) -> Reg
         "switchyard_cluster_last_converged_timestamp_seconds",
         "When the cluster's monitor last found it converged (RUNNING, nothing to do); alert on time() minus this",
         converged,
+    );
+    r.register(
+        "switchyard_cluster_info",
+        "1 for each cluster: its name (cluster) and oid (cluster_oid, the label of the agents' traffic series)",
+        info,
     );
     r.register(
         "switchyard_cluster_status",

@@ -7,6 +7,7 @@
 //! - [`realm`]: broker, dealer and the link logic, per realm.
 //! - [`session`]: one client connection.
 //! - [`link`]: the client side of a router link.
+//! - [`traffic`]: messages received and sent, by type.
 //!
 //! Why not a library: the maintained Rust WAMP routers (e.g. `battler-wamp`) expose no hook
 //! between their broker/dealer and the outside, and router links need exactly that (forward a
@@ -17,6 +18,7 @@ pub mod link;
 pub mod message;
 pub mod realm;
 pub mod session;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -116,10 +116,12 @@ pub async fn write_frames<S>(
             }
         };
         let Some(frame) = frame else { break };
+        count_sent(&frame);
         if sink.feed(frame.encode(serializer)).await.is_err() {
             return;
         }
         while let Ok(frame) = rx.try_recv() {
+            count_sent(&frame);
             if sink.feed(frame.encode(serializer)).await.is_err() {
                 return;
             }
@@ -129,6 +131,12 @@ pub async fn write_frames<S>(
         }
     }
     let _ = sink.close().await;
+}
+
+fn count_sent(frame: &Frame) {
+    if let Some(message) = frame.value().as_array() {
+        super::traffic::SENT.count(message);
+    }
 }
 
 /// The next WAMP message, `None` when the connection closed.
@@ -164,7 +172,13 @@ where
             None => stream.next().await,
         };
         match next? {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Some(serializer.decode(&m)),
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                let decoded = serializer.decode(&m);
+                if let Ok(message) = &decoded {
+                    super::traffic::RECEIVED.count(message);
+                }
+                return Some(decoded);
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }

@@ -12,6 +12,7 @@ pub mod routes;
 pub mod sendfile;
 pub mod static_files;
 pub mod tls;
+pub mod traffic;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -130,6 +131,10 @@ pub struct Shared {
     pub identity: Identity,
     /// Requests served.
     pub requests: AtomicU64,
+    /// What requests no service matched got.
+    pub unrouted: Arc<traffic::Traffic>,
+    /// Connections open now.
+    pub connections: Arc<traffic::Connections>,
     /// Idle backend connections of `reverseproxy`.
     pub pool: Arc<proxy::Pool>,
 }
@@ -187,6 +192,8 @@ impl WebServer {
             port: listening.port(),
             identity,
             requests: AtomicU64::new(0),
+            unrouted: Arc::default(),
+            connections: Arc::default(),
             pool: Arc::default(),
             transport,
         });
@@ -231,6 +238,8 @@ impl WebServer {
             listening: self.listening.to_string(),
             started: Some(self.started.into()),
             requests: self.shared.requests.load(Ordering::Relaxed),
+            open_connections: u32::try_from(self.shared.connections.get()).unwrap_or(u32::MAX),
+            traffic: self.traffic(),
         }
     }
 
@@ -245,6 +254,15 @@ impl WebServer {
         self.stop.cancel();
         let _ = (&mut self.done).await;
         status
+    }
+
+    /// What each service (and no service) answered.
+    fn traffic(&self) -> Vec<switchyard::pb::agent::v1::WebServiceTraffic> {
+        let mut out: Vec<_> = (self.shared.routes.list().iter())
+            .map(|r| r.traffic.to_pb(&r.spec.path))
+            .collect();
+        out.push(self.shared.unrouted.to_pb(traffic::UNROUTED));
+        out
     }
 
     /// Stops listening (the port closes) and ends its connections.
@@ -344,6 +362,7 @@ async fn connection(
     timeout: Duration,
     draining: CancellationToken,
 ) {
+    let _open = shared.connections.open();
     let jobs = sendfile::Jobs::default();
     let files = tls.is_none().then(|| jobs.clone());
     let client = Arc::new(proxy::Client::new(peer));
@@ -403,20 +422,21 @@ async fn handle(
     files: Option<sendfile::Jobs>,
 ) -> Response<Body> {
     let peer = client.addr;
+    let started = Instant::now();
+    let head = req.method() == http::Method::HEAD;
     // What the access log names, taken only when it is on.
-    let logged = shared.transport.http_access_log.unwrap_or(false).then(|| {
-        (
-            Instant::now(),
-            req.method().clone(),
-            req.uri().path().to_owned(),
-        )
-    });
+    let logged = shared
+        .transport
+        .http_access_log
+        .unwrap_or(false)
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path();
-    let mut response = match shared.routes.lookup(path) {
+    let found = shared.routes.lookup(path);
+    let mut response = match &found {
         None => text(StatusCode::NOT_FOUND, "not found\n"),
         Some((route, at)) => match &route.handler {
-            Handler::Static(site) => site.serve(&path[at..], &req, files.as_ref()),
+            Handler::Static(site) => site.serve(&path[*at..], &req, files.as_ref()),
             Handler::Json { body, options } => json(body, options, &req),
             Handler::Redirect(url) => {
                 let mut r = text(
@@ -428,11 +448,11 @@ async fn handle(
                 }
                 r
             }
-            Handler::Proxy(backend) => proxy::http(&shared, backend, at, req, client).await,
+            Handler::Proxy(backend) => proxy::http(&shared, backend, *at, req, client).await,
             Handler::NodeInfo => nodeinfo(&shared),
             Handler::WebSocket { backends, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
-                proxy::websocket(&shared, &backends[i], at, req).await
+                proxy::websocket(&shared, &backends[i], *at, req).await
             }
         },
     };
@@ -454,7 +474,10 @@ async fn handle(
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
-    if let Some((started, method, path)) = logged {
+    let traffic = found.as_ref().map_or(&shared.unrouted, |(r, _)| &r.traffic);
+    traffic.record(response.status().as_u16(), started.elapsed());
+    let response = traffic::count_body(traffic, head, response);
+    if let Some((method, path)) = logged {
         tracing::info!(target: "access", %peer, %method, %path, status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
     }
     response

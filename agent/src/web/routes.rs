@@ -50,6 +50,8 @@ pub struct Route {
     pub spec: pb::WebService,
     /// Its handler.
     pub handler: Handler,
+    /// What it answered (docs/operations.md, "Metrics").
+    pub traffic: Arc<super::traffic::Traffic>,
 }
 
 /// Normalises and checks a service path: "/" or "/a/b".
@@ -142,7 +144,11 @@ pub fn prepare(mut spec: pb::WebService) -> Result<Route> {
         Some(Service::Nodeinfo(_)) => Handler::NodeInfo,
         Some(Service::WebsocketReverseproxy(w)) => websocket_backends(w)?,
     };
-    Ok(Route { spec, handler })
+    Ok(Route {
+        spec,
+        handler,
+        traffic: Arc::default(),
+    })
 }
 
 fn static_site(s: pb::StaticService) -> Result<Handler> {

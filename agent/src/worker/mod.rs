@@ -184,6 +184,11 @@ impl Worker {
         self.kind
     }
 
+    /// The labels it was started with (a monitor's owner labels among them).
+    pub fn labels(&self) -> &std::collections::HashMap<String, String> {
+        &self.options.labels
+    }
+
     /// How long the current process has served (zero unless started).
     fn serving_for(&self) -> Duration {
         let s = self.state.borrow();

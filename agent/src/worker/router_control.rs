@@ -43,6 +43,8 @@ fn transport_pb(t: &Transport) -> pb::RouterTransportStatus {
             .iter()
             .map(|s| s.subprotocol().to_owned())
             .collect(),
+        messages_received: crate::wamp::traffic::RECEIVED.by_type(),
+        messages_sent: crate::wamp::traffic::SENT.by_type(),
     }
 }
 

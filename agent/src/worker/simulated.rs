@@ -60,6 +60,7 @@ fn transport(port: u32) -> pb::RouterTransportStatus {
         listening: format!("simulated:{port}"),
         started: None,
         subprotocols: vec!["wamp.2.json".to_owned()],
+        ..Default::default()
     }
 }
 
