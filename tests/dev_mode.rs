@@ -56,6 +56,10 @@ impl Drop for Dev {
 }
 
 fn start_dev(dir: &std::path::Path, port: u16, agents: u16) -> Dev {
+    start_dev_with(dir, port, agents, &[])
+}
+
+fn start_dev_with(dir: &std::path::Path, port: u16, agents: u16, extra: &[&str]) -> Dev {
     let log_path = dir.join(format!("dev-{port}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(master_bin())
@@ -68,6 +72,7 @@ fn start_dev(dir: &std::path::Path, port: u16, agents: u16) -> Dev {
             "--dir",
         ])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -406,4 +411,52 @@ fn processes_using(dir: &std::path::Path) -> Vec<(u32, Vec<String>)> {
         })
         .map(|(pid, _, args)| (pid, args))
         .collect()
+}
+
+/// The leader's address and the number of followers as `switchyard masters` (given every
+/// master) shows them.
+fn leader_by_cli(dir: &std::path::Path, masters: &str) -> Option<(String, usize)> {
+    let out = Command::new(common::cli_bin())
+        .args(["--master", masters, "--pki-dir"])
+        .arg(dir.join("pki"))
+        .arg("masters")
+        .output()
+        .ok()?;
+    let table = stdout(&out);
+    let leaders: Vec<&str> = table.lines().filter(|l| l.contains("LEADER")).collect();
+    let followers = table.lines().filter(|l| l.contains("FOLLOWER")).count();
+    let leader = leaders.first()?.split_whitespace().nth(1)?.to_owned();
+    (leaders.len() == 1).then_some((leader, followers))
+}
+
+#[test]
+fn dev_runs_three_masters_on_a_local_etcd_and_a_follower_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_run(4);
+    let dev = start_dev_with(dir.path(), port, 1, &["--masters", "3"]);
+    let masters: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+    let list = masters.join(",");
+    let text = dev.banner.join("\n");
+    assert!(text.contains(&format!("export SWITCHYARD_MASTER={list}")), "{text}");
+    for m in &masters {
+        assert!(text.contains(&format!("pkill -9 -f 'serve --listen {m} '")), "{text}");
+    }
+    let leader = eventually("one leader and two followers", Duration::from_secs(20), || {
+        leader_by_cli(dir.path(), &list).and_then(|(l, followers)| (followers == 2).then_some(l))
+    });
+    // Killed the way the banner says, the leader is replaced by a follower.
+    let killed = Command::new("pkill")
+        .args(["-9", "-f", &format!("serve --listen {leader} ")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    eventually("a follower to lead", Duration::from_secs(15), || {
+        leader_by_cli(dir.path(), &list).filter(|(l, _)| *l != leader)
+    });
+    assert!(
+        dev.log().contains("master died; restarting it"),
+        "dev says the master died: {}",
+        dev.log()
+    );
+    stop(dev, &[port, port + 1, port + 2, port + 3, port + 100]);
 }
