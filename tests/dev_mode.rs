@@ -437,13 +437,24 @@ fn dev_runs_three_masters_on_a_local_etcd_and_a_follower_takes_over() {
     let masters: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
     let list = masters.join(",");
     let text = dev.banner.join("\n");
-    assert!(text.contains(&format!("export SWITCHYARD_MASTER={list}")), "{text}");
+    assert!(
+        text.contains(&format!("export SWITCHYARD_MASTER={list}")),
+        "{text}"
+    );
     for m in &masters {
-        assert!(text.contains(&format!("pkill -9 -f 'serve --listen {m} '")), "{text}");
+        assert!(
+            text.contains(&format!("pkill -9 -f 'serve --listen {m} '")),
+            "{text}"
+        );
     }
-    let leader = eventually("one leader and two followers", Duration::from_secs(20), || {
-        leader_by_cli(dir.path(), &list).and_then(|(l, followers)| (followers == 2).then_some(l))
-    });
+    let leader = eventually(
+        "one leader and two followers",
+        Duration::from_secs(20),
+        || {
+            leader_by_cli(dir.path(), &list)
+                .and_then(|(l, followers)| (followers == 2).then_some(l))
+        },
+    );
     // Killed the way the banner says, the leader is replaced by a follower.
     let killed = Command::new("pkill")
         .args(["-9", "-f", &format!("serve --listen {leader} ")])
