@@ -128,6 +128,23 @@ impl ControlPlane {
         NodeControllerServiceClient::new(channel(&self.pki, "admin", self.agents[node].addr).await)
     }
 
+    /// The node running worker `id`.
+    async fn node_of(&self, id: &str) -> String {
+        for n in NODES {
+            let list = self
+                .agent(n)
+                .await
+                .list_workers(apb::ListWorkersRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            if list.workers.iter().any(|w| w.id == id) {
+                return n.to_owned();
+            }
+        }
+        panic!("no node runs {id}")
+    }
+
     /// (worker id, pid) of every started worker of every node.
     async fn workers(&self) -> Vec<(String, u32)> {
         let mut all = Vec::new();
@@ -254,9 +271,33 @@ async fn a_killed_leader_is_replaced_in_seconds_and_nothing_moves() {
     let before = cp.workers().await;
     assert_eq!(before.len(), 2, "{before:?}");
 
+    // 64 writers create clusters through the followers while the leader dies.
+    let followers: Vec<std::net::SocketAddr> = cp
+        .masters
+        .iter()
+        .filter(|(n, _)| **n != leader)
+        .map(|(_, m)| m.addr)
+        .collect();
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let (pki, addr) = (cp.pki.path.clone(), followers[i % 2]);
+            tokio::spawn(async move { write_clusters(pki, addr, i).await })
+        })
+        .collect();
     let mut dead = cp.masters.remove(&leader).unwrap();
     dead.kill9();
     let killed = Instant::now();
+    // A worker stopped right after the leader died is started again by the new leader.
+    let (stopped_id, stopped_pid) = before[0].clone();
+    let node_of_stopped = cp.node_of(&stopped_id).await;
+    cp.agent(&node_of_stopped)
+        .await
+        .stop_worker(apb::StopWorkerRequest {
+            worker_id: stopped_id.clone(),
+            kill: false,
+        })
+        .await
+        .unwrap();
     let (next, next_epoch) = cp
         .leader(&follower, Some(&leader), Duration::from_secs(10))
         .await;
@@ -268,17 +309,89 @@ async fn a_killed_leader_is_replaced_in_seconds_and_nothing_moves() {
         next_epoch > epoch,
         "the epoch grows: {epoch} then {next_epoch}"
     );
+    let restarted = eventually_async(
+        "the stopped worker started again",
+        Duration::from_secs(10),
+        || async {
+            cp.workers()
+                .await
+                .into_iter()
+                .find(|(id, pid)| *id == stopped_id && *pid != stopped_pid)
+        },
+    )
+    .await;
+    // Every write acknowledged to a writer is there.
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    let mut web = WebClusterServiceClient::new(cp.admin(&next).await);
+    for oid in &acknowledged {
+        web.get_web_cluster(pb::GetWebClusterRequest {
+            webcluster_oid: oid.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("acknowledged cluster {oid} lost: {e:?}"));
+    }
+    println!(
+        "{} clusters created by 64 writers across the failover",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() >= 64, "the writers wrote");
     // The new leader's monitors run: a cluster started now becomes RUNNING.
     cp.run_web(&next, "after").await;
     assert_eq!(cp.online(&next).await, 2, "no node went offline");
     let after: Vec<(String, u32)> = cp.workers().await;
-    for w in &before {
+    for w in before.iter().filter(|w| w.0 != stopped_id) {
         assert!(
             after.contains(w),
             "worker {w:?} kept running untouched: {after:?}"
         );
     }
+    assert!(after.contains(&restarted), "{after:?}");
     assert_eq!(after.len(), 4, "no worker runs twice: {after:?}");
+}
+
+/// Creates web clusters through the master at `addr` for two seconds; returns the oids whose
+/// creation was acknowledged (errors are allowed: UNAVAILABLE while etcd is busy, say).
+async fn write_clusters(
+    pki: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    writer: usize,
+) -> Vec<String> {
+    let identity = switchyard::pki::Identity::load(&pki, "admin").unwrap();
+    let Ok(ch) = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(identity.client_tls("localhost"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut web = WebClusterServiceClient::new(ch);
+    let mut oids = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut i = 0;
+    while Instant::now() < until {
+        i += 1;
+        let created = web
+            .create_web_cluster(pb::CreateWebClusterRequest {
+                webcluster: Some(pb::WebCluster {
+                    name: format!("w{writer}_{i}"),
+                    tcp_port: 8080,
+                    tcp_interface: Some("127.0.0.1".into()),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match created {
+            Ok(r) => oids.extend(r.into_inner().webcluster.map(|c| c.oid)),
+            Err(e) if e.code() != tonic::Code::Unavailable => panic!("create: {e:?}"),
+            Err(_) => {}
+        }
+    }
+    oids
 }
 
 #[tokio::test]
