@@ -406,11 +406,30 @@ async fn a_stopped_leader_wakes_up_fenced_and_steps_down() {
     cp.run_web(&follower, "before").await;
     let before = cp.workers().await;
 
+    let mut events = pb::event_service_client::EventServiceClient::new(cp.admin(&follower).await)
+        .watch(pb::WatchRequest {
+            types: vec![pb::EventType::OnLeaderChanged as i32],
+            oids: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let pid = cp.masters[&leader].pid();
     signal(pid, "-STOP");
     let (next, epoch) = cp
         .leader(&follower, Some(&leader), Duration::from_secs(10))
         .await;
+    // Every master's event stream tells of the new leader.
+    let changed = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("on_leader_changed within 10 s")
+        .unwrap()
+        .and_then(|r| r.event)
+        .expect("an event");
+    match changed.object {
+        Some(pb::event::Object::Master(m)) => assert_eq!(m.name, next),
+        other => panic!("on_leader_changed carries the leader: {other:?}"),
+    }
     assert!(epoch > old_epoch);
     cp.run_web(&next, "meanwhile").await;
 
