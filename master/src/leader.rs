@@ -62,6 +62,12 @@ impl Term {
     }
 }
 
+fn lease_unconfirmed() -> StoreError {
+    StoreError::Unavailable(
+        "no lease keep-alive confirmed within the lease: etcd is unreachable".into(),
+    )
+}
+
 fn not_leading() -> StoreError {
     StoreError::Unavailable("this master is no longer the leader".into())
 }
@@ -281,25 +287,24 @@ impl Leadership {
                 _ = shutdown.cancelled() => return Ok(()),
                 // No keep-alive confirmed in time: stop leading now, not at the next tick.
                 _ = tokio::time::sleep_until(sure_until.into()), if leading.is_some() => {
-                    return Err(StoreError::Unavailable(
-                        "no lease keep-alive confirmed within the lease: etcd is unreachable".into(),
-                    ));
+                    return Err(lease_unconfirmed());
                 }
                 _ = ticker.tick() => {
                     let sent = Instant::now();
                     match tokio::time::timeout(ttl / 3, etcd.keep_alive(lease)).await {
                         Ok(Ok(left)) if !left.is_zero() => {
                             self.renewed(held_until, sent, left);
-                            self.put_member(etcd, lease).await?;
+                            // Only `last_seen` is at stake: a slow write must not end the term.
+                            if let Err(error) = self.put_member(etcd, lease).await {
+                                tracing::debug!(%error, "cannot refresh this master's member row");
+                            }
                         }
                         Ok(Ok(_)) => return Err(StoreError::Unavailable("the lease expired".into())),
                         Ok(Err(error)) => tracing::warn!(%error, "lease keep-alive failed"),
                         Err(_) => tracing::warn!("lease keep-alive: no answer"),
                     }
                     if (self.base.elapsed().as_millis() as u64) >= held_until.load(Ordering::SeqCst) {
-                        return Err(StoreError::Unavailable(
-                            "no lease keep-alive confirmed within the lease: etcd is unreachable".into(),
-                        ));
+                        return Err(lease_unconfirmed());
                     }
                 }
                 change = changes.next() => match change {
