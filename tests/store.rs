@@ -145,6 +145,42 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(keys(s, "d/").await.len(), 64);
     assert_eq!(winners, 1, "one creation of a contended key wins");
 
+    // Concurrent commits on distinct keys, every other one with a condition that fails (etcd
+    // batches commits waiting together): each gets its own answer, and only the failed ones
+    // are missing.
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("g/{i:02}").into_bytes();
+            let txn = if i % 2 == 0 {
+                Txn::new().absent(key.clone()).put(key, vec![1])
+            } else {
+                Txn::new().absent(k("a/1")).put(key, vec![1]) // a/1 exists
+            };
+            (i, store.commit(txn).await)
+        }));
+    }
+    for t in tasks {
+        let (i, result) = t.await.unwrap();
+        if i % 2 == 0 {
+            assert!(result.is_ok(), "commit {i}: {result:?}");
+        } else {
+            assert!(
+                matches!(&result, Err(StoreError::Conflict(key)) if key == "a/1"),
+                "commit {i}: {result:?}"
+            );
+        }
+    }
+    let written = keys(s, "g/").await;
+    assert_eq!(written.len(), 24, "{written:?}");
+    assert!(
+        written
+            .iter()
+            .all(|k| k[2..].parse::<u32>().unwrap() % 2 == 0),
+        "{written:?}"
+    );
+
     watch_order_and_resume(&store).await;
 
     // Large values round-trip.

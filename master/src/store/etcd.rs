@@ -28,6 +28,7 @@ use futures::StreamExt;
 
 use super::{Change, ChangeStream, Condition, Revision, Rows, Store, StoreError, StoreFuture, Txn};
 
+mod batch;
 mod lease;
 
 /// The generated etcd v3 client (a subset; see `master/proto/etcd/rpc.proto`).
@@ -84,6 +85,8 @@ pub struct EtcdStore {
     endpoints: Arc<Endpoints>,
     prefix: Vec<u8>,
     cache: Arc<Cache>,
+    /// Commits, batched into etcd transactions.
+    writer: batch::Writer,
     stop: CancellationToken,
 }
 
@@ -315,10 +318,17 @@ impl EtcdStore {
             stop.clone(),
         ));
         tracing::info!(endpoints = ?config.endpoints, prefix = %config.prefix, revision = *cache.applied.borrow(), "etcd store ready");
+        let writer = batch::Writer::start(
+            endpoints.clone(),
+            prefix.clone(),
+            cache.clone(),
+            stop.clone(),
+        );
         Ok(EtcdStore {
             endpoints,
             prefix,
             cache,
+            writer,
             stop,
         })
     }
@@ -339,19 +349,7 @@ impl EtcdStore {
 
     /// Waits until the cache reflects `revision` (or stops following etcd: reads go there then).
     async fn await_cache(&self, revision: Revision) {
-        let mut applied = self.cache.applied.subscribe();
-        let caught_up = applied.wait_for(|r| *r >= revision || !self.cache.read().live);
-        if tokio::time::timeout(self.endpoints.timeout, caught_up)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                revision,
-                "the etcd watch is behind this master's own write; reconnecting it"
-            );
-            self.cache.set_live(false);
-            self.cache.behind.notify_one();
-        }
+        self.writer.await_cache(revision).await;
     }
 }
 
@@ -721,89 +719,7 @@ impl Store for EtcdStore {
     }
 
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Revision> {
-        Box::pin(async move {
-            let req = self.to_etcd(&txn);
-            let resp = self
-                .endpoints
-                .call("txn", true, |ch| {
-                    let req = req.clone();
-                    async move { KvClient::new(ch).txn(req).await }
-                })
-                .await?;
-            if !resp.succeeded {
-                return Err(StoreError::Conflict(self.failed_condition(&txn, &resp)));
-            }
-            let revision = resp.header.map_or(0, |h| h.revision.max(0) as Revision);
-            self.await_cache(revision).await;
-            Ok(revision)
-        })
-    }
-}
-
-impl EtcdStore {
-    /// The etcd transaction of `txn`: its conditions as compares, its writes as success
-    /// operations; the failure operations read the compared keys (to name the one that failed).
-    fn to_etcd(&self, txn: &Txn) -> pb::TxnRequest {
-        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-        use pb::request_op::Request;
-        let mut compare = Vec::new();
-        let mut failure = Vec::new();
-        for c in &txn.conditions {
-            let (key, target, union) = match c {
-                Condition::Absent(k) => (k, CompareTarget::Version, TargetUnion::Version(0)),
-                Condition::Equals(k, v) => (k, CompareTarget::Value, TargetUnion::Value(v.clone())),
-            };
-            let key = self.full(key);
-            failure.push(pb::RequestOp {
-                request: Some(Request::RequestRange(pb::RangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                })),
-            });
-            compare.push(pb::Compare {
-                result: CompareResult::Equal as i32,
-                target: target as i32,
-                key,
-                target_union: Some(union),
-            });
-        }
-        let deletes = txn.deletes.iter().map(|k| pb::RequestOp {
-            request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
-                key: self.full(k),
-                range_end: Vec::new(),
-            })),
-        });
-        let puts = txn.puts.iter().map(|(k, v)| pb::RequestOp {
-            request: Some(Request::RequestPut(pb::PutRequest {
-                key: self.full(k),
-                value: v.clone(),
-                lease: 0,
-            })),
-        });
-        pb::TxnRequest {
-            compare,
-            success: deletes.chain(puts).collect(),
-            failure,
-        }
-    }
-
-    /// The key of the first condition that did not hold, from the failure reads.
-    fn failed_condition(&self, txn: &Txn, resp: &pb::TxnResponse) -> String {
-        use pb::response_op::Response;
-        for (c, r) in txn.conditions.iter().zip(&resp.responses) {
-            let found = match &r.response {
-                Some(Response::ResponseRange(r)) => r.kvs.first().map(|kv| kv.value.as_slice()),
-                _ => None,
-            };
-            let (key, held) = match c {
-                Condition::Absent(k) => (k, found.is_none()),
-                Condition::Equals(k, v) => (k, found == Some(v.as_slice())),
-            };
-            if !held {
-                return String::from_utf8_lossy(key).into_owned();
-            }
-        }
-        "a condition".to_owned()
+        Box::pin(self.writer.commit(txn))
     }
 }
 
