@@ -207,7 +207,14 @@ async fn run_several(options: DevOptions, shutdown: CancellationToken) -> anyhow
             &peer,
         ])
         .args(["--initial-cluster", &format!("default={peer}")])
-        .args(["--logger", "zap", "--log-level", "error"])
+        .args([
+            "--max-txn-ops",
+            "1024",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ])
         .stdout(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true)
