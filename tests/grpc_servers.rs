@@ -47,6 +47,7 @@ fn grpcurl_lists_describes_and_calls_master_and_agent() {
             "grpc.reflection.v1alpha.ServerReflection",
             "switchyard.agent.v1.NativeProcessService",
             "switchyard.agent.v1.NodeControllerService",
+            "switchyard.master.v1.ControlPlaneService",
             "switchyard.master.v1.EventService",
             "switchyard.master.v1.NodeService",
             "switchyard.master.v1.RouterClusterService",
