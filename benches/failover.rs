@@ -159,16 +159,7 @@ async fn main() {
     common::nodes_online(&pki, first_addr, 1, Duration::from_secs(20)).await;
     let mut web = WebClusterServiceClient::new(channel(&pki, "admin", first_addr).await);
     let oid = common::create_web_cluster(&mut web, "bench", common::free_port()).await;
-    web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-        webcluster_oid: oid.clone(),
-        node_oid: "node1".into(),
-        config: Some(pb::WebClusterNodeConfig {
-            parallel: 1,
-            standby: false,
-        }),
-    })
-    .await
-    .unwrap();
+    common::add_web_node(&mut web, &oid, "node1", 1, false).await;
     web.start_web_cluster(pb::StartWebClusterRequest {
         webcluster_oid: oid,
     })

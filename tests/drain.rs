@@ -428,16 +428,7 @@ async fn a_drained_node_s_web_work_moves_to_the_standby_without_failing_a_reques
     let port = common::free_port();
     let oid = common::create_web_cluster(&mut web, "site", port).await;
     for (node, standby) in [("node1", false), ("node2", true)] {
-        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-            webcluster_oid: oid.clone(),
-            node_oid: node.into(),
-            config: Some(pb::WebClusterNodeConfig {
-                parallel: 2,
-                standby,
-            }),
-        })
-        .await
-        .unwrap();
+        common::add_web_node(&mut web, &oid, node, 2, standby).await;
     }
     web.add_web_cluster_service(pb::AddWebClusterServiceRequest {
         webcluster_oid: oid.clone(),

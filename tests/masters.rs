@@ -173,16 +173,7 @@ impl ControlPlane {
         let mut web = WebClusterServiceClient::new(self.admin(via).await);
         let oid = common::create_web_cluster(&mut web, name, common::free_port()).await;
         for n in NODES {
-            web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-                webcluster_oid: oid.clone(),
-                node_oid: n.into(),
-                config: Some(pb::WebClusterNodeConfig {
-                    parallel: 1,
-                    standby: false,
-                }),
-            })
-            .await
-            .unwrap();
+            common::add_web_node(&mut web, &oid, n, 1, false).await;
         }
         web.start_web_cluster(pb::StartWebClusterRequest {
             webcluster_oid: oid.clone(),

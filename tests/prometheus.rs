@@ -292,16 +292,7 @@ async fn web_cluster(
     let port = common::free_port();
     let oid = common::create_web_cluster(web, "site", port).await;
     for node in ["node1", "node2"] {
-        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-            webcluster_oid: oid.clone(),
-            node_oid: node.into(),
-            config: Some(pb::WebClusterNodeConfig {
-                parallel: 1,
-                standby: false,
-            }),
-        })
-        .await
-        .unwrap();
+        common::add_web_node(web, &oid, node, 1, false).await;
     }
     let hello = prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue("hello".into())),

@@ -63,16 +63,7 @@ async fn a_rolling_restart_replaces_every_worker_without_failing_a_request() {
     let port = common::free_port();
     let oid = common::create_web_cluster(&mut web, "site", port).await;
     for node in ["node1", "node2"] {
-        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-            webcluster_oid: oid.clone(),
-            node_oid: node.into(),
-            config: Some(pb::WebClusterNodeConfig {
-                parallel: 2,
-                standby: false,
-            }),
-        })
-        .await
-        .unwrap();
+        common::add_web_node(&mut web, &oid, node, 2, false).await;
     }
     web.add_web_cluster_service(pb::AddWebClusterServiceRequest {
         webcluster_oid: oid.clone(),
@@ -383,16 +374,7 @@ async fn a_rolling_restart_continues_after_the_master_restarts() {
     let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
     let oid = common::create_web_cluster(&mut web, "site", common::free_port()).await;
     for node in ["node1", "node2"] {
-        web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-            webcluster_oid: oid.clone(),
-            node_oid: node.into(),
-            config: Some(pb::WebClusterNodeConfig {
-                parallel: 2,
-                standby: false,
-            }),
-        })
-        .await
-        .unwrap();
+        common::add_web_node(&mut web, &oid, node, 2, false).await;
     }
     web.start_web_cluster(pb::StartWebClusterRequest {
         webcluster_oid: oid.clone(),
@@ -451,16 +433,7 @@ async fn a_rolling_restart_starts_the_worker_binary_installed_now() {
     common::nodes_online(&pki, master.addr, 1, Duration::from_secs(15)).await;
     let mut web = WebClusterServiceClient::new(channel(&pki, "admin", master.addr).await);
     let oid = common::create_web_cluster(&mut web, "site", common::free_port()).await;
-    web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
-        webcluster_oid: oid.clone(),
-        node_oid: "node1".into(),
-        config: Some(pb::WebClusterNodeConfig {
-            parallel: 2,
-            standby: false,
-        }),
-    })
-    .await
-    .unwrap();
+    common::add_web_node(&mut web, &oid, "node1", 2, false).await;
     web.start_web_cluster(pb::StartWebClusterRequest {
         webcluster_oid: oid.clone(),
     })

@@ -577,6 +577,27 @@ pub async fn add_router_node(
         .map(drop)
 }
 
+/// Adds `node` (oid or name) to the web cluster `oid` with `parallel` workers, as a standby
+/// member or not.
+pub async fn add_web_node(
+    web: &mut switchyard::pb::master::v1::web_cluster_service_client::WebClusterServiceClient<
+        tonic::transport::Channel,
+    >,
+    oid: &str,
+    node: &str,
+    parallel: u32,
+    standby: bool,
+) {
+    use switchyard::pb::master::v1 as pb;
+    web.add_web_cluster_node(pb::AddWebClusterNodeRequest {
+        webcluster_oid: oid.to_owned(),
+        node_oid: node.to_owned(),
+        config: Some(pb::WebClusterNodeConfig { parallel, standby }),
+    })
+    .await
+    .unwrap();
+}
+
 /// A loopback port free right now (for servers started by the test, which bind it at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
