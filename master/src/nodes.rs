@@ -82,7 +82,8 @@ impl Core {
     }
 
     /// At the start of a term: the nodes the previous leader saw online are presumed online
-    /// (their agents reconnect within the grace period, or go offline then). Whether any was.
+    /// (their agents reconnect within the grace period, or go offline then), and no other node
+    /// is. Whether any was.
     pub async fn take_over_liveness(&self) -> bool {
         let rows = match self.store.list::<Node>(keys::NODE_LIVENESS).await {
             Ok(rows) => rows,
@@ -92,6 +93,8 @@ impl Core {
             }
         };
         let mut live = self.liveness.lock();
+        // What this master knew from an earlier term of its own is stale: start from the rows.
+        live.clear();
         let mut restored = false;
         for node in rows
             .iter()
